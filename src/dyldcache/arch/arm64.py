@@ -1,0 +1,111 @@
+"""arm64 instruction fields the linker writes and the cache builder adjusts
+(ADRP, ADD/LDR/STR imm12, B/BL), and the stub templates ld64 uses.
+
+All functions are pure: they take and return 32-bit instruction words.
+"""
+
+from __future__ import annotations
+
+NOP = 0xD503201F
+
+#: __stubs entry (12 bytes): adrp x16, got@page; ldr x16, [x16, got@pageoff]; br x16
+STUB_TEMPLATE = (
+    0x90000010,  # adrp x16, #0
+    0xF9400210,  # ldr  x16, [x16, #0]
+    0xD61F0200,  # br   x16
+)
+#: __auth_stubs entry (16 bytes): adrp x17; add x17, x17, #off; ldr x16, [x17]; braa x16, x17
+AUTH_STUB_TEMPLATE = (
+    0x90000011,  # adrp x17, #0
+    0x91000231,  # add  x17, x17, #0
+    0xF9400230,  # ldr  x16, [x17]
+    0xD71F0A11,  # braa x16, x17
+)
+
+
+class InstructionError(ValueError):
+    """An instruction cannot hold the value asked of it."""
+
+
+def is_adrp(insn: int) -> bool:
+    return (insn & 0x9F000000) == 0x90000000
+
+
+def is_b_or_bl(insn: int) -> bool:
+    return (insn & 0x7C000000) == 0x14000000
+
+
+def is_add_imm(insn: int) -> bool:
+    """ADD (immediate), 32 or 64-bit, unshifted or shifted."""
+    return (insn & 0x7F000000) == 0x11000000
+
+
+def is_load_store_imm12(insn: int) -> bool:
+    """LDR/STR (unsigned immediate), integer or SIMD&FP."""
+    return (insn & 0x3B000000) == 0x39000000
+
+
+def adrp_page_delta(insn: int) -> int:
+    """The signed 4 KiB page count an ADRP adds."""
+    imm = ((insn >> 29) & 0x3) | (((insn >> 5) & 0x7FFFF) << 2)
+    return imm - (1 << 21) if imm & (1 << 20) else imm
+
+
+def set_adrp(insn: int, pc: int, target: int) -> int:
+    delta = (target >> 12) - (pc >> 12)
+    if not -(1 << 20) <= delta < (1 << 20):
+        raise InstructionError(f"ADRP at {pc:#x} cannot reach {target:#x}")
+    imm = delta & 0x1FFFFF
+    return (insn & 0x9F00001F) | ((imm & 0x3) << 29) | ((imm >> 2) << 5)
+
+
+def load_store_scale(insn: int) -> int:
+    """log2 of the access size of an LDR/STR (unsigned immediate)."""
+    size = insn >> 30
+    if (insn & 0x04800000) == 0x04800000:  # SIMD&FP with opc<1> set: 128-bit Q register
+        return 4
+    return size
+
+
+def imm12(insn: int) -> int:
+    """The byte offset an ADD-immediate or LDR/STR-unsigned-offset instruction encodes."""
+    raw = (insn >> 10) & 0xFFF
+    if is_load_store_imm12(insn):
+        return raw << load_store_scale(insn)
+    if is_add_imm(insn) and (insn >> 22) & 1:
+        return raw << 12
+    return raw
+
+
+def set_imm12(insn: int, target: int, where: int = 0) -> int:
+    """Put the low 12 bits of ``target`` into an ADD or LDR/STR (scaled) instruction."""
+    low = target & 0xFFF
+    if is_load_store_imm12(insn):
+        scale = load_store_scale(insn)
+        if low & ((1 << scale) - 1):
+            raise InstructionError(f"LDR/STR at {where:#x}: offset {low:#x} is not {1 << scale}-byte aligned")
+        low >>= scale
+    elif not is_add_imm(insn):
+        raise InstructionError(f"instruction {insn:#010x} at {where:#x} is neither ADD nor LDR/STR")
+    return (insn & 0xFFC003FF) | (low << 10)
+
+
+def branch_delta(insn: int) -> int:
+    imm = insn & 0x03FFFFFF
+    return (imm - (1 << 26) if imm & (1 << 25) else imm) << 2
+
+
+def set_branch26(insn: int, pc: int, target: int) -> int:
+    delta = target - pc
+    if delta & 3 or not -(1 << 27) <= delta < (1 << 27):
+        raise InstructionError(f"branch at {pc:#x} cannot reach {target:#x}")
+    return (insn & 0xFC000000) | ((delta >> 2) & 0x03FFFFFF)
+
+
+def stub_words(stub_addr: int, slot_addr: int, auth: bool) -> tuple[int, ...]:
+    """The instructions of one stub that jumps through the pointer at ``slot_addr``."""
+    if auth:
+        a, add, ldr, br = AUTH_STUB_TEMPLATE
+        return (set_adrp(a, stub_addr, slot_addr), set_imm12(add, slot_addr), ldr, br)
+    a, ldr, br = STUB_TEMPLATE
+    return (set_adrp(a, stub_addr, slot_addr), set_imm12(ldr, slot_addr), br)

@@ -1,0 +1,62 @@
+"""The project's exception types.
+
+Every error that a user can cause (a malformed file, a bad option, an
+unresolvable symbol) is a :class:`DyldCacheError`. The CLI turns those into one
+line on stderr and an exit status; anything else is a bug and keeps its
+traceback.
+"""
+
+from __future__ import annotations
+
+
+class DyldCacheError(Exception):
+    """Base class for every error a user can cause."""
+
+    #: exit status the CLI uses for this kind of error
+    exit_status = 1
+
+
+class UsageError(DyldCacheError):
+    """Bad command-line usage or an unusable required input (exit status 2)."""
+
+    exit_status = 2
+
+
+class FormatError(DyldCacheError):
+    """A malformed binary input: names the file, the offset and the problem."""
+
+    exit_status = 2
+
+    def __init__(self, path: str, offset: int | None, message: str) -> None:
+        self.path = path
+        self.offset = offset
+        self.message = message
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = f"offset {self.offset:#x}: " if self.offset is not None else ""
+        return f"{self.path}: {where}{self.message}"
+
+    def __reduce__(self) -> tuple[type[FormatError], tuple[str, int | None, str]]:
+        # keep the three fields when the error crosses a process boundary
+        return (type(self), (self.path, self.offset, self.message))
+
+
+class MachOFormatError(FormatError):
+    """A malformed Mach-O file (or a Mach-O record inside a cache)."""
+
+
+class CacheFormatError(FormatError):
+    """A malformed dyld shared cache file."""
+
+
+class TbdFormatError(FormatError):
+    """A malformed text-based dylib stub (.tbd)."""
+
+
+class LinkError(DyldCacheError):
+    """The linker could not produce its output (undefined symbol, bad relocation...)."""
+
+
+class BuildError(DyldCacheError):
+    """The cache builder could not produce a cache."""

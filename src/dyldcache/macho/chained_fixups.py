@@ -1,0 +1,978 @@
+"""LC_DYLD_CHAINED_FIXUPS: the chained-fixups blob and the pointer chains it describes.
+
+The blob (``<mach-o/fixup-chains.h>``; cache-format.md §10, linker-notes §5.1) is a
+``dyld_chained_fixups_header``, a ``dyld_chained_starts_in_image`` (one offset per
+segment), one ``dyld_chained_starts_in_segment`` per segment with fixups (the offset of
+the first fixup of every page), an imports table (``DYLD_CHAINED_IMPORT``, ``_ADDEND``
+or ``_ADDEND64``) and a pool of symbol names. The fixups themselves live in the segments:
+each pointer slot holds its rebase target or import index plus the distance to the next
+fixup of the same page (``next``, in stride units; 0 ends the chain).
+
+Decoding yields the uniform :data:`~dyldcache.macho.fixups.FIXUP_DTYPE` records, with
+every rebase target turned into an absolute VM address as linked (formats that store an
+offset from the mach header get the image's base address added). Encoding takes the same
+records, writes every chained pointer into the output file buffer and returns the blob.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from ..errors import MachOFormatError
+from . import constants as C
+from .fixups import FIXUP_DTYPE, FIXUP_FLAG_32BIT, FixupKind, Fixups, Import, empty_fixups
+from .format import ChainedFixupsHeader, ChainedStartsInSegment
+
+if TYPE_CHECKING:
+    from .file import MachOFile
+
+
+# ---------------------------------------------------------------------------------------------
+# pointer formats
+
+
+@dataclass(frozen=True, slots=True)
+class PointerFormat:
+    """Facts about one DYLD_CHAINED_PTR_* value."""
+
+    value: int
+    name: str
+    #: bytes per unit of ``next``
+    stride: int
+    #: bytes of one chained pointer (8, or 4 for the 32-bit formats)
+    size: int
+    #: position and width of the ``next`` field
+    next_shift: int
+    next_bits: int
+
+
+POINTER_FORMATS: dict[int, PointerFormat] = {
+    f.value: f
+    for f in (
+        PointerFormat(C.DYLD_CHAINED_PTR_ARM64E, "DYLD_CHAINED_PTR_ARM64E", 8, 8, 51, 11),
+        PointerFormat(C.DYLD_CHAINED_PTR_64, "DYLD_CHAINED_PTR_64", 4, 8, 51, 12),
+        PointerFormat(C.DYLD_CHAINED_PTR_32, "DYLD_CHAINED_PTR_32", 4, 4, 26, 5),
+        PointerFormat(C.DYLD_CHAINED_PTR_32_CACHE, "DYLD_CHAINED_PTR_32_CACHE", 4, 4, 30, 2),
+        PointerFormat(C.DYLD_CHAINED_PTR_32_FIRMWARE, "DYLD_CHAINED_PTR_32_FIRMWARE", 4, 4, 26, 6),
+        PointerFormat(C.DYLD_CHAINED_PTR_64_OFFSET, "DYLD_CHAINED_PTR_64_OFFSET", 4, 8, 51, 12),
+        PointerFormat(C.DYLD_CHAINED_PTR_ARM64E_KERNEL, "DYLD_CHAINED_PTR_ARM64E_KERNEL", 4, 8, 51, 11),
+        PointerFormat(C.DYLD_CHAINED_PTR_64_KERNEL_CACHE, "DYLD_CHAINED_PTR_64_KERNEL_CACHE", 4, 8, 51, 12),
+        PointerFormat(C.DYLD_CHAINED_PTR_ARM64E_USERLAND, "DYLD_CHAINED_PTR_ARM64E_USERLAND", 8, 8, 51, 11),
+        PointerFormat(C.DYLD_CHAINED_PTR_ARM64E_FIRMWARE, "DYLD_CHAINED_PTR_ARM64E_FIRMWARE", 4, 8, 51, 11),
+        PointerFormat(
+            C.DYLD_CHAINED_PTR_X86_64_KERNEL_CACHE, "DYLD_CHAINED_PTR_X86_64_KERNEL_CACHE", 1, 8, 51, 12
+        ),
+        PointerFormat(
+            C.DYLD_CHAINED_PTR_ARM64E_USERLAND24, "DYLD_CHAINED_PTR_ARM64E_USERLAND24", 8, 8, 51, 11
+        ),
+        PointerFormat(
+            C.DYLD_CHAINED_PTR_ARM64E_SHARED_CACHE, "DYLD_CHAINED_PTR_ARM64E_SHARED_CACHE", 8, 8, 52, 11
+        ),
+    )
+}
+
+_ARM64E_FAMILY = frozenset(
+    {
+        C.DYLD_CHAINED_PTR_ARM64E,
+        C.DYLD_CHAINED_PTR_ARM64E_KERNEL,
+        C.DYLD_CHAINED_PTR_ARM64E_USERLAND,
+        C.DYLD_CHAINED_PTR_ARM64E_FIRMWARE,
+        C.DYLD_CHAINED_PTR_ARM64E_USERLAND24,
+    }
+)
+#: arm64e formats whose plain (non-auth) rebase target is a VM address, not an offset
+_ARM64E_VMADDR_TARGET = frozenset({C.DYLD_CHAINED_PTR_ARM64E, C.DYLD_CHAINED_PTR_ARM64E_FIRMWARE})
+#: the formats a linker writes, and so the ones :func:`encode_chained_fixups` supports
+ENCODABLE_FORMATS = frozenset(
+    {
+        C.DYLD_CHAINED_PTR_64,
+        C.DYLD_CHAINED_PTR_64_OFFSET,
+        C.DYLD_CHAINED_PTR_ARM64E,
+        C.DYLD_CHAINED_PTR_ARM64E_USERLAND,
+        C.DYLD_CHAINED_PTR_ARM64E_USERLAND24,
+    }
+)
+
+#: bytes of one imports-table entry, by imports_format
+_IMPORT_ENTRY_SIZE = {
+    C.DYLD_CHAINED_IMPORT: 4,
+    C.DYLD_CHAINED_IMPORT_ADDEND: 8,
+    C.DYLD_CHAINED_IMPORT_ADDEND64: 16,
+}
+_IMPORT_FORMAT_NAMES = {
+    C.DYLD_CHAINED_IMPORT: "DYLD_CHAINED_IMPORT",
+    C.DYLD_CHAINED_IMPORT_ADDEND: "DYLD_CHAINED_IMPORT_ADDEND",
+    C.DYLD_CHAINED_IMPORT_ADDEND64: "DYLD_CHAINED_IMPORT_ADDEND64",
+}
+
+_STARTS_OFFSET = 32  # sizeof(dyld_chained_fixups_header) rounded up to 8
+_SEG_HEADER = ChainedStartsInSegment.SIZE  # 22: the fixed part before page_start[]
+_U64 = np.uint64
+
+
+def pointer_format_name(value: int) -> str:
+    fmt = POINTER_FORMATS.get(value)
+    return fmt.name if fmt else f"pointer format {value}"
+
+
+def import_format_name(value: int) -> str:
+    return _IMPORT_FORMAT_NAMES.get(value, f"imports format {value}")
+
+
+def _field(values: np.ndarray, shift: int, bits: int) -> np.ndarray:
+    """Bits [shift, shift+bits) of every uint64 in ``values``."""
+    return (values >> _U64(shift)) & _U64((1 << bits) - 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# structural view of the blob
+
+
+@dataclass(frozen=True, slots=True)
+class ChainedImport:
+    """One entry of the imports table, as stored."""
+
+    #: library ordinal, sign-extended: 1.. = LC_*_DYLIB index, 0 self, -1 main executable,
+    #: -2 flat lookup, -3 weak lookup (8-bit values above 0xF0, 16-bit above 0xFFF0 are negative)
+    lib_ordinal: int
+    weak: bool
+    #: offset of the name in the symbol pool
+    name_offset: int
+    name: str
+    #: 0 for DYLD_CHAINED_IMPORT
+    addend: int
+
+    def to_import(self) -> Import:
+        return Import(self.name, self.lib_ordinal, self.weak)
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentStarts:
+    """One ``dyld_chained_starts_in_segment`` with its ``page_start[]`` array resolved."""
+
+    segment_index: int
+    record: ChainedStartsInSegment
+    #: page_start[0..page_count) as stored (DYLD_CHAINED_PTR_START_NONE for pages without fixups)
+    page_start: tuple[int, ...]
+    #: for every page, the offsets in the page where a chain starts (several only for
+    #: 32-bit formats using DYLD_CHAINED_PTR_START_MULTI; none when the page has no fixups)
+    chain_starts: tuple[tuple[int, ...], ...]
+    #: absolute file offset of the record (for error messages)
+    file_offset: int
+
+    @property
+    def pointer_format(self) -> int:
+        return self.record.pointer_format
+
+    @property
+    def page_size(self) -> int:
+        return self.record.page_size
+
+    @property
+    def page_count(self) -> int:
+        return self.record.page_count
+
+    @property
+    def segment_offset(self) -> int:
+        return self.record.segment_offset
+
+
+@dataclass(frozen=True, slots=True)
+class ChainedFixupsInfo:
+    """Everything in an LC_DYLD_CHAINED_FIXUPS blob, decoded but not applied to an image."""
+
+    header: ChainedFixupsHeader
+    #: dyld_chained_starts_in_image.seg_info_offset[] (0 = segment without fixups)
+    seg_info_offsets: tuple[int, ...]
+    #: per segment index (seg_count entries): its starts, or None
+    segments: tuple[SegmentStarts | None, ...]
+    imports: tuple[ChainedImport, ...]
+    #: absolute file offset of the blob
+    file_offset: int
+
+    @property
+    def seg_count(self) -> int:
+        return len(self.seg_info_offsets)
+
+    def import_list(self) -> list[Import]:
+        return [imp.to_import() for imp in self.imports]
+
+
+def parse_chained_fixups_blob(data: bytes | memoryview, path: str, base_offset: int = 0) -> ChainedFixupsInfo:
+    """Decode and validate the blob of LC_DYLD_CHAINED_FIXUPS (``base_offset`` = its file offset)."""
+    blob = bytes(data)
+    size = len(blob)
+
+    def error(offset: int, message: str) -> MachOFormatError:
+        return MachOFormatError(path, base_offset + offset, f"chained fixups: {message}")
+
+    if size < ChainedFixupsHeader.SIZE:
+        raise error(0, f"blob ({size} bytes) is smaller than dyld_chained_fixups_header")
+    h = ChainedFixupsHeader.unpack_from(blob, 0)
+    if h.fixups_version != 0:
+        raise error(0, f"unknown fixups_version {h.fixups_version}")
+    entry_size = _IMPORT_ENTRY_SIZE.get(h.imports_format)
+    if entry_size is None:
+        raise error(20, f"unknown imports_format {h.imports_format}")
+    if h.symbols_format != 0:
+        raise error(24, f"symbols_format {h.symbols_format} (compressed symbols) is not supported")
+    if h.starts_offset + 4 > size:
+        raise error(4, f"starts_offset {h.starts_offset:#x} is outside the blob ({size:#x} bytes)")
+    imports_end = h.imports_offset + entry_size * h.imports_count
+    if imports_end > size:
+        raise error(
+            8, f"imports table ({h.imports_count} entries at {h.imports_offset:#x}) extends past the blob"
+        )
+    if h.symbols_offset > size:
+        raise error(12, f"symbols_offset {h.symbols_offset:#x} is outside the blob ({size:#x} bytes)")
+    if h.imports_count and imports_end > h.symbols_offset:
+        raise error(8, "imports table overlaps the symbol strings")
+
+    seg_count = struct.unpack_from("<I", blob, h.starts_offset)[0]
+    if h.starts_offset + 4 + 4 * seg_count > size:
+        raise error(
+            h.starts_offset, f"seg_count {seg_count} makes dyld_chained_starts_in_image overrun the blob"
+        )
+    seg_info_offsets = struct.unpack_from(f"<{seg_count}I", blob, h.starts_offset + 4)
+    segments = tuple(
+        _parse_segment_starts(blob, h.starts_offset, i, off, error, base_offset) if off else None
+        for i, off in enumerate(seg_info_offsets)
+    )
+    imports = _parse_imports(blob, h, entry_size, error)
+    return ChainedFixupsInfo(h, seg_info_offsets, segments, imports, base_offset)
+
+
+class _ErrorFactory(Protocol):
+    def __call__(self, offset: int, message: str) -> MachOFormatError: ...
+
+
+def _parse_segment_starts(
+    blob: bytes, starts_offset: int, index: int, seg_info_offset: int, error: _ErrorFactory, base_offset: int
+) -> SegmentStarts:
+    rec_off = starts_offset + seg_info_offset
+    if rec_off + _SEG_HEADER > len(blob):
+        raise error(
+            starts_offset + 4 + 4 * index, f"starts of segment {index} (at {rec_off:#x}) are outside the blob"
+        )
+    rec = ChainedStartsInSegment.unpack_from(blob, rec_off)
+    if rec.size < _SEG_HEADER + 2 * rec.page_count:
+        raise error(rec_off, f"segment {index}: size {rec.size} cannot hold page_count {rec.page_count}")
+    if rec_off + rec.size > len(blob):
+        raise error(rec_off, f"segment {index}: starts ({rec.size} bytes) extend past the blob")
+    if rec.page_size not in (0x1000, 0x4000):
+        raise error(rec_off + 4, f"segment {index}: page_size {rec.page_size:#x} is not 4 KiB or 16 KiB")
+    if rec.pointer_format not in POINTER_FORMATS:
+        raise error(rec_off + 6, f"segment {index}: unknown pointer_format {rec.pointer_format}")
+    entries = struct.unpack_from(f"<{(rec.size - _SEG_HEADER) // 2}H", blob, rec_off + _SEG_HEADER)
+    chains: list[tuple[int, ...]] = []
+    for page in range(rec.page_count):
+        value = entries[page]
+        at = rec_off + _SEG_HEADER + 2 * page
+        if value == C.DYLD_CHAINED_PTR_START_NONE:
+            chains.append(())
+        elif value & C.DYLD_CHAINED_PTR_START_MULTI:
+            # 32-bit formats: an index into the overflow list that follows page_start[]; the
+            # list for this page ends at the entry with DYLD_CHAINED_PTR_START_LAST
+            k = value & ~C.DYLD_CHAINED_PTR_START_MULTI
+            starts: list[int] = []
+            while True:
+                if k >= len(entries):
+                    raise error(at, f"segment {index} page {page}: chain start index {k} is out of range")
+                entry = entries[k]
+                start = entry & ~C.DYLD_CHAINED_PTR_START_LAST
+                if start >= rec.page_size:
+                    raise error(
+                        rec_off + _SEG_HEADER + 2 * k,
+                        f"segment {index} page {page}: chain start {start:#x} is outside the page",
+                    )
+                if starts and start <= starts[-1]:
+                    raise error(
+                        rec_off + _SEG_HEADER + 2 * k,
+                        f"segment {index} page {page}: chain starts are not ascending",
+                    )
+                starts.append(start)
+                if entry & C.DYLD_CHAINED_PTR_START_LAST:
+                    break
+                k += 1
+            chains.append(tuple(starts))
+        else:
+            if value >= rec.page_size:
+                raise error(at, f"segment {index}: page_start[{page}] {value:#x} is outside the page")
+            chains.append((value,))
+    return SegmentStarts(index, rec, entries[: rec.page_count], tuple(chains), base_offset + rec_off)
+
+
+def _parse_imports(
+    blob: bytes, h: ChainedFixupsHeader, entry_size: int, error: _ErrorFactory
+) -> tuple[ChainedImport, ...]:
+    count = h.imports_count
+    if count == 0:
+        return ()
+    if h.imports_format == C.DYLD_CHAINED_IMPORT_ADDEND64:
+        table = np.frombuffer(
+            blob, dtype=[("v", "<u8"), ("addend", "<i8")], count=count, offset=h.imports_offset
+        )
+        word = table["v"]
+        ordinals = (word & _U64(0xFFFF)).astype(np.int64)
+        ordinals[ordinals > 0xFFF0] -= 0x10000
+        weak = (word >> _U64(16)) & _U64(1)
+        name_offsets = word >> _U64(32)
+        addends = table["addend"].astype(np.int64)
+    else:
+        if h.imports_format == C.DYLD_CHAINED_IMPORT_ADDEND:
+            table = np.frombuffer(
+                blob, dtype=[("v", "<u4"), ("addend", "<i4")], count=count, offset=h.imports_offset
+            )
+            word32, addends = table["v"], table["addend"].astype(np.int64)
+        else:
+            word32 = np.frombuffer(blob, dtype="<u4", count=count, offset=h.imports_offset)
+            addends = np.zeros(count, dtype=np.int64)
+        ordinals = (word32 & 0xFF).astype(np.int64)
+        ordinals[ordinals > 0xF0] -= 0x100
+        weak = ((word32 >> 8) & 1).astype(np.uint64)
+        name_offsets = (word32 >> 9).astype(np.uint64)
+    pool_size = len(blob) - h.symbols_offset
+    bad = np.flatnonzero(name_offsets >= pool_size)
+    if bad.size:
+        k = int(bad[0])
+        raise error(
+            h.imports_offset + entry_size * k,
+            f"import {k}: name_offset {int(name_offsets[k]):#x} is outside the symbol pool "
+            f"({pool_size:#x} bytes)",
+        )
+    names: dict[int, str] = {}
+    out = []
+    for k, (ordinal, is_weak, name_offset, addend) in enumerate(
+        zip(ordinals.tolist(), weak.tolist(), name_offsets.tolist(), addends.tolist(), strict=True)
+    ):
+        name = names.get(name_offset)
+        if name is None:
+            start = h.symbols_offset + name_offset
+            end = blob.find(b"\0", start)
+            if end < 0:
+                raise error(h.imports_offset + entry_size * k, f"import {k}: name is not NUL-terminated")
+            # surrogateescape keeps names that are not UTF-8 byte-exact for the encoder
+            name = names[name_offset] = blob[start:end].decode("utf-8", "surrogateescape")
+        out.append(ChainedImport(ordinal, bool(is_weak), name_offset, name, addend))
+    return tuple(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# decoding the chains
+
+
+class SegmentLike(Protocol):
+    """What the chain walker needs to know about a segment (``file.Segment`` fits)."""
+
+    @property
+    def vmaddr(self) -> int: ...
+    @property
+    def fileoff(self) -> int: ...
+    @property
+    def filesize(self) -> int: ...
+
+
+def read_chained_fixups(image: MachOFile) -> Fixups:
+    """All fixups of an image with LC_DYLD_CHAINED_FIXUPS, sorted by address."""
+    lc = image.linkedit_commands.get(C.LC_DYLD_CHAINED_FIXUPS)
+    if lc is None:
+        return Fixups(empty_fixups(), [], "none")
+    blob_offset = lc.dataoff + image.file_offset
+    if image.in_cache:
+        # the cache builder binds every chain in place; what is left cannot be walked
+        raise MachOFormatError(
+            image.path, blob_offset, "chained fixups of an image inside a dyld cache cannot be walked"
+        )
+    info = parse_chained_fixups_blob(
+        image.linkedit[lc.dataoff : lc.dataoff + lc.datasize], image.path, blob_offset
+    )
+    if info.seg_count > len(image.segments):
+        raise MachOFormatError(
+            image.path,
+            blob_offset + info.header.starts_offset,
+            f"chained fixups: seg_count {info.seg_count} exceeds the "
+            f"{len(image.segments)} segments of the image",
+        )
+    base = image.base_address
+    for starts in info.segments:
+        if starts is None:
+            continue
+        seg = image.segments[starts.segment_index]
+        if starts.segment_offset != seg.vmaddr - base:
+            raise MachOFormatError(
+                image.path,
+                starts.file_offset + 8,
+                f"chained fixups: segment_offset {starts.segment_offset:#x} of segment "
+                f"{starts.segment_index} ({seg.name}) does not match its vmaddr {seg.vmaddr:#x}",
+            )
+    return decode_chained_fixups(info, image.segments, image.data, image.path, base, image.file_offset)
+
+
+def decode_chained_fixups(
+    info: ChainedFixupsInfo,
+    segments: Sequence[SegmentLike],
+    data: bytes | bytearray | memoryview,
+    path: str,
+    base_address: int,
+    data_file_offset: int = 0,
+) -> Fixups:
+    """Walk every chain of ``info`` through the segment bytes in ``data`` (file layout).
+
+    ``segments`` are the image's segments in load-command order; ``base_address`` is the
+    VM address of the mach header; ``data_file_offset`` is where ``data`` starts in its
+    file (for error offsets).
+    """
+    if info.seg_count > len(segments):
+        raise MachOFormatError(
+            path,
+            info.file_offset + info.header.starts_offset,
+            f"chained fixups: seg_count {info.seg_count} exceeds the {len(segments)} segments",
+        )
+    import_addends = np.array([imp.addend for imp in info.imports], dtype=np.int64)
+    parts = []
+    formats: dict[int, int] = {}
+    for starts in info.segments:
+        if starts is None:
+            continue
+        formats[starts.segment_index] = starts.pointer_format
+        seg = segments[starts.segment_index]
+        parts.append(_decode_segment(starts, seg, data, path, base_address, data_file_offset, import_addends))
+    records = np.concatenate(parts) if parts else empty_fixups()
+    records = records[np.argsort(records["address"], kind="stable")]
+    if len(records) > 1:
+        dup = np.flatnonzero(records["address"][1:] == records["address"][:-1])
+        if dup.size:
+            rec = records[int(dup[0])]
+            seg = segments[int(rec["segment"])]
+            at = data_file_offset + seg.fileoff + int(rec["address"]) - seg.vmaddr
+            raise MachOFormatError(
+                path, at, f"chained fixups: two chains reach the pointer at {int(rec['address']):#x}"
+            )
+    return Fixups(records, info.import_list(), "chained", pointer_formats=formats)
+
+
+def _walk_chain(
+    unpack: struct.Struct,
+    data: bytes | bytearray | memoryview,
+    fileoff: int,
+    pos: int,
+    end: int,
+    fmt: PointerFormat,
+    out: list[int],
+) -> int:
+    """Append the segment offsets of one chain to ``out``; returns -1, or the segment offset
+    of the pointer whose ``next`` leaves [.., end).
+
+    ``pos`` must already be a valid pointer position. ``next`` is unsigned and at least 1
+    when followed, so positions strictly increase and the walk ends within end/stride steps.
+    """
+    shift, mask, stride, size = fmt.next_shift, (1 << fmt.next_bits) - 1, fmt.stride, fmt.size
+    unpack_from, append = unpack.unpack_from, out.append
+    while True:
+        append(pos)
+        step = (unpack_from(data, fileoff + pos)[0] >> shift) & mask
+        if step == 0:
+            return -1
+        nxt = pos + step * stride
+        if nxt + size > end:
+            return pos
+        pos = nxt
+
+
+def _decode_segment(
+    starts: SegmentStarts,
+    seg: SegmentLike,
+    data: bytes | bytearray | memoryview,
+    path: str,
+    base: int,
+    data_file_offset: int,
+    import_addends: np.ndarray,
+) -> np.ndarray:
+    fmt = POINTER_FORMATS[starts.pointer_format]
+    page_size = starts.page_size
+    # the segment's file bytes, as far as ``data`` has them
+    seg_end = max(0, min(seg.filesize, memoryview(data).nbytes - seg.fileoff))
+    unpack = struct.Struct("<Q" if fmt.size == 8 else "<I")
+    positions: list[int] = []
+    for page, page_starts in enumerate(starts.chain_starts):
+        for start in page_starts:
+            page_off = page * page_size
+            # a chain stays inside its page and inside the segment's file bytes
+            end = min(page_off + page_size, seg_end)
+            pos = page_off + start
+            if pos + fmt.size > end:
+                raise MachOFormatError(
+                    path,
+                    starts.file_offset + _SEG_HEADER + 2 * page,
+                    f"chained fixups: segment {starts.segment_index} page {page}: chain start "
+                    f"{start:#x} is outside the segment's file content",
+                )
+            bad = _walk_chain(unpack, data, seg.fileoff, pos, end, fmt, positions)
+            if bad >= 0:
+                step = (unpack.unpack_from(data, seg.fileoff + bad)[0] >> fmt.next_shift) & (
+                    (1 << fmt.next_bits) - 1
+                )
+                raise MachOFormatError(
+                    path,
+                    data_file_offset + seg.fileoff + bad,
+                    f"chained fixups: next {step} of the pointer at segment offset {bad:#x} "
+                    f"leaves its page ({page_off:#x}..{end:#x})",
+                )
+    if not positions:
+        return empty_fixups()
+    pos_arr = np.array(positions, dtype=np.int64)
+    raw = np.frombuffer(data, dtype=np.uint8)
+    file_pos = pos_arr + seg.fileoff
+    # gather the little-endian pointer values at arbitrary (possibly unaligned) offsets
+    values = np.zeros(len(pos_arr), dtype=_U64)
+    for k in range(fmt.size):
+        values |= raw[file_pos + k].astype(_U64) << _U64(8 * k)
+    recs = _decode_values(fmt, values, base, starts.record.max_valid_pointer)
+    recs["address"] = _U64(seg.vmaddr) + pos_arr.astype(_U64)
+    recs["segment"] = starts.segment_index
+    keep = recs["kind"] != 0xFF  # 0xFF marks DYLD_CHAINED_PTR_32 non-pointers
+    bind_mask = (recs["kind"] == FixupKind.BIND) | (recs["kind"] == FixupKind.AUTH_BIND)
+    bad_bind = np.flatnonzero(bind_mask & (recs["bind"] >= len(import_addends)))
+    if bad_bind.size:
+        k = int(bad_bind[0])
+        raise MachOFormatError(
+            path,
+            data_file_offset + int(file_pos[k]),
+            f"chained fixups: bind to import {int(recs['bind'][k])}, "
+            f"but there are {len(import_addends)} imports",
+        )
+    if bind_mask.any():
+        recs["addend"][bind_mask] += import_addends[recs["bind"][bind_mask]]
+    cache_level = recs["flags"] & 0x80
+    if cache_level.any():
+        k = int(np.flatnonzero(cache_level)[0])
+        raise MachOFormatError(
+            path,
+            data_file_offset + int(file_pos[k]),
+            "chained fixups: kernel-collection pointer refers to another collection (cacheLevel != 0)",
+        )
+    kept: np.ndarray = recs[keep]
+    return kept
+
+
+def _decode_values(fmt: PointerFormat, v: np.ndarray, base: int, max_valid_pointer: int) -> np.ndarray:
+    """FIXUP_DTYPE records (address and segment left unset) for chained pointer values ``v``."""
+    n = len(v)
+    out = empty_fixups(n)
+    base_u = _U64(base)
+    f = fmt.value
+    if f in _ARM64E_FAMILY:
+        is_bind = _field(v, 62, 1).astype(bool)
+        is_auth = _field(v, 63, 1).astype(bool)
+        ordinal_bits = 24 if f == C.DYLD_CHAINED_PTR_ARM64E_USERLAND24 else 16
+        # plain rebase: target 43 bits (VM address or offset), high8 at 43
+        plain = _field(v, 0, 43)
+        if f not in _ARM64E_VMADDR_TARGET:
+            plain = plain + base_u
+        # auth rebase: target 32 bits, always an offset from the mach header
+        auth_target = _field(v, 0, 32) + base_u
+        out["target"] = np.where(is_bind, _U64(0), np.where(is_auth, auth_target, plain))
+        out["high8"] = np.where(is_bind | is_auth, 0, _field(v, 43, 8))
+        addend19 = _field(v, 32, 19).astype(np.int64)
+        addend19[addend19 >= 1 << 18] -= 1 << 19
+        out["addend"] = np.where(is_bind & ~is_auth, addend19, 0)
+        out["bind"] = np.where(is_bind, _field(v, 0, ordinal_bits).astype(np.int64), -1)
+        out["diversity"] = np.where(is_auth, _field(v, 32, 16), 0)
+        out["addr_div"] = np.where(is_auth, _field(v, 48, 1), 0)
+        out["key"] = np.where(is_auth, _field(v, 49, 2), 0)
+        out["kind"] = is_bind.astype(np.uint8) + 2 * is_auth.astype(np.uint8)
+    elif f in (C.DYLD_CHAINED_PTR_64, C.DYLD_CHAINED_PTR_64_OFFSET):
+        is_bind = _field(v, 63, 1).astype(bool)
+        target = _field(v, 0, 36)
+        if f == C.DYLD_CHAINED_PTR_64_OFFSET:
+            target = target + base_u
+        out["target"] = np.where(is_bind, _U64(0), target)
+        out["high8"] = np.where(is_bind, 0, _field(v, 36, 8))
+        out["addend"] = np.where(is_bind, _field(v, 24, 8).astype(np.int64), 0)
+        out["bind"] = np.where(is_bind, _field(v, 0, 24).astype(np.int64), -1)
+        out["kind"] = np.where(is_bind, FixupKind.BIND, FixupKind.REBASE)
+    elif f in (C.DYLD_CHAINED_PTR_64_KERNEL_CACHE, C.DYLD_CHAINED_PTR_X86_64_KERNEL_CACHE):
+        # rebases only: target 30 bits from the collection's base; cacheLevel (bits 30-31)
+        # names another kernel collection, which FIXUP_DTYPE cannot express (flagged 0x80)
+        is_auth = _field(v, 63, 1).astype(bool)
+        out["target"] = _field(v, 0, 30) + base_u
+        out["flags"] = np.where(_field(v, 30, 2) != 0, 0x80, 0)
+        out["diversity"] = np.where(is_auth, _field(v, 32, 16), 0)
+        out["addr_div"] = np.where(is_auth, _field(v, 48, 1), 0)
+        out["key"] = np.where(is_auth, _field(v, 49, 2), 0)
+        out["kind"] = np.where(is_auth, FixupKind.AUTH_REBASE, FixupKind.REBASE)
+    elif f == C.DYLD_CHAINED_PTR_ARM64E_SHARED_CACHE:
+        # rebases only; runtimeOffset (34 bits) is taken relative to ``base``; only the A
+        # keys exist (keyIsData: 0 = IA, 1 = DA)
+        is_auth = _field(v, 63, 1).astype(bool)
+        out["target"] = _field(v, 0, 34) + base_u
+        out["high8"] = np.where(is_auth, 0, _field(v, 34, 8))
+        out["diversity"] = np.where(is_auth, _field(v, 34, 16), 0)
+        out["addr_div"] = np.where(is_auth, _field(v, 50, 1), 0)
+        out["key"] = np.where(is_auth, 2 * _field(v, 51, 1), 0)
+        out["kind"] = np.where(is_auth, FixupKind.AUTH_REBASE, FixupKind.REBASE)
+    elif f == C.DYLD_CHAINED_PTR_32:
+        is_bind = _field(v, 31, 1).astype(bool)
+        target = _field(v, 0, 26)
+        out["target"] = np.where(is_bind, _U64(0), target)
+        out["addend"] = np.where(is_bind, _field(v, 20, 6).astype(np.int64), 0)
+        out["bind"] = np.where(is_bind, _field(v, 0, 20).astype(np.int64), -1)
+        # values above max_valid_pointer are non-pointers threaded into the chain
+        non_pointer = ~is_bind & (target > _U64(max_valid_pointer))
+        out["kind"] = np.where(non_pointer, 0xFF, np.where(is_bind, FixupKind.BIND, FixupKind.REBASE))
+        out["flags"] = FIXUP_FLAG_32BIT
+    elif f == C.DYLD_CHAINED_PTR_32_CACHE:
+        # rebases only; the 30-bit target is an offset from ``base``
+        out["target"] = _field(v, 0, 30) + base_u
+        out["kind"] = FixupKind.REBASE
+        out["flags"] = FIXUP_FLAG_32BIT
+    elif f == C.DYLD_CHAINED_PTR_32_FIRMWARE:
+        out["target"] = _field(v, 0, 26)
+        out["kind"] = FixupKind.REBASE
+        out["flags"] = FIXUP_FLAG_32BIT
+    else:  # pragma: no cover - POINTER_FORMATS and this function list the same formats
+        raise AssertionError(f"unhandled pointer format {f}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# encoding
+
+
+@dataclass(frozen=True, slots=True)
+class ChainedSegment:
+    """One segment of the image being written, as the encoder needs it."""
+
+    vmaddr: int
+    vmsize: int
+    #: file offset of the segment in the output file (where its chained pointers go)
+    fileoff: int
+    name: str = ""
+
+
+#: inline bind addend range by pointer format (non-auth binds; auth binds never inline)
+_INLINE_ADDEND = {
+    C.DYLD_CHAINED_PTR_64: (0, 255),
+    C.DYLD_CHAINED_PTR_64_OFFSET: (0, 255),
+    C.DYLD_CHAINED_PTR_ARM64E: (-(1 << 18), (1 << 18) - 1),
+    C.DYLD_CHAINED_PTR_ARM64E_USERLAND: (-(1 << 18), (1 << 18) - 1),
+    C.DYLD_CHAINED_PTR_ARM64E_USERLAND24: (-(1 << 18), (1 << 18) - 1),
+}
+
+
+class _Fail(Protocol):
+    def __call__(self, mask: np.ndarray, message: str) -> None: ...
+
+
+def _align(value: int, alignment: int) -> int:
+    return -(-value // alignment) * alignment
+
+
+def encode_chained_fixups(
+    *,
+    segments: Sequence[ChainedSegment],
+    records: np.ndarray,
+    imports: Sequence[Import],
+    pointer_format: int,
+    page_size: int,
+    image: bytearray | memoryview | None,
+    base_address: int,
+) -> bytes:
+    """Write the chained pointers of ``records`` into ``image`` and return the LC_DYLD_CHAINED_FIXUPS blob.
+
+    - ``segments``: **all** segments of the image in load-command order (seg_count counts
+      them all, __TEXT and __LINKEDIT included);
+    - ``records``: FIXUP_DTYPE records; rebases carry absolute targets (VM addresses as
+      linked) and high8, binds an index into ``imports`` and their whole addend, auth
+      records key/diversity/addr_div. Their ``segment`` field is ignored: the segment is
+      found from the address;
+    - ``imports``: the imported symbols; they keep their indexes in the imports table;
+    - ``image``: the output file (file layout, writable), or None to build the blob only;
+    - ``base_address``: VM address of the mach header.
+
+    The import table format follows ld64: an addend is inlined in the pointer when the format
+    allows it (0..255 for the _64 formats, -2^18..2^18-1 for arm64e plain binds, never for
+    auth binds); otherwise one extra entry per (import, addend), in order of first use, is
+    appended after ``imports`` and the table becomes DYLD_CHAINED_IMPORT_ADDEND (addends in
+    0..2^31-1) or _ADDEND64 (other addends, ordinals above 240, or a symbol pool of 8 MiB or
+    more). Unlike ld64, addends 2^31..2^32-1 use _ADDEND64, because dyld sign-extends the
+    32-bit field.
+
+    Raises ValueError, naming the address, for a location that is unaligned, outside every
+    segment, straddling a page or overlapping another, and for a value that does not fit.
+    """
+    fmt = POINTER_FORMATS.get(pointer_format)
+    if fmt is None or pointer_format not in ENCODABLE_FORMATS:
+        raise ValueError(f"cannot encode chained fixups in {pointer_format_name(pointer_format)}")
+    if page_size not in (0x1000, 0x4000):
+        raise ValueError(f"chained fixups page size {page_size:#x} is not 4 KiB or 16 KiB")
+    if records.dtype != FIXUP_DTYPE:
+        raise ValueError("records must be a FIXUP_DTYPE array")
+    r = records[np.argsort(records["address"], kind="stable")]
+    addr = r["address"].astype(_U64)
+    kind = r["kind"]
+
+    def fail(mask: np.ndarray, message: str) -> None:
+        bad = np.flatnonzero(mask)
+        if bad.size:
+            k = int(bad[0])
+            raise ValueError(f"chained fixup at {int(addr[k]):#x}: " + message.format(rec=r[k]))
+
+    fail(kind > FixupKind.AUTH_BIND, "unknown fixup kind {rec[kind]}")
+    fail(addr % _U64(fmt.stride) != 0, f"location is not {fmt.stride}-byte aligned ({fmt.name})")
+    if len(r) > 1:
+        gap = np.diff(addr)
+        fail(np.r_[gap < _U64(fmt.size), False], "overlaps the next fixup")
+
+    seg_index, seg_off = _locate(segments, addr, fail)
+    page = seg_off // _U64(page_size)
+    in_page = seg_off % _U64(page_size)
+    fail(in_page + _U64(fmt.size) > _U64(page_size), "pointer straddles a page boundary")
+    same_chain = (seg_index[1:] == seg_index[:-1]) & (page[1:] == page[:-1])
+    nxt = np.zeros(len(r), dtype=_U64)
+    nxt[:-1] = np.where(same_chain, (addr[1:] - addr[:-1]) // _U64(fmt.stride), _U64(0))
+
+    table, table_index, inline = _import_table(r, imports, pointer_format, fail)
+    ordinal_bits = (
+        16 if pointer_format in (C.DYLD_CHAINED_PTR_ARM64E, C.DYLD_CHAINED_PTR_ARM64E_USERLAND) else 24
+    )
+    is_bind = (kind == FixupKind.BIND) | (kind == FixupKind.AUTH_BIND)
+    fail(
+        is_bind & (table_index >= 1 << ordinal_bits),
+        f"import table index does not fit the {ordinal_bits}-bit ordinal of {fmt.name}",
+    )
+    values = _encode_values(r, fmt, nxt, table_index, inline, base_address, fail)
+
+    if image is not None:
+        file_off = np.array([s.fileoff for s in segments], dtype=_U64)[seg_index] + seg_off
+        length = memoryview(image).nbytes
+        fail(
+            file_off + _U64(fmt.size) > _U64(length),
+            f"pointer is past the end of the output ({length:#x} bytes)",
+        )
+        if len(r):
+            dst = np.ndarray(shape=(length - fmt.size + 1,), dtype="<u8", buffer=image, strides=(1,))
+            dst[file_off.astype(np.int64)] = values
+            del dst
+    return _build_blob(segments, seg_index, page, in_page, table, fmt, page_size, base_address)
+
+
+def _locate(
+    segments: Sequence[ChainedSegment], addr: np.ndarray, fail: _Fail
+) -> tuple[np.ndarray, np.ndarray]:
+    """(segment index, offset in segment) of every address."""
+    live = sorted((s.vmaddr, i) for i, s in enumerate(segments) if s.vmsize > 0)
+    if not live:
+        fail(np.ones(len(addr), dtype=bool), "no segment to hold it")
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=_U64)
+    starts = np.array([v for v, _ in live], dtype=_U64)
+    order = np.array([i for _, i in live], dtype=np.int64)
+    k = np.searchsorted(starts, addr, side="right") - 1
+    fail(k < 0, "location is not inside any segment")
+    seg_index = order[k]
+    vmaddr = np.array([s.vmaddr for s in segments], dtype=_U64)[seg_index]
+    vmsize = np.array([s.vmsize for s in segments], dtype=_U64)[seg_index]
+    seg_off = addr - vmaddr
+    fail(seg_off + _U64(8) > vmsize, "location is not inside any segment")
+    return seg_index, seg_off
+
+
+def _import_table(
+    r: np.ndarray, imports: Sequence[Import], pointer_format: int, fail: _Fail
+) -> tuple[list[tuple[Import, int]], np.ndarray, np.ndarray]:
+    """The imports table as (import, addend) entries, each bind's table index and inline addend."""
+    kind = r["kind"]
+    is_bind = (kind == FixupKind.BIND) | (kind == FixupKind.AUTH_BIND)
+    is_auth_bind = kind == FixupKind.AUTH_BIND
+    bind = r["bind"].astype(np.int64)
+    fail(is_bind & ((bind < 0) | (bind >= len(imports))), f"bind to import {{rec[bind]}} of {len(imports)}")
+    addend = r["addend"].astype(np.int64)
+    lo, hi = _INLINE_ADDEND[pointer_format]
+    inline_ok = is_bind & ~is_auth_bind & (addend >= lo) & (addend <= hi)
+    inline = np.where(inline_ok, addend, 0)
+    table_addend = np.where(is_bind & ~inline_ok, addend, 0)
+    table: list[tuple[Import, int]] = [(imp, 0) for imp in imports]
+    table_index = np.where(is_bind, bind, 0)
+    extra: dict[tuple[int, int], int] = {}
+    for k in np.flatnonzero(table_addend).tolist():
+        key = (int(bind[k]), int(table_addend[k]))
+        idx = extra.get(key)
+        if idx is None:
+            idx = extra[key] = len(table)
+            table.append((imports[key[0]], key[1]))
+        table_index[k] = idx
+    return table, table_index, inline
+
+
+def _encode_values(
+    r: np.ndarray,
+    fmt: PointerFormat,
+    nxt: np.ndarray,
+    table_index: np.ndarray,
+    inline: np.ndarray,
+    base: int,
+    fail: _Fail,
+) -> np.ndarray:
+    """The 64-bit chained pointer for every record (``next`` included)."""
+    kind = r["kind"]
+    target = r["target"].astype(_U64)
+    high8 = r["high8"].astype(_U64)
+    ordinal = table_index.astype(_U64)
+    is_rebase = kind == FixupKind.REBASE
+    is_bind = kind == FixupKind.BIND
+    is_auth_rebase = kind == FixupKind.AUTH_REBASE
+    is_auth_bind = kind == FixupKind.AUTH_BIND
+    is_auth = is_auth_rebase | is_auth_bind
+    f = fmt.value
+    # unsigned subtraction would wrap below the mach header, so check first
+    below_base = target < _U64(base)
+    offset = target - _U64(base)
+    if f in (C.DYLD_CHAINED_PTR_64, C.DYLD_CHAINED_PTR_64_OFFSET):
+        fail(is_auth, f"{fmt.name} cannot hold an authenticated pointer")
+        if f == C.DYLD_CHAINED_PTR_64_OFFSET:
+            fail(is_rebase & below_base, "rebase target {rec[target]:#x} is below the mach header")
+            stored = offset
+        else:
+            stored = target
+        fail(
+            is_rebase & (stored >= _U64(1 << 36)),
+            f"rebase target {{rec[target]:#x}} does not fit {fmt.name} (36 bits)",
+        )
+        rebase = stored | (high8 << _U64(36))
+        bind = ordinal | (inline.astype(_U64) << _U64(24)) | _U64(1 << 63)
+        values: np.ndarray = np.where(is_bind, bind, rebase) | (nxt << _U64(51))
+        return values
+    # arm64e family
+    fail((is_auth_rebase | is_auth_bind) & (r["key"] > 3), "ptrauth key {rec[key]} is not 0..3")
+    fail((is_auth_rebase | is_auth_bind) & (r["addr_div"] > 1), "addr_div {rec[addr_div]} is not 0 or 1")
+    fail(is_auth_rebase & (high8 != 0), "an authenticated rebase cannot carry high8 {rec[high8]:#x}")
+    fail(
+        is_auth_rebase & (below_base | (offset >= _U64(1 << 32))),
+        "authenticated rebase target {rec[target]:#x} is not within 4 GiB above the mach header",
+    )
+    if f == C.DYLD_CHAINED_PTR_ARM64E:
+        stored = target
+    else:
+        fail(is_rebase & below_base, "rebase target {rec[target]:#x} is below the mach header")
+        stored = offset
+    fail(
+        is_rebase & (stored >= _U64(1 << 43)),
+        f"rebase target {{rec[target]:#x}} does not fit {fmt.name} (43 bits)",
+    )
+    auth_bits = (
+        (r["diversity"].astype(_U64) << _U64(32))
+        | (r["addr_div"].astype(_U64) << _U64(48))
+        | (r["key"].astype(_U64) << _U64(49))
+        | _U64(1 << 63)
+    )
+    rebase = stored | (high8 << _U64(43))
+    auth_rebase = (offset & _U64(0xFFFFFFFF)) | auth_bits
+    bind = ordinal | ((inline.astype(_U64) & _U64(0x7FFFF)) << _U64(32)) | _U64(1 << 62)
+    auth_bind = ordinal | auth_bits | _U64(1 << 62)
+    values = np.select(
+        [is_rebase, is_auth_rebase, is_bind, is_auth_bind],
+        [rebase, auth_rebase, bind, auth_bind],
+        default=_U64(0),
+    )
+    values |= nxt << _U64(51)
+    return values
+
+
+def _build_blob(
+    segments: Sequence[ChainedSegment],
+    seg_index: np.ndarray,
+    page: np.ndarray,
+    in_page: np.ndarray,
+    table: list[tuple[Import, int]],
+    fmt: PointerFormat,
+    page_size: int,
+    base_address: int,
+) -> bytes:
+    seg_count = len(segments)
+    # -- layout: starts in image, per-segment starts (8-aligned), imports, symbols
+    first_of_page = np.ones(len(seg_index), dtype=bool)
+    if len(seg_index) > 1:
+        first_of_page[1:] = (seg_index[1:] != seg_index[:-1]) | (page[1:] != page[:-1])
+    seg_records: list[tuple[int, bytes]] = []
+    cursor = 4 + 4 * seg_count  # relative to dyld_chained_starts_in_image
+    seg_info_offsets = [0] * seg_count
+    for i in np.unique(seg_index).tolist():
+        mine = (seg_index == i) & first_of_page
+        pages = page[mine].astype(np.int64)
+        page_count = int(pages[-1]) + 1
+        if page_count > 0xFFFF:
+            raise ValueError(f"segment {i} needs {page_count} chained-fixup pages (at most 65535)")
+        seg = segments[i]
+        if seg.vmaddr < base_address:
+            raise ValueError(f"segment {i} ({seg.name}) starts below the mach header")
+        page_start = np.full(page_count, C.DYLD_CHAINED_PTR_START_NONE, dtype="<u2")
+        page_start[pages] = in_page[mine]
+        size = _SEG_HEADER + 2 * page_count
+        rec = ChainedStartsInSegment(size, page_size, fmt.value, seg.vmaddr - base_address, 0, page_count)
+        cursor = _align(cursor, 8)
+        seg_info_offsets[i] = cursor
+        seg_records.append((cursor, rec.pack() + page_start.tobytes()))
+        cursor += size
+
+    imports_format, entries, pool = _pack_imports(table)
+    entry_size = _IMPORT_ENTRY_SIZE[imports_format]
+    imports_offset = _align(
+        _STARTS_OFFSET + cursor, 8 if imports_format == C.DYLD_CHAINED_IMPORT_ADDEND64 else 4
+    )
+    symbols_offset = imports_offset + entry_size * len(table)
+    total = _align(symbols_offset + len(pool), 8)
+
+    blob = bytearray(total)
+    ChainedFixupsHeader(
+        0, _STARTS_OFFSET, imports_offset, symbols_offset, len(table), imports_format, 0
+    ).pack_into(blob, 0)
+    struct.pack_into(f"<I{seg_count}I", blob, _STARTS_OFFSET, seg_count, *seg_info_offsets)
+    for off, raw in seg_records:
+        blob[_STARTS_OFFSET + off : _STARTS_OFFSET + off + len(raw)] = raw
+    blob[imports_offset:symbols_offset] = entries
+    blob[symbols_offset : symbols_offset + len(pool)] = pool
+    return bytes(blob)
+
+
+def _pack_imports(table: list[tuple[Import, int]]) -> tuple[int, bytes, bytes]:
+    """(imports_format, packed table, symbol pool) for the (import, addend) entries."""
+    pool = bytearray(b"\0")  # a name offset of 0 is never a real name
+    name_offsets = []
+    for imp, _ in table:
+        try:
+            raw = imp.name.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            raise ValueError(f"import name {imp.name!r} cannot be encoded as UTF-8") from None
+        if b"\0" in raw:
+            raise ValueError(f"import name {imp.name!r} contains a NUL byte")
+        name_offsets.append(len(pool))
+        pool += raw + b"\0"
+    ordinals = [imp.ordinal for imp, _ in table]
+    addends = [addend for _, addend in table]
+    for imp in (imp for imp, _ in table if not -15 <= imp.ordinal <= 0xFFF0):
+        raise ValueError(f"import {imp.name!r}: library ordinal {imp.ordinal} cannot be encoded")
+    need64 = (
+        any(a < 0 or a > 0x7FFF_FFFF for a in addends)
+        or any(o > 0xF0 for o in ordinals)
+        or (bool(name_offsets) and name_offsets[-1] >= 1 << 23)
+    )
+    weak = np.array([imp.weak for imp, _ in table], dtype=np.uint64)
+    offs = np.array(name_offsets, dtype=np.uint64)
+    if need64:
+        ords = np.array([o & 0xFFFF for o in ordinals], dtype=np.uint64)
+        packed = np.zeros(len(table), dtype=[("v", "<u8"), ("addend", "<u8")])
+        packed["v"] = ords | (weak << _U64(16)) | (offs << _U64(32))
+        packed["addend"] = np.array([a & 0xFFFF_FFFF_FFFF_FFFF for a in addends], dtype=np.uint64)
+        return C.DYLD_CHAINED_IMPORT_ADDEND64, packed.tobytes(), bytes(pool)
+    word = np.array([o & 0xFF for o in ordinals], dtype=np.uint64) | (weak << _U64(8)) | (offs << _U64(9))
+    if any(addends):
+        packed = np.zeros(len(table), dtype=[("v", "<u4"), ("addend", "<i4")])
+        packed["v"] = word
+        packed["addend"] = addends
+        return C.DYLD_CHAINED_IMPORT_ADDEND, packed.tobytes(), bytes(pool)
+    return C.DYLD_CHAINED_IMPORT, word.astype("<u4").tobytes(), bytes(pool)

@@ -1,0 +1,53 @@
+"""Shared test helpers: where the shared data lives, and which oracles are present.
+
+Tests that need ``../shared`` or an external tool skip cleanly when it is absent,
+except under CI (``DYLDCACHE_REQUIRE_ORACLES=1``), where a missing oracle is a failure:
+a test that silently skips everywhere could never fail.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+REQUIRE_ORACLES = os.environ.get("DYLDCACHE_REQUIRE_ORACLES") == "1"
+
+
+def _missing(what: str) -> None:
+    if REQUIRE_ORACLES:
+        pytest.fail(f"{what} is required in CI (DYLDCACHE_REQUIRE_ORACLES=1) but missing")
+    pytest.skip(f"{what} not available")
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared; skips the test when the shared folder is absent."""
+    p = SHARED.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"{p} is absent")
+    return p
+
+
+def tool(name: str) -> str:
+    """Full path of an external tool; skips (or fails in CI) when it is not installed."""
+    path = shutil.which(name)
+    if path is None:
+        _missing(name)
+    assert path is not None
+    return path
+
+
+def python_module(name: str) -> None:
+    """Skip (or fail in CI) when a test-only Python module cannot be imported."""
+    try:
+        __import__(name)
+    except ImportError:
+        _missing(f"Python module {name}")
+
+
+LLVM_OBJDUMP = "llvm-objdump-22"

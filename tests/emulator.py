@@ -1,0 +1,239 @@
+"""Run code from our outputs in unicorn: the semantic check that binds, rebases and split-seg
+adjustments are right.
+
+Deliberately independent of dyldcache's own readers: standalone dylibs are loaded with LIEF
+(segments, rebases, binds, exports), and caches with the small readers below, written
+from the format rules (docs/validators.md Appendix A).
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+from dataclasses import dataclass, field
+
+import unicorn as uc
+from unicorn import arm64_const as A
+from unicorn import x86_const as X
+
+PAGE = 0x4000
+SENTINEL = 0xDEAD0000  # return address nobody maps: emulation stops there
+STACK_TOP = 0x7000_0000_0000
+STACK_SIZE = 0x100000
+MAX_INSNS = 2_000_000
+
+
+def _round_down(x: int) -> int:
+    return x & ~(PAGE - 1)
+
+
+def _round_up(x: int) -> int:
+    return (x + PAGE - 1) & ~(PAGE - 1)
+
+
+class EmulationError(AssertionError):
+    pass
+
+
+class Machine:
+    """A unicorn CPU with a stack, able to call C functions and read memory."""
+
+    def __init__(self, arch: str) -> None:
+        self.arch = arch
+        if arch.startswith("arm64"):
+            self.mu = uc.Uc(uc.UC_ARCH_ARM64, uc.UC_MODE_ARM)
+            if arch == "arm64e":
+                # the MAX cpu has pointer authentication; with no keys set, auth is a no-op
+                self.mu.ctl_set_cpu_model(A.UC_CPU_ARM64_MAX)
+        else:
+            self.mu = uc.Uc(uc.UC_ARCH_X86, uc.UC_MODE_64)
+        self.mapped: list[tuple[int, int]] = []
+        self.map(STACK_TOP - STACK_SIZE, STACK_SIZE)
+
+    def map(self, addr: int, size: int) -> None:
+        lo, hi = _round_down(addr), _round_up(addr + size)
+        # skip pages already mapped (segments of one image can share a 16 KiB page)
+        for a in range(lo, hi, PAGE):
+            if any(s <= a < e for s, e in self.mapped):
+                continue
+            self.mu.mem_map(a, PAGE, uc.UC_PROT_ALL)
+            self.mapped.append((a, a + PAGE))
+
+    def write(self, addr: int, data: bytes) -> None:
+        self.mu.mem_write(addr, data)
+
+    def read(self, addr: int, size: int) -> bytes:
+        return bytes(self.mu.mem_read(addr, size))
+
+    def read_u64(self, addr: int) -> int:
+        return int(struct.unpack("<Q", self.read(addr, 8))[0])
+
+    def write_u64(self, addr: int, value: int) -> None:
+        self.write(addr, struct.pack("<Q", value & 0xFFFFFFFFFFFFFFFF))
+
+    def call(self, fn: int, *args: int) -> int:
+        """Call ``fn`` with integer arguments; returns the 64-bit return register."""
+        sp = STACK_TOP - 0x1000
+        mu = self.mu
+        try:
+            if self.arch.startswith("arm64"):
+                for i, a in enumerate(args):
+                    mu.reg_write(A.UC_ARM64_REG_X0 + i, a & 0xFFFFFFFFFFFFFFFF)
+                mu.reg_write(A.UC_ARM64_REG_SP, sp)
+                mu.reg_write(A.UC_ARM64_REG_LR, SENTINEL)
+                mu.emu_start(fn, SENTINEL, count=MAX_INSNS)
+                if mu.reg_read(A.UC_ARM64_REG_PC) != SENTINEL:
+                    raise EmulationError(f"call of {fn:#x} did not return within {MAX_INSNS} instructions")
+                return int(mu.reg_read(A.UC_ARM64_REG_X0))
+            regs = [
+                X.UC_X86_REG_RDI,
+                X.UC_X86_REG_RSI,
+                X.UC_X86_REG_RDX,
+                X.UC_X86_REG_RCX,
+                X.UC_X86_REG_R8,
+                X.UC_X86_REG_R9,
+            ]
+            for r, a in zip(regs, args, strict=False):
+                mu.reg_write(r, a & 0xFFFFFFFFFFFFFFFF)
+            sp = (sp & ~0xF) - 8
+            mu.mem_write(sp, struct.pack("<Q", SENTINEL))
+            mu.reg_write(X.UC_X86_REG_RSP, sp)
+            mu.emu_start(fn, SENTINEL, count=MAX_INSNS)
+            if mu.reg_read(X.UC_X86_REG_RIP) != SENTINEL:
+                raise EmulationError(f"call of {fn:#x} did not return within {MAX_INSNS} instructions")
+            return int(mu.reg_read(X.UC_X86_REG_RAX))
+        except uc.UcError as exc:
+            pc = mu.reg_read(A.UC_ARM64_REG_PC if self.arch.startswith("arm64") else X.UC_X86_REG_RIP)
+            raise EmulationError(f"call of {fn:#x} faulted at pc {pc:#x}: {exc}") from None
+
+    def call_int(self, fn: int, *args: int) -> int:
+        """Call a C function returning ``int``: the low 32 bits, sign-extended."""
+        r = self.call(fn, *args) & 0xFFFFFFFF
+        return r - (1 << 32) if r & 0x80000000 else r
+
+
+# ---------------------------------------------------------------------------------------------
+# standalone dylibs, loaded with LIEF
+
+
+@dataclass
+class LoadedImage:
+    install_name: str
+    base: int
+    #: symbol -> address (absolute, after the slide)
+    exports: dict[str, int] = field(default_factory=dict)
+    #: symbol -> (install name of the dylib it is re-exported from, name there)
+    reexports: dict[str, tuple[str, str]] = field(default_factory=dict)
+    #: install names of re-exported dylibs (LC_REEXPORT_DYLIB)
+    reexported_dylibs: list[str] = field(default_factory=list)
+    initializers: list[int] = field(default_factory=list)
+
+
+def _lief():
+    import lief
+
+    lief.logging.disable()
+    return lief
+
+
+def load_standalone(paths: list[str], arch: str, seed: int) -> tuple[Machine, dict[str, LoadedImage]]:
+    """Map each dylib at a random base, apply its fixups (binds resolved to the others), run
+    initializers. Returns the machine and the images by install name."""
+    lief = _lief()
+    rng = random.Random(seed)
+    m = Machine(arch)
+    images: dict[str, LoadedImage] = {}
+    parsed = []
+    for i, p in enumerate(paths):
+        fat = lief.MachO.parse(p)
+        if fat is None:
+            raise EmulationError(f"LIEF cannot parse {p}")
+        b = fat.at(0)
+        base = 0x1_0000_0000 + i * 0x1000_0000 + rng.randrange(1, 0x400) * PAGE
+        ids = [lib.name for lib in b.libraries if lib.command == lief.MachO.LoadCommand.TYPE.ID_DYLIB]
+        name = ids[0] if ids else p
+        img = LoadedImage(name, base)
+        for seg in b.segments:
+            if seg.virtual_size == 0:
+                continue
+            m.map(base + seg.virtual_address, seg.virtual_size)
+            content = bytes(seg.content)
+            if content:
+                m.write(base + seg.virtual_address, content[: seg.virtual_size])
+        for lib in b.libraries:
+            if lib.command == lief.MachO.LoadCommand.TYPE.REEXPORT_DYLIB:
+                img.reexported_dylibs.append(lib.name)
+        for sym in b.exported_symbols:
+            info = sym.export_info
+            flags = int(info.flags) if info is not None else 0
+            if flags & 0x08:  # EXPORT_SYMBOL_FLAGS_REEXPORT
+                lib = info.alias_library.name if info.alias_library is not None else ""
+                alias = info.alias.name if info.alias is not None and info.alias.name else sym.name
+                img.reexports[sym.name] = (lib, alias)
+            elif flags & 0x03 == 0x02:  # EXPORT_SYMBOL_FLAGS_KIND_ABSOLUTE
+                img.exports[sym.name] = info.address
+            else:
+                img.exports[sym.name] = base + (info.address if info is not None else sym.value)
+        images[name] = img
+        parsed.append((b, img))
+
+    def lookup(dylib: str, symbol: str, depth: int = 0) -> int | None:
+        img = images.get(dylib)
+        if img is None or depth > 8:
+            return None
+        if symbol in img.exports:
+            return img.exports[symbol]
+        if symbol in img.reexports:
+            lib, name = img.reexports[symbol]
+            return lookup(lib, name, depth + 1)
+        for sub in img.reexported_dylibs:
+            found = lookup(sub, symbol, depth + 1)
+            if found is not None:
+                return found
+        return None
+
+    for b, img in parsed:
+        base = img.base
+        for r in b.relocations:
+            if type(r).__name__ == "RelocationFixup":
+                m.write_u64(base + r.address, base + r.target)
+            elif type(r).__name__ == "RelocationDyld":
+                m.write_u64(base + r.address, base + m.read_u64(base + r.address))
+        for bi in b.bindings:
+            sym = bi.symbol.name
+            ordinal = getattr(bi, "library_ordinal", None)
+            # LIEF keeps a chained bind's inline addend apart from its import's addend
+            addend = bi.addend + (bi.sign_extended_addend if type(bi).__name__ == "ChainedBindingInfo" else 0)
+            if str(getattr(bi, "binding_class", "")).endswith("WEAK"):
+                # weak-bind table (coalescing): the first image defining the symbol wins;
+                # when none does, the location keeps its rebased value
+                winner = next((i.exports[sym] for i in images.values() if sym in i.exports), None)
+                if winner is not None:
+                    m.write_u64(base + bi.address, winner + addend)
+                continue
+            if bi.has_library:
+                value = lookup(bi.library.name, sym)
+            elif ordinal == -3:  # weak lookup: first image that defines it, in load order
+                value = next((i.exports[sym] for i in images.values() if sym in i.exports), None)
+            else:
+                value = None
+            if value is None:
+                if not getattr(bi, "weak_import", False):
+                    raise EmulationError(f"{img.install_name}: cannot bind {sym} at {bi.address:#x}")
+                value = 0  # a missing weak import is null, whatever its addend
+            else:
+                value += addend
+            m.write_u64(base + bi.address, value)
+        for sect in b.sections:
+            if sect.type == lief.MachO.Section.TYPE.MOD_INIT_FUNC_POINTERS:
+                for k in range(0, sect.size, 8):
+                    img.initializers.append(m.read_u64(base + sect.virtual_address + k))
+            elif sect.type == lief.MachO.Section.TYPE.INIT_FUNC_OFFSETS:
+                for k in range(0, sect.size, 4):
+                    off = struct.unpack("<I", m.read(base + sect.virtual_address + k, 4))[0]
+                    img.initializers.append(base + off)
+    # dependencies were listed first, so running initializers in load order is bottom-up
+    for _, img in parsed:
+        for fn in img.initializers:
+            m.call(fn)
+    return m, images
