@@ -237,3 +237,242 @@ def load_standalone(paths: list[str], arch: str, seed: int) -> tuple[Machine, di
         for fn in img.initializers:
             m.call(fn)
     return m, images
+
+
+# ---------------------------------------------------------------------------------------------
+# caches: an independent reader (format rules of docs/cache-format.md, validators.md App. A)
+
+
+def _u32(b: bytes, o: int) -> int:
+    return int(struct.unpack_from("<I", b, o)[0])
+
+
+def _uleb(b: bytes, o: int) -> tuple[int, int]:
+    r = s = 0
+    while True:
+        x = b[o]
+        o += 1
+        r |= (x & 0x7F) << s
+        s += 7
+        if x < 0x80:
+            return r, o
+
+
+@dataclass
+class CacheFileView:
+    path: str
+    data: bytes
+    #: (address, size, file offset, slide info offset, slide info size)
+    mappings: list[tuple[int, int, int, int, int]]
+
+
+def _cache_file(path: str) -> CacheFileView:
+    with open(path, "rb") as f:
+        d = f.read()
+    if not d.startswith(b"dyld_v1"):
+        raise EmulationError(f"{path}: not a dyld cache")
+    moff, mcount = struct.unpack_from("<II", d, 0x10)
+    maps = []
+    if moff > 0x138:
+        wo, wc = struct.unpack_from("<II", d, 0x138)
+        for i in range(wc):
+            a, s, fo, so, ss, _fl, _mx, _ip = struct.unpack_from("<6Q2I", d, wo + 56 * i)
+            maps.append((a, s, fo, so, ss))
+    else:
+        for i in range(mcount):
+            a, s, fo, _mx, _ip = struct.unpack_from("<3Q2I", d, moff + 32 * i)
+            maps.append((a, s, fo, 0, 0))
+    return CacheFileView(path, d, maps)
+
+
+def cache_files(main_path: str) -> list[CacheFileView]:
+    main = _cache_file(main_path)
+    files = [main]
+    moff = _u32(main.data, 0x10)
+    if moff > 0x188:
+        sc_off, sc_count = struct.unpack_from("<II", main.data, 0x188)
+        for i in range(sc_count):
+            if moff > 0x1C8:
+                raw = main.data[sc_off + 56 * i + 24 : sc_off + 56 * i + 56]
+                suffix = raw.split(b"\0")[0].decode()
+            else:
+                suffix = f".{i + 1}"
+            files.append(_cache_file(main_path + suffix))
+    return files
+
+
+def _slide_mapping(m: Machine, f: CacheFileView, mapping: tuple[int, int, int, int, int], slide: int) -> None:
+    addr, _size, _fo, so, ss = mapping
+    if not ss:
+        return
+    d = f.data
+    ver = _u32(d, so)
+    base_va = addr + slide
+    if ver == 2:
+        _, psz, ps_off, ps_cnt, pe_off, _pe_cnt, dmask, vadd = struct.unpack_from("<6I2Q", d, so)
+        shift = (dmask & -dmask).bit_length() - 1 - 2
+
+        def chain(page_va: int, off: int) -> None:
+            while True:
+                raw = m.read_u64(page_va + off)
+                delta = (raw & dmask) >> shift
+                val = raw & ~dmask & 0xFFFFFFFFFFFFFFFF
+                if val:
+                    val += vadd + slide
+                m.write_u64(page_va + off, val)
+                if delta == 0:
+                    return
+                off += delta
+
+        for p in range(ps_cnt):
+            st = struct.unpack_from("<H", d, so + ps_off + 2 * p)[0]
+            if st == 0x4000:
+                continue
+            if st & 0x8000:
+                j = st & 0x3FFF
+                while True:
+                    e = struct.unpack_from("<H", d, so + pe_off + 2 * j)[0]
+                    chain(base_va + p * psz, (e & 0x3FFF) * 4)
+                    if e & 0x8000:
+                        break
+                    j += 1
+            else:
+                chain(base_va + p * psz, st * 4)
+    elif ver in (3, 5):
+        if ver == 3:
+            _, psz, ps_cnt, _pad, value_add = struct.unpack_from("<4IQ", d, so)
+        else:
+            _, psz, ps_cnt, _pad, value_add = struct.unpack_from("<4IQ", d, so)
+        for p in range(ps_cnt):
+            st = struct.unpack_from("<H", d, so + 24 + 2 * p)[0]
+            if st == 0xFFFF:
+                continue
+            va = base_va + p * psz + st
+            while True:
+                raw = m.read_u64(va)
+                if ver == 3:
+                    delta = ((raw >> 51) & 0x7FF) * 8
+                    if raw >> 63:
+                        val = (raw & 0xFFFFFFFF) + value_add + slide
+                    else:
+                        v51 = raw & 0x7FFFFFFFFFFFF
+                        val = (((v51 & 0x0007F80000000000) << 13) | (v51 & 0x000007FFFFFFFFFF)) + slide
+                else:
+                    delta = ((raw >> 52) & 0x7FF) * 8
+                    val = (raw & 0x3FFFFFFFF) + value_add + slide
+                    if not raw >> 63:
+                        val |= ((raw >> 34) & 0xFF) << 56
+                m.write_u64(va, val)
+                if delta == 0:
+                    break
+                va += delta
+    else:
+        raise EmulationError(f"{f.path}: slide info version {ver} unknown to the emulator")
+
+
+@dataclass
+class LoadedCache:
+    machine: Machine
+    slide: int
+    #: install name -> unslid mach header address
+    images: dict[str, int]
+
+    def header_bytes(self, name: str) -> tuple[int, bytes]:
+        base = self.images[name] + self.slide
+        hdr = self.machine.read(base, 32)
+        sizeofcmds = _u32(hdr, 20)
+        return base, self.machine.read(base, 32 + sizeofcmds)
+
+    def _commands(self, name: str) -> list[tuple[int, bytes]]:
+        _, raw = self.header_bytes(name)
+        ncmds = _u32(raw, 16)
+        out = []
+        off = 32
+        for _ in range(ncmds):
+            cmd, size = struct.unpack_from("<II", raw, off)
+            out.append((cmd, raw[off : off + size]))
+            off += size
+        return out
+
+    def lookup(self, name: str, symbol: str) -> int | None:
+        """Walk the image's export trie (read from emulator memory); returns the slid address."""
+        base = self.images[name] + self.slide
+        linkedit = trie = None
+        for cmd, body in self._commands(name):
+            if cmd == 0x19 and body[8:24].rstrip(b"\0") == b"__LINKEDIT":
+                vm, _vs, fo = struct.unpack_from("<3Q", body, 24)
+                linkedit = (vm, fo)
+            elif cmd in (0x22, 0x80000022):
+                trie = struct.unpack_from("<II", body, 40)
+            elif cmd == 0x80000033:
+                trie = struct.unpack_from("<II", body, 8)
+        if linkedit is None or trie is None or trie[1] == 0:
+            return None
+        t = self.machine.read(linkedit[0] + self.slide + (trie[0] - linkedit[1]), trie[1])
+        node, s = 0, symbol.encode()
+        while True:
+            term, p = _uleb(t, node)
+            if not s:
+                if not term:
+                    return None
+                flags, p = _uleb(t, p)
+                if flags & 0x08:
+                    raise EmulationError(f"{symbol} is a re-export in {name}")
+                off, p = _uleb(t, p)
+                return base + off
+            p += term
+            nchild = t[p]
+            p += 1
+            for _ in range(nchild):
+                e = t.index(b"\0", p)
+                edge = t[p:e]
+                p = e + 1
+                child, p = _uleb(t, p)
+                if s.startswith(edge):
+                    s, node = s[len(edge) :], child
+                    break
+            else:
+                return None
+
+    def initializers(self, name: str) -> list[int]:
+        base = self.images[name] + self.slide
+        out = []
+        for cmd, body in self._commands(name):
+            if cmd != 0x19:
+                continue
+            nsects = _u32(body, 64)
+            for k in range(nsects):
+                so = 72 + 80 * k
+                addr, size = struct.unpack_from("<2Q", body, so + 32)
+                flags = _u32(body, so + 64)
+                if flags & 0xFF == 0x9:
+                    out += [self.machine.read_u64(addr + self.slide + i) for i in range(0, size, 8)]
+                elif flags & 0xFF == 0x16:
+                    out += [
+                        base + _u32(self.machine.read(addr + self.slide + i, 4), 0) for i in range(0, size, 4)
+                    ]
+        return out
+
+
+def load_cache(main_path: str, arch: str, slide: int) -> LoadedCache:
+    """Map every file's mappings at address + slide and apply their slide info."""
+    files = cache_files(main_path)
+    m = Machine(arch)
+    for f in files:
+        for addr, size, fo, _so, _ss in f.mappings:
+            m.map(addr + slide, size)
+            m.write(addr + slide, f.data[fo : fo + size])
+    for f in files:
+        for mapping in f.mappings:
+            _slide_mapping(m, f, mapping, slide)
+    main = files[0].data
+    moff = _u32(main, 0x10)
+    if moff > 0x1C4 and _u32(main, 0x1C4):
+        ioff, icnt = struct.unpack_from("<II", main, 0x1C0)
+    else:
+        ioff, icnt = struct.unpack_from("<II", main, 0x18)
+    images = {}
+    for i in range(icnt):
+        addr, _mt, _ino, po = struct.unpack_from("<3QI", main, ioff + 32 * i)
+        images[main[po : main.index(b"\0", po)].decode()] = addr
+    return LoadedCache(m, slide, images)

@@ -20,6 +20,7 @@ from .errors import DyldCacheError
 COMMAND_MODULES = (
     "dyldcache.macho.describe",
     "dyldcache.link.driver",
+    "dyldcache.builder.command",
     "dyldcache.cache.describe",
 )
 

@@ -1,0 +1,238 @@
+"""Per-dylib pass: turn every fixup into a cache pointer ("convert binds to rebases").
+
+Rebases keep their target, moved by the slide of the section split seg info names; binds
+are resolved through the dependents' export tries (with re-exports, weak definitions and
+the weak-lookup rules of dyld-1162) to a cache address, or to an absolute value, or to 0
+for a missing weak import. The result is one array of pointers that the slide-info pass
+encodes, plus the absolute values to store as they are, plus the uses the patch table needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import BuildError
+from ..macho import constants as C
+from ..macho.exports_trie import Export
+from ..macho.fixups import FixupKind, Import
+from .adjust import PointerSlides
+from .cache_dylib import CacheDylib
+
+#: every pointer the cache must hold after binding: location and value as cache addresses
+CACHE_POINTER_FIELDS = np.dtype(
+    [
+        ("location", "<u8"),  # cache VM address of the pointer
+        ("target", "<u8"),  # cache VM address it must hold (without high8)
+        ("high8", "u1"),
+        ("auth", "u1"),
+        ("key", "u1"),
+        ("addr_div", "u1"),
+        ("diversity", "<u2"),
+    ]
+)
+
+
+@dataclass(frozen=True, slots=True)
+class BindTarget:
+    """A resolved import: a cache address in ``dylib``, or an absolute value (dylib None)."""
+
+    value: int
+    dylib: int | None
+    name: str
+    weak_def: bool = False
+
+
+@dataclass(slots=True)
+class BindResult:
+    pointers: np.ndarray  # CACHE_POINTER_FIELDS
+    #: (location, value) pairs written as plain integers (absolute symbols, missing weak imports)
+    absolutes: list[tuple[int, int]] = field(default_factory=list)
+    #: patch-table uses: (target dylib, export cache address, name, location, addend, auth, key, addr_div,
+    #: diversity, high8, weak import)
+    uses: list[tuple[int, int, str, int, int, bool, int, bool, int, int, bool]] = field(default_factory=list)
+
+
+class ExportIndex:
+    """Export lookups over every cache dylib, with dyld's re-export and weak-lookup rules.
+
+    Tries are read from the *input* dylibs (which never change) and addresses converted
+    to cache addresses through each dylib's segment placement.
+    """
+
+    def __init__(self, dylibs: list[CacheDylib]) -> None:
+        self.dylibs = dylibs
+        self._tables: dict[int, dict[str, Export]] = {}
+
+    def table(self, index: int) -> dict[str, Export]:
+        t = self._tables.get(index)
+        if t is None:
+            t = {e.name: e for e in self.dylibs[index].image.exports}
+            self._tables[index] = t
+        return t
+
+    def _target(self, index: int, e: Export) -> BindTarget:
+        d = self.dylibs[index]
+        if e.is_absolute:
+            return BindTarget(e.address, None, e.name, e.is_weak_def)
+        addr = d.image.base_address + e.address
+        cache = int(d.cache_addresses(np.array([addr], dtype=np.uint64))[0])
+        return BindTarget(cache, index, e.name, e.is_weak_def)
+
+    def has_exported(
+        self, index: int, name: str, *, reexports: bool = True, depth: int = 0
+    ) -> BindTarget | None:
+        if depth > 64:
+            raise BuildError(f"{self.dylibs[index].install_name}: re-export cycle resolving {name}")
+        d = self.dylibs[index]
+        e = self.table(index).get(name)
+        if e is not None:
+            if e.is_reexport:
+                if not 1 <= e.ordinal <= len(d.dependents):
+                    raise BuildError(
+                        f"{d.install_name}: re-export ordinal {e.ordinal} of {name} out of range"
+                    )
+                dep, _ = d.dependents[e.ordinal - 1]
+                if dep is None:
+                    return None
+                return self.has_exported(dep, e.import_name or name, reexports=reexports, depth=depth + 1)
+            return self._target(index, e)
+        if reexports:
+            for dep, kind in d.dependents:
+                if kind == "reexport" and dep is not None:
+                    found = self.has_exported(dep, name, reexports=True, depth=depth + 1)
+                    if found is not None:
+                        return found
+        return None
+
+    def resolve(self, client: int, imp: Import) -> BindTarget | None:
+        d = self.dylibs[client]
+        ordinal = imp.ordinal
+        if 1 <= ordinal <= len(d.dependents):
+            dep, _ = d.dependents[ordinal - 1]
+            return None if dep is None else self.has_exported(dep, imp.name)
+        if ordinal == C.BIND_SPECIAL_DYLIB_SELF:
+            return self.has_exported(client, imp.name)
+        if ordinal == C.BIND_SPECIAL_DYLIB_WEAK_LOOKUP:
+            # no load order exists at build time: libc++ first, then the image itself, then
+            # what it links directly (not upward)
+            for i, other in enumerate(self.dylibs):
+                if (
+                    other.install_name.startswith("/usr/lib/libc++.")
+                    and other.image.flags & C.MH_WEAK_DEFINES
+                ):
+                    found = self.has_exported(i, imp.name, reexports=False)
+                    if found is not None:
+                        return found
+                    break
+            found = self.has_exported(client, imp.name, reexports=False)
+            if found is not None:
+                return found
+            for dep, kind in d.dependents:
+                if dep is None or kind == "upward":
+                    continue
+                found = self.has_exported(dep, imp.name)
+                if found is not None:
+                    return found
+            return None
+        raise BuildError(f"{d.install_name}: unsupported library ordinal {ordinal} binding {imp.name}")
+
+
+def bind_dylib(dylib: CacheDylib, index: ExportIndex, slides: PointerSlides) -> BindResult:
+    """Every fixup of ``dylib`` as a cache pointer (see module docstring)."""
+    fx = dylib.image.fixups
+    recs = fx.records
+    name = dylib.install_name
+    locations = dylib.cache_addresses(recs["address"])
+    kinds = recs["kind"]
+    out = np.zeros(len(recs), dtype=CACHE_POINTER_FIELDS)
+    out["location"] = locations
+    out["high8"] = recs["high8"]
+    out["auth"] = (kinds == FixupKind.AUTH_REBASE) | (kinds == FixupKind.AUTH_BIND)
+    out["key"] = recs["key"]
+    out["addr_div"] = recs["addr_div"]
+    out["diversity"] = recs["diversity"]
+    keep = np.ones(len(recs), dtype=bool)
+    result = BindResult(out)
+
+    # rebases: the target moves with the section split seg info names for this location
+    rb = np.flatnonzero((kinds == FixupKind.REBASE) | (kinds == FixupKind.AUTH_REBASE))
+    if len(rb):
+        addrs = recs["address"][rb]
+        pos = np.searchsorted(slides.input_addrs, addrs)
+        pos_c = np.clip(pos, 0, max(len(slides.input_addrs) - 1, 0))
+        found = (pos < len(slides.input_addrs)) & (
+            slides.input_addrs[pos_c] == addrs if len(slides.input_addrs) else np.zeros(len(rb), bool)
+        )
+        targets = recs["target"][rb]
+        moved = np.empty(len(rb), dtype=np.uint64)
+        if len(slides.input_addrs):
+            moved[found] = (targets[found].astype(np.int64) + slides.target_slides[pos_c[found]]).astype(
+                np.uint64
+            )
+        # no split seg entry (not written by ld64 for this pointer): use the segment holding the target
+        moved[~found] = dylib.cache_addresses(targets[~found])
+        out["target"][rb] = moved
+
+    # binds: resolve each import once
+    bd = np.flatnonzero((kinds == FixupKind.BIND) | (kinds == FixupKind.AUTH_BIND))
+    if len(bd):
+        resolved: dict[int, BindTarget | None] = {}
+        for k in np.unique(recs["bind"][bd]).tolist():
+            imp = fx.imports[k]
+            t = index.resolve(dylib.index, imp)
+            if t is None and not imp.weak:
+                where = (
+                    dylib.dependents[imp.ordinal - 1][1] if 1 <= imp.ordinal <= len(dylib.dependents) else "?"
+                )
+                raise BuildError(
+                    f"Symbol not found: {imp.name}\n  Referenced from: {name}\n  Expected in: {where}"
+                )
+            resolved[k] = t
+        for j in bd.tolist():
+            rec = recs[j]
+            t = resolved[int(rec["bind"])]
+            addend = int(rec["addend"])
+            loc = int(locations[j])
+            if t is None or t.dylib is None:
+                value = 0 if t is None else (t.value + addend) & 0xFFFFFFFFFFFFFFFF
+                result.absolutes.append((loc, value))
+                keep[j] = False
+                continue
+            final = (t.value + addend) & 0xFFFFFFFFFFFFFFFF
+            high8 = final >> 56
+            out["target"][j] = final & 0x00FFFFFFFFFFFFFF
+            if high8:
+                out["high8"][j] = high8
+            imp = fx.imports[int(rec["bind"])]
+            if t.dylib != dylib.index:
+                result.uses.append(
+                    (
+                        t.dylib,
+                        t.value,
+                        t.name,
+                        loc,
+                        addend & 0x00FFFFFFFFFFFFFF,
+                        bool(out["auth"][j]),
+                        int(rec["key"]),
+                        bool(rec["addr_div"]),
+                        int(rec["diversity"]),
+                        int(high8 or rec["high8"]),
+                        imp.weak,
+                    )
+                )
+
+    # opcode weak binds: coalesce to the definition dyld would pick
+    for wb in fx.weak_binds:
+        if wb.address is None:
+            continue
+        t = index.resolve(dylib.index, Import(wb.name, C.BIND_SPECIAL_DYLIB_WEAK_LOOKUP))
+        if t is None or t.dylib is None:
+            continue
+        loc = int(dylib.cache_addresses(np.array([wb.address], dtype=np.uint64))[0])
+        hit = np.flatnonzero(out["location"] == loc)
+        if len(hit):
+            out["target"][hit] = t.value + wb.addend
+    result.pointers = out[keep]
+    return result

@@ -1,0 +1,186 @@
+"""One dylib on its way into the cache: its segments (each becomes a chunk), its LINKEDIT
+pieces, its dependents, and the mapping from input addresses to cache addresses.
+
+Segment categorization follows dyld-1162 (``docs/cache-format.md`` §7.6 and §8.3): the kind
+of a segment decides its region, and the region decides its permissions in the cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..macho import constants as C
+from ..macho.exports_trie import Export
+from ..macho.file import MachOFile, Segment
+from ..macho.fixups import FixupKind
+from .config import MACH_HEADER_ALIGNMENT, CacheConfig
+from .inputs import CacheInput
+from .layout import Chunk, ChunkKind, RegionKind
+
+#: chunk kind -> region it goes to
+REGION_OF_KIND = {
+    ChunkKind.DYLIB_TEXT: RegionKind.TEXT,
+    ChunkKind.DYLIB_READ_ONLY: RegionKind.TEXT,
+    ChunkKind.DYLIB_DATA_CONST: RegionKind.DATA_CONST,
+    ChunkKind.DYLIB_DATA: RegionKind.DATA,
+    ChunkKind.DYLIB_DATA_CONST_WORKAROUND: RegionKind.DATA,
+    ChunkKind.DYLIB_DATA_DIRTY: RegionKind.DATA,
+    ChunkKind.DYLIB_AUTH: RegionKind.AUTH,
+    ChunkKind.DYLIB_AUTH_CONST: RegionKind.AUTH_CONST,
+}
+
+_RX = C.VM_PROT_READ | C.VM_PROT_EXECUTE
+_RW = C.VM_PROT_READ | C.VM_PROT_WRITE
+
+
+@dataclass(eq=False, slots=True)
+class DylibSegment:
+    """An input segment and the chunk it becomes."""
+
+    index: int
+    name: str
+    kind: ChunkKind | None  # None for __LINKEDIT (split into pieces)
+    input: Segment
+    #: bytes copied from the input file (min(filesize, size of sections))
+    copy_size: int
+    #: VM size in the cache: end of the last section (not page rounded)
+    cache_size: int
+    chunk: Chunk | None = None
+
+    @property
+    def cache_vmaddr(self) -> int:
+        assert self.chunk is not None
+        return self.chunk.vm_addr
+
+    @property
+    def slide(self) -> int:
+        return self.cache_vmaddr - self.input.vmaddr
+
+
+@dataclass(eq=False, slots=True)
+class CacheDylib:
+    index: int
+    input: CacheInput
+    segments: list[DylibSegment] = field(default_factory=list)
+    #: LINKEDIT pieces by name: "nlist", "indirect", "exports", "function_starts", "data_in_code"
+    linkedit: dict[str, Chunk] = field(default_factory=dict)
+    #: dependency install names resolved to cache dylib indexes (None = missing weak dylib)
+    dependents: list[tuple[int | None, str]] = field(default_factory=list)
+
+    @property
+    def image(self) -> MachOFile:
+        return self.input.image
+
+    @property
+    def install_name(self) -> str:
+        return self.input.install_name
+
+    @property
+    def text(self) -> DylibSegment:
+        return self.segments[0]
+
+    @property
+    def cache_load_address(self) -> int:
+        return self.text.cache_vmaddr
+
+    def segment_for_input_address(self, addr: int) -> DylibSegment | None:
+        for seg in self.segments:
+            if seg.input.vmaddr <= addr < seg.input.vmaddr + seg.input.vmsize:
+                return seg
+        return None
+
+    def cache_addresses(self, input_addrs: np.ndarray) -> np.ndarray:
+        """Vectorized input VM address -> cache VM address (by the segment containing it).
+
+        Addresses outside every segment map with the slide of the nearest segment below
+        (one-past-the-end pointers stay attached to the segment they end).
+        """
+        starts = np.array([s.input.vmaddr for s in self.segments], dtype=np.uint64)
+        slides = np.array([s.slide if s.chunk is not None else 0 for s in self.segments], dtype=np.int64)
+        order = np.argsort(starts)
+        idx = np.searchsorted(starts[order], input_addrs, side="right") - 1
+        idx = np.clip(idx, 0, len(order) - 1)
+        return (input_addrs.astype(np.int64) + slides[order][idx]).astype(np.uint64)
+
+
+def _has_auth_fixups(image: MachOFile, seg: Segment) -> bool:
+    recs = image.fixups.records
+    in_seg = (recs["address"] >= seg.vmaddr) & (recs["address"] < seg.vmaddr + seg.vmsize)
+    kinds = recs["kind"][in_seg]
+    if np.any((kinds == FixupKind.AUTH_REBASE) | (kinds == FixupKind.AUTH_BIND)):
+        return True
+    # class data gets signed method lists from the ObjC optimizers, so it lives in AUTH too
+    return any(s.sectname in ("__objc_const", "__objc_data") for s in seg.sections)
+
+
+def supports_data_const(image: MachOFile, install_name: str, exports: list[Export]) -> bool:
+    """Whether a *_CONST segment may stay read-only (cache-format.md §8.3)."""
+    if install_name in ("/usr/lib/libcrypto.0.9.7.dylib", "/usr/lib/libcrypto.0.9.8.dylib"):
+        return False
+    if any(e.is_resolver for e in exports):
+        return False
+    # libobjc may write pointer-based method lists (setIMP); ld64 makes relative ones into
+    # __objc_methlist, so ObjC metadata without that section is taken to be pointer-based
+    names = {s.sectname for s in image.sections}
+    has_objc_classes = bool(names & {"__objc_classlist", "__objc_catlist", "__objc_catlist2"})
+    return not (has_objc_classes and "__objc_methlist" not in names)
+
+
+def categorize_segments(ci: CacheInput, config: CacheConfig) -> list[DylibSegment]:
+    """One DylibSegment per input segment, with the chunk kind that decides its region."""
+    image = ci.image
+    split_v2 = image.split_seg_version == 2
+    auth_regions = config.arch.uses_pointer_auth
+    const_ok: bool | None = None
+    out = []
+    for seg in image.segments:
+        if seg.sections:
+            end = max(s.addr + s.size for s in seg.sections)
+            size = end - seg.vmaddr
+        else:
+            size = seg.vmsize
+        size = max(size, 0)
+        kind: ChunkKind | None
+        prot = seg.initprot
+        if seg.name == "__LINKEDIT":
+            kind = None
+        elif prot == _RX:
+            kind = ChunkKind.DYLIB_TEXT
+        elif prot == C.VM_PROT_READ:
+            kind = ChunkKind.DYLIB_READ_ONLY
+        elif prot == _RW:
+            if not split_v2:
+                kind = ChunkKind.DYLIB_DATA
+            elif seg.name == "__OBJC_CONST":
+                kind = ChunkKind.DYLIB_AUTH_CONST if auth_regions else ChunkKind.DYLIB_DATA_CONST
+            elif seg.name == "__DATA_DIRTY":
+                kind = ChunkKind.DYLIB_DATA_DIRTY
+            else:
+                is_auth = seg.name in ("__AUTH", "__AUTH_CONST") or (
+                    auth_regions and _has_auth_fixups(image, seg)
+                )
+                is_const = seg.name.endswith("_CONST")
+                if is_const and const_ok is None:
+                    const_ok = supports_data_const(image, ci.install_name, image.exports)
+                if is_auth:
+                    if is_const:
+                        kind = ChunkKind.DYLIB_AUTH_CONST if const_ok else ChunkKind.DYLIB_AUTH
+                    else:
+                        kind = ChunkKind.DYLIB_AUTH
+                elif is_const:
+                    kind = ChunkKind.DYLIB_DATA_CONST if const_ok else ChunkKind.DYLIB_DATA_CONST_WORKAROUND
+                else:
+                    kind = ChunkKind.DYLIB_DATA
+        else:
+            raise AssertionError(f"segment {seg.name} with protections {prot} passed eligibility")
+        out.append(DylibSegment(seg.index, seg.name, kind, seg, min(seg.filesize, size), size))
+    return out
+
+
+def segment_alignment(seg: DylibSegment) -> int:
+    if seg.kind is ChunkKind.DYLIB_TEXT and seg.index == 0:
+        return MACH_HEADER_ALIGNMENT
+    align = max((1 << s.align for s in seg.input.sections), default=8)
+    return max(align, 8)

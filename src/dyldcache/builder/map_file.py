@@ -1,0 +1,73 @@
+"""The layout dumps Apple's builder writes beside a cache: the text ``.map`` and the JSON map
+(``docs/cache-format.md`` §11.3). They are produced from the layout, so they can be
+written even when a later phase fails.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..cache.format import uuid_string
+from .cache_dylib import CacheDylib
+from .config import CacheConfig
+from .layout import RegionKind, SubCache
+
+_MAP_NAMES = {
+    RegionKind.TEXT: "EX",
+    RegionKind.DATA_CONST: "RW",
+    RegionKind.DATA: "RW",
+    RegionKind.AUTH: "RW",
+    RegionKind.AUTH_CONST: "RW",
+    RegionKind.LINKEDIT: "RO",
+}
+
+
+def _size(n: int) -> str:
+    return f"{n >> 20:4d}MB" if n > (1 << 20) else f"{n >> 10:4d}KB"
+
+
+def text_map(subcaches: list[SubCache], dylibs: list[CacheDylib]) -> str:
+    lines = []
+    for sub in subcaches:
+        for r in sub.mapped_regions():
+            lines.append(
+                f"mapping  {_MAP_NAMES[r.kind]} {_size(r.vm_size)} 0x{r.vm_addr:X} -> 0x{r.vm_end:X}"
+            )
+    lines.append("")
+    lines.append("")
+    for d in dylibs:
+        lines.append(d.install_name)
+        for seg in d.segments:
+            if seg.chunk is None:
+                continue
+            lines.append(
+                f"\t{seg.name:>16} 0x{seg.chunk.vm_addr:08X} -> 0x{seg.chunk.vm_addr + seg.cache_size:08X}"
+            )
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def json_map(config: CacheConfig, dylibs: list[CacheDylib], uuid: bytes, disposition: str = "") -> str:
+    images: list[dict[str, Any]] = []
+    for d in dylibs:
+        segs = [
+            {
+                "name": s.name,
+                "start-vmaddr": f"0x{s.chunk.vm_addr:x}",
+                "end-vmaddr": f"0x{s.chunk.vm_addr + s.cache_size:x}",
+            }
+            for s in d.segments
+            if s.chunk is not None
+        ]
+        images.append(
+            {"path": d.install_name, "uuid": uuid_string(d.image.uuid or bytes(16)), "segments": segs}
+        )
+    doc = {
+        "base-address": f"0x{config.base_address:x}",
+        "disposition": disposition,
+        "images": images,
+        "uuid": uuid_string(uuid),
+        "version": "1",
+    }
+    return json.dumps(doc, indent=2, sort_keys=True) + "\n"

@@ -1,0 +1,757 @@
+"""The cache builder: the seven phases of dyld-1162's SharedCacheBuilder, and nothing else.
+
+    calculate_inputs -> estimate_global_optimizations -> create_subcaches -> pre_dylib_emit
+    -> run_dylib_passes (parallel) -> post_dylib_emit -> finalize
+
+Estimate, then lay out, then emit: no phase moves what an earlier phase placed. Output
+files are written under temporary names and renamed into place only when every one of
+them is complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import multiprocessing
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..cache.code_signature import (
+    build_code_signature,
+    code_directory,
+    signature_size,
+    uuid_from_code_directory,
+)
+from ..cache.format import CacheHeader, LocalSymbolsEntry64, LocalSymbolsInfo, SubcacheEntry
+from ..cache.slide_info import (
+    CACHE_POINTER_DTYPE,
+    encode_slide_info_v2,
+    encode_slide_info_v3,
+    encode_slide_info_v5,
+    slide_info_size,
+)
+from ..errors import BuildError, DyldCacheError, UsageError
+from ..fileio import OutputError, temporary_name
+from ..macho import constants as C
+from ..macho.exports_trie import write_trie
+from ..macho.format import NLIST64_DTYPE
+from ..macho.leb128 import uleb_encode
+from .adjust import apply_split_seg
+from .bind import CACHE_POINTER_FIELDS, BindResult, ExportIndex, bind_dylib
+from .cache_dylib import REGION_OF_KIND, CacheDylib, categorize_segments, segment_alignment
+from .config import CacheConfig, make_config
+from .dylib_emit import LinkeditPlacement, copy_segments, rewrite_load_commands, write_linkedit
+from .headers import MainHeaderInfo, header_size, write_header
+from .inputs import Eviction, InputFile, Inputs, calculate_inputs, files_from_paths, files_from_root
+from .layout import (
+    Chunk,
+    ChunkKind,
+    RegionKind,
+    SubCache,
+    SubCacheKind,
+    add_dynamic_config,
+    check_no_overlap,
+    layout_files,
+    layout_vm,
+    place_chunks,
+    subcache_suffix,
+)
+from .linkedit import DylibSymbols, StringPool, UnmappedLocals, plan_symbol_tables, rebuilt_exports
+from .map_file import json_map, text_map
+from .patch_table import PatchTable
+from .timing import Timer
+
+_DATA_REGIONS = (RegionKind.DATA_CONST, RegionKind.DATA, RegionKind.AUTH, RegionKind.AUTH_CONST)
+
+
+@dataclass(slots=True)
+class BuildOptions:
+    arch: str
+    output_dir: str
+    platform: str = "macos"
+    root: str | None = None
+    dylib_list: str | None = None
+    paths: list[str] = field(default_factory=list)
+    order_file: str | None = None
+    subcache_text_limit: int | None = None
+    unmap_locals: bool | None = None
+    jobs: int = 0
+    time_passes: bool = False
+    progress: bool = False
+
+
+@dataclass(slots=True)
+class BuildResult:
+    files: list[str]
+    map_path: str
+    json_map_path: str
+    uuid: bytes
+    dylibs: list[str]
+    evictions: list[Eviction]
+    warnings: list[str]
+    timer: Timer
+
+
+@dataclass(slots=True)
+class _DylibOutcome:
+    index: int
+    result: BindResult | None
+    warnings: list[str]
+    error: str | None
+    seconds: dict[str, float]
+
+
+# state shared with forked workers (set before the pool starts, read-only afterwards)
+_STATE: CacheBuilder | None = None
+
+
+def _run_one(index: int) -> _DylibOutcome:
+    assert _STATE is not None
+    return _STATE.dylib_passes(index)
+
+
+class CacheBuilder:
+    def __init__(self, options: BuildOptions) -> None:
+        self.options = options
+        self.config: CacheConfig = make_config(
+            options.arch, options.platform, options.subcache_text_limit, options.unmap_locals
+        )
+        self.timer = Timer()
+        self.warnings: list[str] = []
+        self.inputs: Inputs | None = None
+        self.dylibs: list[CacheDylib] = []
+        self.subcaches: list[SubCache] = []
+        self.buffers: dict[int, np.ndarray] = {}
+        self._maps: list[mmap.mmap] = []
+        self._temp_paths: list[str] = []
+        self.final_paths: list[str] = []
+        self.header_chunks: dict[int, Chunk] = {}
+        self.slide_chunks: dict[tuple[int, RegionKind], Chunk] = {}
+        self.signature_chunks: dict[int, Chunk] = {}
+        self.linkedit_place: dict[int, LinkeditPlacement] = {}
+        self.symbols: dict[int, DylibSymbols] = {}
+        self.pools: list[tuple[StringPool, Chunk]] = []
+        self.unmapped: UnmappedLocals | None = None
+        self.unmapped_chunk: Chunk | None = None
+        self.trie_bytes = b""
+        self.trie_chunk: Chunk | None = None
+        self.patch_table: PatchTable | None = None
+        self.patch_chunk: Chunk | None = None
+        self.loaders_chunk: Chunk | None = None
+        self.dynamic_chunk: Chunk | None = None
+        self.total_vm_size = 0
+        self.results: list[BindResult] = []
+        self.export_index: ExportIndex | None = None
+
+    # ------------------------------------------------------------------------------------------
+
+    def build(self) -> BuildResult:
+        try:
+            with self.timer.phase("calculate_inputs"):
+                self.calculate_inputs()
+            with self.timer.phase("estimate_global_optimizations"):
+                self.estimate_global_optimizations()
+            with self.timer.phase("create_subcaches"):
+                self.create_subcaches()
+            with self.timer.phase("pre_dylib_emit"):
+                self.pre_dylib_emit()
+            with self.timer.phase("run_dylib_passes"):
+                self.run_dylib_passes()
+            with self.timer.phase("post_dylib_emit"):
+                self.post_dylib_emit()
+            with self.timer.phase("finalize"):
+                uuid = self.finalize()
+        except BaseException:
+            self._discard()
+            raise
+        main = self.final_paths[0]
+        assert self.inputs is not None
+        return BuildResult(
+            list(self.final_paths),
+            main + ".map",
+            main + ".json",
+            uuid,
+            [d.install_name for d in self.dylibs],
+            self.inputs.evictions,
+            self.warnings,
+            self.timer,
+        )
+
+    # -- phase 1 --------------------------------------------------------------------------------
+
+    def calculate_inputs(self) -> None:
+        """Inputs: files, root, lists. Outputs: cacheDylibs in order, evictions, aliases."""
+        o = self.options
+        files: list[InputFile] = []
+        aliases: dict[str, str] = {}
+        dylib_list = None
+        if o.dylib_list is not None:
+            try:
+                with open(o.dylib_list, encoding="utf-8") as f:
+                    dylib_list = [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
+            except OSError as exc:
+                raise UsageError(f"--dylib-list {o.dylib_list}: {exc.strerror}") from None
+        if o.root is not None:
+            files, aliases, warns = files_from_root(o.root, dylib_list)
+            self.warnings += warns
+        elif dylib_list is not None:
+            files = files_from_paths(dylib_list)
+        files += files_from_paths(o.paths)
+        if not files:
+            raise UsageError("no input files (give --root, --dylib-list or dylib paths)")
+        order = None
+        if o.order_file is not None:
+            try:
+                with open(o.order_file, encoding="utf-8") as f:
+                    order = [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
+            except OSError as exc:
+                raise UsageError(f"--dylib-order {o.order_file}: {exc.strerror}") from None
+        self.inputs = calculate_inputs(files, aliases, self.config, order)
+        if not self.inputs.dylibs:
+            raise BuildError("no input dylib can be placed in the cache (see the warnings)")
+        self.dylibs = [CacheDylib(ci.index, ci) for ci in self.inputs.dylibs]
+        by_name = {d.install_name: d.index for d in self.dylibs}
+        for d in self.dylibs:
+            for path, kind in d.input.dependencies:
+                target = by_name.get(path)
+                if target is None and path in self.inputs.aliases:
+                    target = by_name.get(self.inputs.aliases[path])
+                d.dependents.append((target, kind))
+            d.segments = categorize_segments(d.input, self.config)
+
+    # -- phase 2 --------------------------------------------------------------------------------
+
+    def estimate_global_optimizations(self) -> None:
+        """Inputs: cacheDylibs. Outputs: sizes of the global tables (trie, patch table, loaders)."""
+        assert self.inputs is not None
+        entries = [(d.install_name.encode(), uleb_encode(d.index)) for d in self.dylibs]
+        by_name = {d.install_name: d.index for d in self.dylibs}
+        entries += [(a.encode(), uleb_encode(by_name[t])) for a, t in self.inputs.aliases.items()]
+        raw = write_trie(sorted(entries))
+        self.trie_bytes = raw + bytes(-len(raw) % 8)
+        self.patch_table = PatchTable(len(self.dylibs))
+        self.patch_table.estimate(self.dylibs)
+        self.export_index = ExportIndex(self.dylibs)
+
+    # -- phase 3 --------------------------------------------------------------------------------
+
+    def create_subcaches(self) -> None:
+        """Inputs: cacheDylibs, estimates. Outputs: subcaches with every chunk placed."""
+        cfg = self.config
+        main = SubCache(SubCacheKind.MAIN)
+        subs = [main]
+        text_size = 0
+        for d in self.dylibs:
+            size = sum(s.cache_size for s in d.segments if s.kind is ChunkKind.DYLIB_TEXT)
+            if text_size and text_size + size > cfg.subcache_text_limit:
+                subs.append(SubCache(SubCacheKind.SUB, index=len(subs)))
+                text_size = 0
+            text_size += size
+            sub = subs[-1]
+            sub.dylibs.append(d.index)
+            for seg in d.segments:
+                if seg.kind is None:
+                    continue
+                region = sub.region(REGION_OF_KIND[seg.kind])
+                seg.chunk = region.add(
+                    Chunk(
+                        f"{d.install_name} {seg.name}",
+                        seg.kind,
+                        seg.cache_size,
+                        segment_alignment(seg),
+                        dylib=d.index,
+                    )
+                )
+        last = subs[-1]
+        # LINKEDIT: each dylib's pieces go with it, or all into the last file (regions <= 4 GiB)
+        groups: dict[int, list[CacheDylib]] = {}
+        for i, sub in enumerate(subs):
+            for di in sub.dylibs:
+                target = len(subs) - 1 if cfg.all_linkedit_in_last_subcache else i
+                groups.setdefault(target, []).append(self.dylibs[di])
+        mode = "unmap" if cfg.unmap_local_symbols else "keep"
+        if mode == "unmap":
+            self.unmapped = UnmappedLocals()
+        for si, group in sorted(groups.items()):
+            self._add_linkedit(subs[si], group, mode)
+        # global tables in the last file
+        le = last.region(RegionKind.LINKEDIT)
+        self.trie_chunk = le.add(Chunk("dylibs trie", ChunkKind.DYLIBS_TRIE, len(self.trie_bytes), 8))
+        assert self.patch_table is not None
+        self.patch_chunk = le.add(
+            Chunk("patch table", ChunkKind.PATCH_TABLE, self.patch_table.estimated_size(), 8)
+        )
+        # dyld dereferences dylibsPBLSetAddr: give it readable memory whose magic is not 'sp4d',
+        # so dyld builds its loaders at run time
+        self.loaders_chunk = le.add(Chunk("prebuilt loaders", ChunkKind.PREBUILT_LOADERS, 16, 8))
+        self.dynamic_chunk = add_dynamic_config(last)
+        for i, sub in enumerate(subs[1:], 1):
+            sub.index = i
+        if self.unmapped is not None:
+            sym = SubCache(SubCacheKind.SYMBOLS)
+            subs.append(sym)
+            size = LocalSymbolsInfo.SIZE + LocalSymbolsEntry64.SIZE * len(self.dylibs)
+            size = (
+                -(-size // 16) * 16 + self.unmapped.count * NLIST64_DTYPE.itemsize + self.unmapped.pool.size
+            )
+            self.unmapped_chunk = sym.region(RegionKind.UNMAPPED).add(
+                Chunk("unmapped locals", ChunkKind.UNMAPPED_SYMBOLS, size, 16)
+            )
+        # every file: a header, slide info for its data regions, a code signature
+        for i, sub in enumerate(subs):
+            sub.suffix = subcache_suffix(sub, cfg.platform)
+            size = header_size(sub, self.dylibs, len([s for s in subs if s.kind is SubCacheKind.SUB]))
+            self.header_chunks[i] = sub.region(RegionKind.TEXT).add(
+                Chunk("cache header", ChunkKind.CACHE_HEADER, size, 0x4000)
+            )
+            for kind in _DATA_REGIONS:
+                if kind in sub.regions:
+                    self.slide_chunks[(i, kind)] = sub.region(RegionKind.LINKEDIT).add(
+                        Chunk(f"slide info {kind.name}", ChunkKind.SLIDE_INFO, 0, 8)
+                    )
+            self.signature_chunks[i] = sub.region(RegionKind.CODE_SIGNATURE).add(
+                Chunk("code signature", ChunkKind.CODE_SIGNATURE, 0, 0x4000)
+            )
+            sub.remove_empty_regions()
+        self.subcaches = subs
+        # size what depends on the layout of earlier regions, then lay out again
+        layout_files(subs)
+        for (i, kind), chunk in self.slide_chunks.items():
+            region = subs[i].regions[kind]
+            chunk.size = slide_info_size(cfg.slide_info_version, region.vm_size, cfg.slide_page_size)
+        layout_files(subs)
+        for chunk in self.signature_chunks.values():
+            code_limit = chunk.file_offset
+            chunk.size = (
+                -(-signature_size(code_limit, cfg.code_sign_page_size, cfg.code_sign_identifier) // 0x4000)
+                * 0x4000
+            )
+        layout_files(subs)
+        self.total_vm_size = layout_vm(subs, cfg)
+        place_chunks(subs)
+        check_no_overlap(subs)
+        if self.total_vm_size > cfg.cache_size:
+            raise BuildError(
+                f"cache needs {self.total_vm_size:#x} bytes of VM, more than the shared region "
+                f"({cfg.cache_size:#x})"
+            )
+
+    def _add_linkedit(self, sub: SubCache, group: list[CacheDylib], mode: str) -> None:
+        le = sub.region(RegionKind.LINKEDIT)
+        pool, tables = plan_symbol_tables(group, mode, self.unmapped)
+        pool_chunk = le.add(Chunk("symbol strings", ChunkKind.SYMBOL_STRINGS, pool.size, 1))
+        self.pools.append((pool, pool_chunk))
+        for d in group:
+            syms = tables[d.index]
+            self.symbols[d.index] = syms
+            pieces: dict[str, Chunk] = {}
+            pieces["nlist"] = le.add(
+                Chunk(
+                    f"{d.install_name} nlist",
+                    ChunkKind.SYMBOL_NLIST,
+                    len(syms.nlist) * NLIST64_DTYPE.itemsize,
+                    8,
+                    d.index,
+                )
+            )
+            sizes = {
+                "indirect": len(syms.indirect) * 4,
+                "exports": len(rebuilt_exports(d, estimate=True)),
+                "function_starts": len(d.image.linkedit_data(C.LC_FUNCTION_STARTS) or b""),
+                "data_in_code": len(d.image.linkedit_data(C.LC_DATA_IN_CODE) or b""),
+            }
+            for name, size in sizes.items():
+                if size:
+                    pieces[name] = le.add(
+                        Chunk(f"{d.install_name} {name}", ChunkKind.LINKEDIT_DYLIB, size, 8, d.index)
+                    )
+            self.linkedit_place[d.index] = LinkeditPlacement(le, pieces, pool_chunk)
+
+    # -- phase 4 --------------------------------------------------------------------------------
+
+    def pre_dylib_emit(self) -> None:
+        """Inputs: the layout. Outputs: the output files, sized and mapped (zero-filled)."""
+        out = self.options.output_dir
+        try:
+            os.makedirs(out, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"{out}: cannot create the output folder: {exc.strerror}") from None
+        main_name = os.path.join(out, f"dyld_shared_cache_{self.config.arch.name}")
+        for i, sub in enumerate(self.subcaches):
+            final = main_name + sub.suffix
+            tmp = temporary_name(final)
+            self.final_paths.append(final)
+            self._temp_paths.append(tmp)
+            try:
+                fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+                try:
+                    os.ftruncate(fd, sub.file_size)
+                    mm = mmap.mmap(fd, sub.file_size)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                raise OutputError(f"{final}: cannot create: {exc.strerror}") from None
+            self._maps.append(mm)
+            self.buffers[i] = np.frombuffer(mm, dtype=np.uint8)
+
+    # -- phase 5 --------------------------------------------------------------------------------
+
+    def _subcache_of(self, chunk: Chunk) -> int:
+        for i, sub in enumerate(self.subcaches):
+            if chunk.region is not None and chunk.region.subcache is sub:
+                return i
+        raise AssertionError(chunk.name)
+
+    def dylib_passes(self, index: int) -> _DylibOutcome:
+        """Every per-dylib pass for one dylib; runs in a worker, writes only its own chunks."""
+        d = self.dylibs[index]
+        warnings: list[str] = []
+        secs: dict[str, float] = {}
+        assert self.export_index is not None
+
+        def timed(name: str, t0: float) -> float:
+            t1 = time.perf_counter()
+            secs[name] = t1 - t0
+            return t1
+
+        try:
+            t = time.perf_counter()
+            buf = self.buffers[self._subcache_of(d.text.chunk)]  # type: ignore[arg-type]
+            copy_segments(d, buf)
+            t = timed("copy segments", t)
+            slides = apply_split_seg(d, buf)
+            t = timed("apply split seg", t)
+            result = bind_dylib(d, self.export_index, slides)
+            self._write_absolutes(d, buf, result)
+            t = timed("bind", t)
+            place = self.linkedit_place[index]
+            le_buf = self.buffers[self._subcache_of(place.pool)]
+            trie = rebuilt_exports(d)
+            write_linkedit(d, le_buf, place, self.symbols[index], trie)
+            rewrite_load_commands(d, buf, place, self.symbols[index], len(trie), warnings)
+            timed("linkedit and load commands", t)
+            return _DylibOutcome(index, result, warnings, None, secs)
+        except DyldCacheError as exc:
+            return _DylibOutcome(index, None, warnings, f"{d.install_name}: {exc}", secs)
+
+    def _write_absolutes(self, d: CacheDylib, buf: np.ndarray, result: BindResult) -> None:
+        for loc, value in result.absolutes:
+            seg = next(
+                (s for s in d.segments if s.chunk is not None and s.chunk.vm_addr <= loc < s.chunk.vm_end),
+                None,
+            )
+            if seg is None or seg.chunk is None:
+                raise BuildError(f"fixup at {loc:#x} is outside the dylib's segments")
+            off = seg.chunk.file_offset + (loc - seg.chunk.vm_addr)
+            buf[off : off + 8] = np.frombuffer(value.to_bytes(8, "little"), dtype=np.uint8)
+
+    def run_dylib_passes(self) -> None:
+        """Inputs: subcaches, buffers. Outputs: dylibs copied, adjusted, bound, LINKEDIT written."""
+        global _STATE
+        n = len(self.dylibs)
+        jobs = self.options.jobs or (os.cpu_count() or 1)
+        outcomes: list[_DylibOutcome] = []
+        progress = self.options.progress and sys.stderr.isatty()
+        use_pool = jobs > 1 and n >= 8 and "fork" in multiprocessing.get_all_start_methods()
+        if use_pool:
+            _STATE = self
+            try:
+                ctx = multiprocessing.get_context("fork")
+                with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+                    for k, outcome in enumerate(
+                        pool.map(_run_one, range(n), chunksize=max(1, n // (jobs * 8)))
+                    ):
+                        outcomes.append(outcome)
+                        if progress:
+                            _progress(k + 1, n)
+            finally:
+                _STATE = None
+        else:
+            for k in range(n):
+                outcomes.append(self.dylib_passes(k))
+                if progress:
+                    _progress(k + 1, n)
+        if progress:
+            sys.stderr.write("\n")
+        errors = [o.error for o in outcomes if o.error is not None]
+        for o in outcomes:
+            self.warnings += o.warnings
+            for name, s in o.seconds.items():
+                self.timer.add(name, s)
+        if errors:
+            raise BuildError("\n".join(errors))
+        self.results = [o.result for o in outcomes if o.result is not None]
+
+    # -- phase 6 --------------------------------------------------------------------------------
+
+    def post_dylib_emit(self) -> None:
+        """Inputs: bound pointers, tables. Outputs: slide info, trie, patch table, symbol pools."""
+        cfg = self.config
+        pointers = (
+            np.concatenate([r.pointers for r in self.results])
+            if self.results
+            else np.zeros(0, dtype=CACHE_POINTER_FIELDS)
+        )
+        pointers = pointers[np.argsort(pointers["location"], kind="stable")]
+        self.slide_used: dict[tuple[int, RegionKind], int] = {}
+        claimed = np.zeros(len(pointers), dtype=bool)
+        for (i, kind), chunk in self.slide_chunks.items():
+            region = self.subcaches[i].regions[kind]
+            lo = np.searchsorted(pointers["location"], region.vm_addr)
+            hi = np.searchsorted(pointers["location"], region.vm_end)
+            claimed[lo:hi] = True
+            sel = pointers[lo:hi]
+            p = np.zeros(len(sel), dtype=CACHE_POINTER_DTYPE)
+            p["offset"] = sel["location"] - np.uint64(region.vm_addr)
+            for f in ("target", "high8", "auth", "key", "addr_div", "diversity"):
+                p[f] = sel[f]
+            buf = self.buffers[i]
+            mapping = buf[region.file_offset : region.file_offset + region.file_size].data
+            try:
+                if cfg.slide_info_version == 2:
+                    value_add = cfg.base_address if cfg.arch.name == "x86_64" else 0
+                    blob = encode_slide_info_v2(
+                        mapping, p, value_add=value_add, page_size=cfg.slide_page_size
+                    )
+                elif cfg.slide_info_version == 3:
+                    blob = encode_slide_info_v3(
+                        mapping, p, auth_value_add=cfg.base_address, page_size=cfg.slide_page_size
+                    )
+                else:
+                    blob = encode_slide_info_v5(
+                        mapping, p, value_add=cfg.base_address, page_size=cfg.slide_page_size
+                    )
+            except ValueError as exc:
+                raise BuildError(f"slide info for {kind.name}: {exc}") from None
+            if len(blob) > chunk.size:
+                raise BuildError(
+                    f"internal: slide info for {kind.name} ({len(blob)} bytes) outgrew {chunk.size}"
+                )
+            buf[chunk.file_offset : chunk.file_offset + len(blob)] = np.frombuffer(blob, dtype=np.uint8)
+            self.slide_used[(i, kind)] = len(blob)
+        if not np.all(claimed):
+            k = int(np.flatnonzero(~claimed)[0])
+            raise BuildError(
+                f"pointer at {int(pointers['location'][k]):#x} is outside every data mapping "
+                "(text relocations are not supported)"
+            )
+        self._put(self.trie_chunk, self.trie_bytes)
+        assert self.patch_table is not None and self.patch_chunk is not None
+        try:
+            patches = self.patch_table.emit(
+                self.patch_chunk.vm_addr, self.dylibs, self.results, self.patch_chunk.size
+            )
+        except ValueError as exc:
+            raise BuildError(f"internal: {exc}") from None
+        self._put(self.patch_chunk, patches)
+        for pool, chunk in self.pools:
+            self._put(chunk, pool.bytes())
+        if self.unmapped is not None and self.unmapped_chunk is not None:
+            self._put(self.unmapped_chunk, self._unmapped_payload())
+
+    def _put(self, chunk: Chunk | None, raw: bytes) -> None:
+        assert chunk is not None
+        if len(raw) > chunk.size:
+            raise BuildError(f"internal: {chunk.name} ({len(raw)} bytes) outgrew its chunk ({chunk.size})")
+        buf = self.buffers[self._subcache_of(chunk)]
+        buf[chunk.file_offset : chunk.file_offset + len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+
+    def _unmapped_payload(self) -> bytes:
+        u = self.unmapped
+        assert u is not None
+        entries_off = LocalSymbolsInfo.SIZE
+        nlist_off = -(-(entries_off + LocalSymbolsEntry64.SIZE * len(self.dylibs)) // 16) * 16
+        nlist = np.concatenate(u.nlists) if u.nlists else np.zeros(0, dtype=NLIST64_DTYPE)
+        strings_off = nlist_off + len(nlist) * NLIST64_DTYPE.itemsize
+        out = bytearray(strings_off)
+        LocalSymbolsInfo(
+            nlist_off, len(nlist), strings_off, u.pool.size, entries_off, len(self.dylibs)
+        ).pack_into(out, 0)
+        for i, d in enumerate(self.dylibs):
+            start, count = u.ranges[i]
+            LocalSymbolsEntry64(d.cache_load_address - self.config.base_address, start, count).pack_into(
+                out, entries_off + i * LocalSymbolsEntry64.SIZE
+            )
+        out[nlist_off:strings_off] = nlist.tobytes()
+        return bytes(out) + u.pool.bytes()
+
+    # -- phase 7 --------------------------------------------------------------------------------
+
+    def _os_version(self) -> int:
+        for suffix in ("/libdyld.dylib", "/libSystem.B.dylib"):
+            for d in self.dylibs:
+                if d.install_name.endswith(suffix):
+                    for bv in d.image.build_versions:
+                        if bv.platform == self.config.platform:
+                            return bv.minos
+        return max((d.image.minos or 0) for d in self.dylibs)
+
+    def max_slide(self) -> int:
+        cfg = self.config
+        subs = [s for s in self.subcaches if s.kind is not SubCacheKind.SYMBOLS]
+        if cfg.layout == "discontiguous":
+            limit = cfg.discontiguous_alignment
+            best = limit
+            for s in subs:
+                data = [r for r in s.ordered_regions() if r.kind.is_data]
+                for r in s.ordered_regions():
+                    if r.kind in (RegionKind.TEXT, RegionKind.LINKEDIT, RegionKind.DYNAMIC_CONFIG):
+                        best = min(best, limit - r.vm_size)
+                if data:
+                    best = min(best, limit - (data[-1].vm_end - data[0].vm_addr))
+            return best
+        last = self.subcaches[-1]
+        end = max(r.vm_end for r in last.ordered_regions() if r.kind.reserves_vm)
+        slide = cfg.base_address + cfg.cache_size - end
+        text_end = max(
+            r.vm_end for s in self.subcaches for r in s.ordered_regions() if r.kind is RegionKind.TEXT
+        )
+        if text_end - cfg.base_address <= 0x80000000:
+            slide = 0x80000000 - (text_end - cfg.base_address)
+        if cfg.max_slide_cap is not None:
+            slide = min(slide, cfg.max_slide_cap)
+        return slide
+
+    def finalize(self) -> bytes:
+        """Inputs: everything. Outputs: headers, code signatures, UUIDs, map files, renamed files."""
+        cfg = self.config
+        assert self.trie_chunk and self.patch_chunk and self.loaders_chunk and self.dynamic_chunk
+        main_info = MainHeaderInfo(
+            self.total_vm_size,
+            self.max_slide(),
+            self.trie_chunk,
+            self.patch_chunk,
+            self.loaders_chunk,
+            self.dynamic_chunk,
+            self._os_version(),
+        )
+        headers: dict[int, CacheHeader] = {}
+        for i, sub in enumerate(self.subcaches):
+            slide_infos = {
+                kind: (c.file_offset, self.slide_used.get((j, kind), 0))
+                for (j, kind), c in self.slide_chunks.items()
+                if j == i
+            }
+            symbols_info = None
+            if sub.kind is SubCacheKind.SYMBOLS and self.unmapped_chunk is not None:
+                symbols_info = (self.unmapped_chunk.file_offset, self.unmapped_chunk.size)
+            hdr_chunk = self.header_chunks[i]
+            view = self.buffers[i][hdr_chunk.file_offset : hdr_chunk.file_offset + hdr_chunk.size].data
+            headers[i] = write_header(
+                view,
+                sub,
+                cfg,
+                self.dylibs,
+                self.subcaches,
+                slide_infos,
+                main_info if sub.kind is SubCacheKind.MAIN else None,
+                symbols_info,
+            )
+            view.release()
+        uuids: dict[int, bytes] = {}
+        order = [i for i, s in enumerate(self.subcaches) if s.kind is not SubCacheKind.MAIN] + [0]
+        for i in order:
+            if i == 0:
+                self._fill_main_uuids(headers, uuids)
+            uuids[i] = self._sign(i)
+        main = self.final_paths[0]
+        from ..fileio import write_atomically
+
+        write_atomically(main + ".map", text_map(self.subcaches, self.dylibs).encode())
+        write_atomically(main + ".json", json_map(cfg, self.dylibs, uuids[0]).encode())
+        self._commit()
+        return uuids[0]
+
+    def _fill_main_uuids(self, headers: dict[int, CacheHeader], uuids: dict[int, bytes]) -> None:
+        buf = self.buffers[0]
+        h = headers[0]
+        listed = [i for i, s in enumerate(self.subcaches) if s.kind is SubCacheKind.SUB]
+        for k, i in enumerate(listed):
+            off = h.sub_cache_array_offset + k * SubcacheEntry.SIZE
+            buf[off : off + 16] = np.frombuffer(uuids[i], dtype=np.uint8)
+        for i, s in enumerate(self.subcaches):
+            if s.kind is SubCacheKind.SYMBOLS:
+                off = CacheHeader.offset_of("symbol_file_uuid")
+                buf[off : off + 16] = np.frombuffer(uuids[i], dtype=np.uint8)
+
+    def _sign(self, i: int) -> bytes:
+        """Sign file ``i``; its UUID comes from the code directory (cache-format.md §6)."""
+        cfg = self.config
+        buf = self.buffers[i]
+        sig = self.signature_chunks[i]
+        code_limit = sig.file_offset
+        text = self.subcaches[i].regions.get(RegionKind.TEXT)
+        exec_base, exec_limit = (text.file_offset, text.file_size) if text is not None else (0, 0)
+        sig_off = CacheHeader.offset_of("code_signature_offset")
+        uuid_off = CacheHeader.offset_of("uuid")
+        buf[sig_off : sig_off + 16] = np.frombuffer(
+            code_limit.to_bytes(8, "little") + sig.size.to_bytes(8, "little"), dtype=np.uint8
+        )
+        buf[uuid_off : uuid_off + 16] = 0
+
+        def sign() -> bytes:
+            blob = build_code_signature(
+                buf[:code_limit].data,
+                identifier=cfg.code_sign_identifier,
+                page_size=cfg.code_sign_page_size,
+                exec_seg_base=exec_base,
+                exec_seg_limit=exec_limit,
+            )
+            if len(blob) > sig.size:
+                raise BuildError("internal: code signature outgrew its reservation")
+            buf[code_limit : code_limit + sig.size] = 0
+            buf[code_limit : code_limit + len(blob)] = np.frombuffer(blob, dtype=np.uint8)
+            return blob
+
+        uuid = uuid_from_code_directory(code_directory(sign()))
+        buf[uuid_off : uuid_off + 16] = np.frombuffer(uuid, dtype=np.uint8)
+        sign()
+        return uuid
+
+    def _commit(self) -> None:
+        for mm in self._maps:
+            mm.flush()
+        self.buffers.clear()
+        for mm in self._maps:
+            mm.close()
+        self._maps.clear()
+        try:
+            for tmp in self._temp_paths:
+                fd = os.open(tmp, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            for tmp, final in zip(self._temp_paths, self.final_paths, strict=True):
+                os.replace(tmp, final)
+        except OSError as exc:
+            raise OutputError(f"cannot write the cache files: {exc.strerror}") from None
+        self._temp_paths.clear()
+
+    def _discard(self) -> None:
+        self.buffers.clear()
+        for mm in self._maps:
+            with contextlib.suppress(BufferError, ValueError):
+                mm.close()
+        self._maps.clear()
+        for tmp in self._temp_paths:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        self._temp_paths.clear()
+
+
+def _progress(done: int, total: int) -> None:
+    width = 40
+    filled = width * done // total
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} dylibs")
+    sys.stderr.flush()
+
+
+def build_cache(options: BuildOptions) -> BuildResult:
+    """Build a cache (Python API of ``dyldcache build``)."""
+    return CacheBuilder(options).build()
