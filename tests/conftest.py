@@ -16,6 +16,8 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+#: the committed fixture objects and stubs ship inside the package (the README example uses them)
+EXAMPLES = REPO / "src" / "dyldcache" / "examples"
 REQUIRE_ORACLES = os.environ.get("DYLDCACHE_REQUIRE_ORACLES") == "1"
 
 

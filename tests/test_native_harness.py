@@ -18,7 +18,7 @@ from types import ModuleType
 
 import pytest
 import yaml
-from conftest import FIXTURES, LLVM_OBJDUMP, tool
+from conftest import EXAMPLES, FIXTURES, LLVM_OBJDUMP, tool
 
 
 def _load(name: str) -> ModuleType:
@@ -152,7 +152,7 @@ def _undefined(path: Path) -> set[str]:
 def test_every_object_is_committed_for_every_arch() -> None:
     for arch in ARCHS:
         for name in OBJECTS:
-            data = (FIXTURES / "obj" / arch / f"{name}.o").read_bytes()
+            data = (EXAMPLES / "obj" / arch / f"{name}.o").read_bytes()
             assert data[:4] == b"\xcf\xfa\xed\xfe", (arch, name)  # MH_MAGIC_64
             assert int.from_bytes(data[12:16], "little") == 1, (arch, name)  # MH_OBJECT
             # no build paths leaked into the objects (they must be reproducible anywhere)
@@ -163,7 +163,7 @@ def test_test_functions_are_exported_text_symbols() -> None:
     calls = harness.load_calls()
     for arch in ARCHS:
         for dylib in {c.dylib for c in calls}:
-            defined = _defined_externals(FIXTURES / "obj" / arch / f"{dylib}.o")
+            defined = _defined_externals(EXAMPLES / "obj" / arch / f"{dylib}.o")
             for c in calls:
                 if c.dylib == dylib:
                     assert defined.get(c.symbol) == "T", (arch, dylib, c.symbol)
@@ -200,12 +200,12 @@ def test_relocation_kinds_the_linker_must_handle() -> None:
     for arch in ARCHS:
         seen: set[str] = set()
         for name in OBJECTS:
-            seen |= set(objinfo.type_counts(FIXTURES / "obj" / arch / f"{name}.o", arch))
+            seen |= set(objinfo.type_counts(EXAMPLES / "obj" / arch / f"{name}.o", arch))
         assert wanted[arch] <= seen, (arch, wanted[arch] - seen)
 
     # arm64e: every object with pointers to code in its data signs them; plain arm64 never does
     def auth(arch: str, name: str) -> int:
-        return int(objinfo.type_counts(FIXTURES / "obj" / arch / f"{name}.o", arch)["AUTHENTICATED_POINTER"])
+        return int(objinfo.type_counts(EXAMPLES / "obj" / arch / f"{name}.o", arch)["AUTHENTICATED_POINTER"])
 
     for name in ("liba", "libb", "libd", "libobjc", "objc"):
         assert auth("arm64e", name) > 0, name
@@ -216,13 +216,13 @@ def test_unwind_sections() -> None:
     tool(LLVM_OBJDUMP)
     for arch in ARCHS:
         for name in OBJECTS:
-            secs = objinfo.sections(FIXTURES / "obj" / arch / f"{name}.o")
+            secs = objinfo.sections(EXAMPLES / "obj" / arch / f"{name}.o")
             assert "__LD,__compact_unwind" in secs, (arch, name)
             if arch == "x86_64":
                 assert "__TEXT,__eh_frame" in secs, name
         # the cleanup in libc and the @try in objc need an LSDA
         for name in ("libc", "objc"):
-            assert "__TEXT,__gcc_except_tab" in objinfo.sections(FIXTURES / "obj" / arch / f"{name}.o")
+            assert "__TEXT,__gcc_except_tab" in objinfo.sections(EXAMPLES / "obj" / arch / f"{name}.o")
 
 
 def _tbd_symbols(path: Path) -> set[str]:
@@ -236,9 +236,9 @@ def _tbd_symbols(path: Path) -> set[str]:
 
 
 def test_tbd_stubs_match_the_objects() -> None:
-    tbd = FIXTURES / "tbd"
+    tbd = EXAMPLES / "tbd"
     for arch in ARCHS:
-        obj = FIXTURES / "obj" / arch
+        obj = EXAMPLES / "obj" / arch
         assert _tbd_symbols(tbd / "libSystem.tbd") == set(_defined_externals(obj / "libsystem.o"))
         assert _tbd_symbols(tbd / "libobjc.tbd") == set(_defined_externals(obj / "libobjc.o"))
         missing = {s for s in _undefined(obj / "libb.o") if s.startswith("_fx_missing")}

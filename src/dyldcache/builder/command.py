@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 
 from ..errors import UsageError
 from .pipeline import BuildOptions, build_cache
@@ -29,8 +30,21 @@ def _size(text: str) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.example:
+        if args.root is not None or args.dylib_list is not None or args.paths:
+            raise UsageError("--example builds the bundled example; it takes no other inputs")
+        from ..examples import link_examples
+
+        with tempfile.TemporaryDirectory(prefix="dyldcache-example-root-") as root:
+            link_examples(args.arch, root, platform=args.platform)
+            args.root = root
+            return _build(args)
     if args.root is None and args.dylib_list is None and not args.paths:
-        raise UsageError("give --root, --dylib-list or dylib paths")
+        raise UsageError("give --root, --dylib-list or dylib paths (or --example)")
+    return _build(args)
+
+
+def _build(args: argparse.Namespace) -> int:
     options = BuildOptions(
         arch=args.arch,
         platform=args.platform,
@@ -84,6 +98,11 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--arch", required=True, choices=["arm64", "arm64e", "x86_64"])
     p.add_argument("--platform", default="macos", choices=["macos", "ios"])
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="folder for the cache files")
+    p.add_argument(
+        "--example",
+        action="store_true",
+        help="build the example that ships with dyldcache (links its libraries first)",
+    )
     p.add_argument("--root", metavar="DIR", help="root filesystem: paths inside it are install paths")
     p.add_argument(
         "--dylib-list", metavar="FILE", help="file listing the dylibs (paths inside --root if given)"

@@ -131,3 +131,34 @@ def read_tbd(text: str, path: str, arch: str, platform: str | None = None) -> li
 
 def looks_like_tbd(head: bytes) -> bool:
     return head.lstrip().startswith(b"---")
+
+
+def format_tbd(
+    install_name: str,
+    targets: list[str],
+    symbols: list[str],
+    current_version: str = "1.0",
+    compatibility_version: str = "1.0",
+    reexports: list[str] | None = None,
+) -> str:
+    """A TAPI v4 stub exporting ``symbols`` for every target (e.g. ``arm64-macos``)."""
+    tlist = ", ".join(targets)
+    lines = [
+        "--- !tapi-tbd",
+        "tbd-version:     4",
+        f"targets:         [ {tlist} ]",
+        f"install-name:    '{install_name}'",
+        f"current-version: {current_version}",
+        f"compatibility-version: {compatibility_version}",
+    ]
+    if reexports:
+        lines += [
+            "reexported-libraries:",
+            f"  - targets:   [ {tlist} ]",
+            "    libraries: [ " + ", ".join(f"'{r}'" for r in reexports) + " ]",
+        ]
+    if symbols:
+        quoted = ", ".join(f"'{s}'" for s in symbols)
+        lines += ["exports:", f"  - targets:   [ {tlist} ]", f"    symbols:   [ {quoted} ]"]
+    lines.append("...")
+    return "\n".join(lines) + "\n"
