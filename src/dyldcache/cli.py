@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "dyldcache.link.driver",
     "dyldcache.builder.command",
     "dyldcache.cache.describe",
+    "dyldcache.cache.verify",
 )
 
 

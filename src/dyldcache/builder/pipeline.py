@@ -566,7 +566,14 @@ class CacheBuilder:
         assert u is not None
         entries_off = LocalSymbolsInfo.SIZE
         nlist_off = -(-(entries_off + LocalSymbolsEntry64.SIZE * len(self.dylibs)) // 16) * 16
-        nlist = np.concatenate(u.nlists) if u.nlists else np.zeros(0, dtype=NLIST64_DTYPE)
+        # like the dylibs' own symbol tables, the unmapped locals hold cache addresses
+        slid = []
+        for d, nl in zip(self.dylibs, u.nlists, strict=True):
+            nl = nl.copy()
+            in_sect = (nl["n_type"] & C.N_TYPE) == C.N_SECT
+            nl["n_value"][in_sect] = d.cache_addresses(nl["n_value"][in_sect])
+            slid.append(nl)
+        nlist = np.concatenate(slid) if slid else np.zeros(0, dtype=NLIST64_DTYPE)
         strings_off = nlist_off + len(nlist) * NLIST64_DTYPE.itemsize
         out = bytearray(strings_off)
         LocalSymbolsInfo(

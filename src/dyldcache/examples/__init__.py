@@ -58,12 +58,12 @@ def example(name: str) -> ExampleDylib:
     raise KeyError(name)
 
 
-def _sdk_stub(dylib_path: str, install_name: str, arch: str, folder: str) -> str:
+def _sdk_stub(dylib_path: str, install_name: str, arch: str, platform: str, folder: str) -> str:
     """A .tbd for a linked example dylib, plus the SDK-only symbols."""
     image = open_macho(dylib_path, arch)
     symbols = sorted({e.name for e in image.exports} | set(SDK_ONLY_SYMBOLS))
     path = os.path.join(folder, os.path.basename(install_name) + ".sdk.tbd")
-    text = format_tbd(install_name, [f"{arch}-macos"], symbols)
+    text = format_tbd(install_name, [f"{arch}-{platform}"], symbols)
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
     return path
@@ -100,9 +100,9 @@ def link_examples(
                         inputs.append(LinkInput(written[dep.name], mode))
                         inputs.append(LinkInput(str(TBD_DIR / "libfxmissing.tbd"), "weak"))
                     else:
-                        inputs.append(
-                            LinkInput(_sdk_stub(written[dep.name], dep.install_name, arch, scratch), mode)
-                        )
+                        target = platform or "macos"
+                        stub = _sdk_stub(written[dep.name], dep.install_name, arch, target, scratch)
+                        inputs.append(LinkInput(stub, mode))
                 else:
                     inputs.append(LinkInput(written[ref], mode))
             search = sorted({os.path.dirname(p) for p in written.values()})
