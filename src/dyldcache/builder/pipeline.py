@@ -63,6 +63,7 @@ from .layout import (
 )
 from .linkedit import DylibSymbols, StringPool, UnmappedLocals, plan_symbol_tables, rebuilt_exports
 from .map_file import json_map, text_map
+from .objc import LIBOBJC, ObjCChunks, add_objc_chunks, emit_objc
 from .patch_table import PatchTable
 from .timing import Timer
 
@@ -147,6 +148,7 @@ class CacheBuilder:
         self.total_vm_size = 0
         self.results: list[BindResult] = []
         self.export_index: ExportIndex | None = None
+        self.objc: ObjCChunks | None = None
 
     # ------------------------------------------------------------------------------------------
 
@@ -290,6 +292,12 @@ class CacheBuilder:
         # so dyld builds its loaders at run time
         self.loaders_chunk = le.add(Chunk("prebuilt loaders", ChunkKind.PREBUILT_LOADERS, 16, 8))
         self.dynamic_chunk = add_dynamic_config(last)
+        # ObjC tables go to the file that holds libobjc
+        objc_sub = next(
+            (s for s in subs if any(self.dylibs[i].install_name == LIBOBJC for i in s.dylibs)), None
+        )
+        if objc_sub is not None:
+            self.objc = add_objc_chunks(objc_sub, self.dylibs, cfg.arch.uses_pointer_auth)
         for i, sub in enumerate(subs[1:], 1):
             sub.index = i
         if self.unmapped is not None:
@@ -551,8 +559,18 @@ class CacheBuilder:
         self._put(self.patch_chunk, patches)
         for pool, chunk in self.pools:
             self._put(chunk, pool.bytes())
+        if self.objc is not None:
+            emit_objc(self.objc, cfg.base_address, self._read, self._put)
         if self.unmapped is not None and self.unmapped_chunk is not None:
             self._put(self.unmapped_chunk, self._unmapped_payload())
+
+    def _read(self, addr: int, size: int) -> bytes:
+        for i, sub in enumerate(self.subcaches):
+            for r in sub.mapped_regions():
+                if r.vm_addr <= addr and addr + size <= r.vm_addr + r.file_size:
+                    off = r.file_offset + (addr - r.vm_addr)
+                    return bytes(self.buffers[i][off : off + size])
+        raise BuildError(f"internal: address {addr:#x} is in no mapping")
 
     def _put(self, chunk: Chunk | None, raw: bytes) -> None:
         assert chunk is not None
@@ -636,6 +654,7 @@ class CacheBuilder:
             self.loaders_chunk,
             self.dynamic_chunk,
             self._os_version(),
+            objc_opts=self.objc.opts if self.objc is not None else None,
         )
         headers: dict[int, CacheHeader] = {}
         for i, sub in enumerate(self.subcaches):
