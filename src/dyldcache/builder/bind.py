@@ -44,14 +44,33 @@ class BindTarget:
     weak_def: bool = False
 
 
+#: one bind from one dylib into another, for the patch table
+USE_DTYPE = np.dtype(
+    [
+        ("target_dylib", "<i4"),  # index of the dylib that exports the symbol
+        ("export_addr", "<u8"),  # cache address of the export
+        ("name", "<i4"),  # index into BindResult.use_names
+        ("location", "<u8"),  # cache address of the bound pointer
+        ("addend", "<u8"),  # addend without its high8
+        ("high8", "u1"),
+        ("auth", "u1"),
+        ("key", "u1"),
+        ("addr_div", "u1"),
+        ("diversity", "<u2"),
+        ("weak", "u1"),  # weak import
+    ]
+)
+
+
 @dataclass(slots=True)
 class BindResult:
     pointers: np.ndarray  # CACHE_POINTER_FIELDS
-    #: (location, value) pairs written as plain integers (absolute symbols, missing weak imports)
-    absolutes: list[tuple[int, int]] = field(default_factory=list)
-    #: patch-table uses: (target dylib, export cache address, name, location, addend, auth, key, addr_div,
-    #: diversity, high8, weak import)
-    uses: list[tuple[int, int, str, int, int, bool, int, bool, int, int, bool]] = field(default_factory=list)
+    #: locations written as plain integers (absolute symbols, missing weak imports) and their values
+    absolute_locations: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
+    absolute_values: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
+    #: patch-table uses (USE_DTYPE) and the symbol names they refer to
+    uses: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=USE_DTYPE))
+    use_names: list[str] = field(default_factory=list)
 
 
 class ExportIndex:
@@ -175,53 +194,57 @@ def bind_dylib(dylib: CacheDylib, index: ExportIndex, slides: PointerSlides) -> 
         moved[~found] = dylib.cache_addresses(targets[~found])
         out["target"][rb] = moved
 
-    # binds: resolve each import once
+    # binds: resolve each import once, then apply to every pointer at once
     bd = np.flatnonzero((kinds == FixupKind.BIND) | (kinds == FixupKind.AUTH_BIND))
     if len(bd):
-        resolved: dict[int, BindTarget | None] = {}
-        for k in np.unique(recs["bind"][bd]).tolist():
+        uniq, inv = np.unique(recs["bind"][bd], return_inverse=True)
+        n = len(uniq)
+        t_value = np.zeros(n, dtype=np.uint64)
+        t_dylib = np.full(n, -1, dtype=np.int64)  # -1: absolute value; -2: missing weak import
+        t_weak = np.zeros(n, dtype=np.uint8)
+        for i, k in enumerate(uniq.tolist()):
             imp = fx.imports[k]
             t = index.resolve(dylib.index, imp)
-            if t is None and not imp.weak:
-                where = (
-                    dylib.dependents[imp.ordinal - 1][1] if 1 <= imp.ordinal <= len(dylib.dependents) else "?"
-                )
-                raise BuildError(
-                    f"Symbol not found: {imp.name}\n  Referenced from: {name}\n  Expected in: {where}"
-                )
-            resolved[k] = t
-        for j in bd.tolist():
-            rec = recs[j]
-            t = resolved[int(rec["bind"])]
-            addend = int(rec["addend"])
-            loc = int(locations[j])
-            if t is None or t.dylib is None:
-                value = 0 if t is None else (t.value + addend) & 0xFFFFFFFFFFFFFFFF
-                result.absolutes.append((loc, value))
-                keep[j] = False
-                continue
-            final = (t.value + addend) & 0xFFFFFFFFFFFFFFFF
-            high8 = final >> 56
-            out["target"][j] = final & 0x00FFFFFFFFFFFFFF
-            if high8:
-                out["high8"][j] = high8
-            imp = fx.imports[int(rec["bind"])]
-            if t.dylib != dylib.index:
-                result.uses.append(
-                    (
-                        t.dylib,
-                        t.value,
-                        t.name,
-                        loc,
-                        addend & 0x00FFFFFFFFFFFFFF,
-                        bool(out["auth"][j]),
-                        int(rec["key"]),
-                        bool(rec["addr_div"]),
-                        int(rec["diversity"]),
-                        int(high8 or rec["high8"]),
-                        imp.weak,
+            t_weak[i] = imp.weak
+            result.use_names.append(t.name if t is not None else imp.name)
+            if t is None:
+                if not imp.weak:
+                    deps = dylib.input.dependencies
+                    where = deps[imp.ordinal - 1][0] if 1 <= imp.ordinal <= len(deps) else "(no such dylib)"
+                    raise BuildError(
+                        f"Symbol not found: {imp.name}\n  Referenced from: {name}\n  Expected in: {where}"
                     )
-                )
+                t_dylib[i] = -2
+            else:
+                t_value[i] = t.value
+                t_dylib[i] = -1 if t.dylib is None else t.dylib
+        tdy = t_dylib[inv]
+        value = t_value[inv] + recs["addend"][bd].astype(np.uint64)  # wraps like the C arithmetic
+        value[tdy == -2] = 0  # a missing weak import is null, whatever its addend
+        plain = tdy < 0
+        result.absolute_locations = locations[bd[plain]]
+        result.absolute_values = value[plain]
+        keep[bd[plain]] = False
+        img = bd[~plain]
+        v = value[~plain]
+        high8 = (v >> np.uint64(56)).astype(np.uint8)
+        out["target"][img] = v & np.uint64(0x00FFFFFFFFFFFFFF)
+        out["high8"][img] = np.where(high8 != 0, high8, out["high8"][img])
+        cross = ~plain & (tdy != dylib.index)
+        uses = np.zeros(int(np.count_nonzero(cross)), dtype=USE_DTYPE)
+        sel = bd[cross]
+        uses["target_dylib"] = tdy[cross]
+        uses["export_addr"] = t_value[inv][cross]
+        uses["name"] = inv[cross]
+        uses["location"] = locations[sel]
+        uses["addend"] = recs["addend"][sel].astype(np.uint64) & np.uint64(0x00FFFFFFFFFFFFFF)
+        uses["high8"] = out["high8"][sel]
+        uses["auth"] = out["auth"][sel]
+        uses["key"] = recs["key"][sel]
+        uses["addr_div"] = recs["addr_div"][sel]
+        uses["diversity"] = recs["diversity"][sel]
+        uses["weak"] = t_weak[inv][cross]
+        result.uses = uses
 
     # opcode weak binds: coalesce to the definition dyld would pick
     for wb in fx.weak_binds:

@@ -9,12 +9,11 @@ recorded uses (phase 6).
 from __future__ import annotations
 
 import struct
-from collections import defaultdict
 
 import numpy as np
 
 from ..macho.fixups import FixupKind
-from .bind import BindResult
+from .bind import USE_DTYPE, BindResult
 from .cache_dylib import CacheDylib
 
 _HEADER = struct.Struct("<2I18Q")  # dyld_cache_patch_info_v3 (v4 uses the same header)
@@ -28,23 +27,22 @@ _GOT_CLIENTS = 8
 PATCH_TABLE_VERSION = 4
 
 
-def _location_v4(
-    use_offset: int, addend: int, auth: bool, key: int, addr_div: bool, diversity: int, high8: int, weak: bool
-) -> bytes:
-    high7 = (high8 >> 1) & 0x7F
-    if auth:
-        word = (
-            1
-            | high7 << 1
-            | int(weak) << 8
-            | (addend & 0x1F) << 9
-            | int(addr_div) << 14
-            | int(key >= 2) << 15
-            | (diversity & 0xFFFF) << 16
-        )
-    else:
-        word = high7 << 1 | int(weak) << 8 | (addend & 0x7FFFFF) << 9
-    return struct.pack("<II", use_offset, word)
+def _location_words(uses: np.ndarray) -> np.ndarray:
+    """The u32 after dylibOffsetOfUse in dyld_cache_patchable_location_v4, for every use."""
+    high7 = (uses["high8"].astype(np.uint32) >> 1) & 0x7F
+    weak = uses["weak"].astype(np.uint32)
+    addend = uses["addend"]
+    auth_word = (
+        1
+        | high7 << 1
+        | weak << 8
+        | (addend & np.uint64(0x1F)).astype(np.uint32) << 9
+        | uses["addr_div"].astype(np.uint32) << 14
+        | (uses["key"] >= 2).astype(np.uint32) << 15
+        | uses["diversity"].astype(np.uint32) << 16
+    )
+    plain_word = high7 << 1 | weak << 8 | (addend & np.uint64(0x7FFFFF)).astype(np.uint32) << 9
+    return np.where(uses["auth"] != 0, auth_word, plain_word).astype(np.uint32)
 
 
 class PatchTable:
@@ -81,62 +79,75 @@ class PatchTable:
         return self._estimate
 
     def emit(self, addr: int, dylibs: list[CacheDylib], results: list[BindResult], reserved: int) -> bytes:
-        # target dylib -> client dylib -> export address -> [(use offset, addend, auth...)]
-        table: dict[int, dict[int, dict[int, list[bytes]]]] = defaultdict(lambda: defaultdict(dict))
-        export_names: dict[int, dict[int, str]] = defaultdict(dict)
-        for client, res in enumerate(results):
-            base = dylibs[client].cache_load_address
-            for (
-                target,
-                export_addr,
-                name,
-                loc,
-                addend,
-                auth,
-                key,
-                addr_div,
-                diversity,
-                high8,
-                weak,
-            ) in res.uses:
-                table[target][client].setdefault(export_addr, []).append(
-                    _location_v4(loc - base, addend, auth, key, addr_div, diversity, high8, weak)
-                )
-                export_names[target].setdefault(export_addr, name)
+        all_uses = [r.uses for r in results]
+        clients = (
+            np.concatenate([np.full(len(u), i, dtype=np.int64) for i, u in enumerate(all_uses)])
+            if all_uses
+            else np.zeros(0, dtype=np.int64)
+        )
+        uses: np.ndarray = np.concatenate(all_uses) if all_uses else np.zeros(0, dtype=USE_DTYPE)
+        # every array of the table is ordered by (target dylib, client, export address, use)
+        order = (
+            np.lexsort((uses["location"], uses["export_addr"], clients, uses["target_dylib"]))
+            if len(uses)
+            else np.zeros(0, dtype=np.int64)
+        )
+        uses, clients = uses[order], clients[order]
+        loads = np.array([d.cache_load_address for d in dylibs], dtype=np.uint64)
+        names_of: list[list[str]] = [r.use_names for r in results]
+
         images = bytearray()
         image_exports = bytearray()
         clients_arr = bytearray()
         client_exports = bytearray()
-        locations = bytearray()
         names = bytearray()
         name_offsets: dict[str, int] = {}
-        n_exports = n_clients = n_client_exports = n_locations = 0
+        n_exports = n_clients = n_client_exports = 0
+        tgt = uses["target_dylib"] if len(uses) else np.zeros(0, dtype=np.int32)
+        bounds = np.searchsorted(tgt, np.arange(len(dylibs) + 1))
         for t in range(len(dylibs)):
-            used = sorted(export_names.get(t, {}))
-            export_index = {a: n_exports + k for k, a in enumerate(used)}
-            tbase = dylibs[t].cache_load_address
-            for a in used:
-                name = export_names[t][a]
-                off = name_offsets.get(name)
-                if off is None:
-                    off = len(names)
-                    name_offsets[name] = off
+            lo, hi = int(bounds[t]), int(bounds[t + 1])
+            u, c = uses[lo:hi], clients[lo:hi]
+            exports, first = np.unique(u["export_addr"], return_index=True)
+            export_index = {int(a): n_exports + k for k, a in enumerate(exports.tolist())}
+            for a, f in zip(exports.tolist(), first.tolist(), strict=True):
+                name = names_of[int(c[f])][int(u["name"][f])]
+                off = name_offsets.setdefault(name, len(names))
+                if off == len(names):
                     names += name.encode() + b"\0"
-                image_exports += struct.pack("<II", a - tbase, off & 0x0FFFFFFF)
+                image_exports += struct.pack("<II", int(a) - int(loads[t]), off & 0x0FFFFFFF)
             client_start = n_clients
-            for client in sorted(table.get(t, {})):
-                uses = table[t][client]
+            if hi > lo:
+                # one client entry per client dylib, one client-export per (client, export)
+                key_change = np.flatnonzero(
+                    np.r_[True, (c[1:] != c[:-1]) | (u["export_addr"][1:] != u["export_addr"][:-1])]
+                )
+                starts = [*key_change.tolist(), hi - lo]
+                prev_client = None
                 ce_start = n_client_exports
-                for a in sorted(uses):
-                    locs = uses[a]
-                    client_exports += struct.pack("<III", export_index[a], n_locations, len(locs))
-                    locations += b"".join(locs)
-                    n_locations += len(locs)
+                for k in range(len(starts) - 1):
+                    a, b = starts[k], starts[k + 1]
+                    client = int(c[a])
+                    if client != prev_client:
+                        if prev_client is not None:
+                            clients_arr += struct.pack(
+                                "<III", prev_client, ce_start, n_client_exports - ce_start
+                            )
+                            n_clients += 1
+                        prev_client, ce_start = client, n_client_exports
+                    client_exports += struct.pack(
+                        "<III", export_index[int(u["export_addr"][a])], lo + a, b - a
+                    )
                     n_client_exports += 1
-                clients_arr += struct.pack("<III", client, ce_start, n_client_exports - ce_start)
+                assert prev_client is not None
+                clients_arr += struct.pack("<III", prev_client, ce_start, n_client_exports - ce_start)
                 n_clients += 1
-            images += struct.pack("<IIII", client_start, n_clients - client_start, n_exports, len(used))
-            n_exports += len(used)
+            images += struct.pack("<IIII", client_start, n_clients - client_start, n_exports, len(exports))
+            n_exports += len(exports)
+        locations = np.zeros(len(uses), dtype=[("use", "<u4"), ("word", "<u4")])
+        if len(uses):
+            locations["use"] = (uses["location"] - loads[clients]).astype(np.uint32)
+            locations["word"] = _location_words(uses)
         got_clients = bytes(_GOT_CLIENTS * len(dylibs))  # no GOT was uniqued
         names += bytes(-len(names) % 4)
         parts: list[bytes | bytearray] = [
@@ -144,7 +155,7 @@ class PatchTable:
             image_exports,
             clients_arr,
             client_exports,
-            locations,
+            locations.tobytes(),
             got_clients,
             b"",
             b"",
@@ -167,7 +178,7 @@ class PatchTable:
             offsets[3],
             n_client_exports,
             offsets[4],
-            n_locations,
+            len(uses),
             offsets[8],
             len(names),
             offsets[5],

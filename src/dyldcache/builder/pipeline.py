@@ -448,15 +448,22 @@ class CacheBuilder:
             return _DylibOutcome(index, None, warnings, f"{d.install_name}: {exc}", secs)
 
     def _write_absolutes(self, d: CacheDylib, buf: np.ndarray, result: BindResult) -> None:
-        for loc, value in result.absolutes:
-            seg = next(
-                (s for s in d.segments if s.chunk is not None and s.chunk.vm_addr <= loc < s.chunk.vm_end),
-                None,
+        locs = result.absolute_locations
+        if not len(locs):
+            return
+        offsets = np.full(len(locs), -1, dtype=np.int64)
+        for s in d.segments:
+            if s.chunk is None:
+                continue
+            inside = (locs >= s.chunk.vm_addr) & (locs < s.chunk.vm_end)
+            offsets[inside] = s.chunk.file_offset + (locs[inside] - np.uint64(s.chunk.vm_addr)).astype(
+                np.int64
             )
-            if seg is None or seg.chunk is None:
-                raise BuildError(f"fixup at {loc:#x} is outside the dylib's segments")
-            off = seg.chunk.file_offset + (loc - seg.chunk.vm_addr)
-            buf[off : off + 8] = np.frombuffer(value.to_bytes(8, "little"), dtype=np.uint8)
+        if np.any(offsets < 0):
+            bad = int(locs[np.flatnonzero(offsets < 0)[0]])
+            raise BuildError(f"fixup at {bad:#x} is outside the dylib's segments")
+        view = np.ndarray(shape=(len(buf) - 7,), dtype="<u8", buffer=buf, strides=(1,))
+        view[offsets] = result.absolute_values
 
     def run_dylib_passes(self) -> None:
         """Inputs: subcaches, buffers. Outputs: dylibs copied, adjusted, bound, LINKEDIT written."""
