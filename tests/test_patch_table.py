@@ -72,7 +72,7 @@ def _decode_patch_table(data: bytes) -> dict[tuple[str, str], set[tuple[int, str
         _locs_n,
         names_a,
         _names_size,
-        gotc_a,
+        _gotc_a,
         gotc_n,
         *_rest,
     ) = fields
