@@ -10,8 +10,12 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from cache_fixtures import CacheFactory
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
@@ -53,3 +57,11 @@ def python_module(name: str) -> None:
 
 
 LLVM_OBJDUMP = "llvm-objdump-22"
+
+
+@pytest.fixture(scope="session")
+def cache_factory(tmp_path_factory: pytest.TempPathFactory) -> CacheFactory:
+    """Builds the caches of cache_fixtures.CACHES on demand, each once per session."""
+    from cache_fixtures import CacheFactory
+
+    return CacheFactory(tmp_path_factory.mktemp("caches"))

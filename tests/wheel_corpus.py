@@ -4,7 +4,8 @@ The wheels (about 11 MB in all) are fetched once with ``pip download`` into
 ``$DYLDCACHE_TEST_CACHE`` (default ``~/.cache/dyldcache-tests``) and unpacked next to it. They
 were linked by Apple's linkers (ld64 for the x86_64 ones, ld-prime 1053 for arm64) with classic
 LC_DYLD_INFO opcodes: rebases, binds incl. flat-namespace and addends, lazy binds, weak binds
-(the C++ ones), exports with weak definitions, and function starts.
+(the C++ ones), exports with weak definitions, and function starts. ``CHAINED_WHEELS`` lists
+wheels built for macOS 14 whose bundled dylibs use chained fixups instead (``macho_paths(CHAINED_WHEELS)``).
 
 Offline, the tests that use them skip, except under ``DYLDCACHE_REQUIRE_ORACLES=1``, where a
 missing corpus fails the test (a test that always skips could never fail).
@@ -33,6 +34,9 @@ WHEELS: tuple[tuple[str, str, str], ...] = (
     ("contourpy", "1.3.2", "macosx_10_9_x86_64"),  # C++ (pybind11): weak binds, bind addends
     ("contourpy", "1.3.2", "macosx_11_0_arm64"),
 )
+#: wheels built for macOS 14 whose bundled dylibs use LC_DYLD_CHAINED_FIXUPS (pointer format 6):
+#: scipy's .dylibs/libgfortran, libquadmath and special/libsf_error_state (22 MB download)
+CHAINED_WHEELS: tuple[tuple[str, str, str], ...] = (("scipy", "1.15.3", "macosx_14_0_arm64"),)
 PYTHON_VERSION = "3.11"
 
 _MH_MAGIC_64 = b"\xcf\xfa\xed\xfe"
@@ -97,10 +101,10 @@ def _is_image(path: Path, filetypes: tuple[int, ...]) -> bool:
 
 
 @cache
-def _corpus() -> tuple[tuple[Path, ...], str | None]:
+def _corpus(wheels: tuple[tuple[str, str, str], ...] = WHEELS) -> tuple[tuple[Path, ...], str | None]:
     paths: list[Path] = []
     try:
-        for project, version, platform in WHEELS:
+        for project, version, platform in wheels:
             folder = _fetch(project, version, platform)
             for dirpath, _, names in os.walk(folder):  # os.walk, not glob: the dylibs are in .dylibs
                 for name in names:
@@ -112,9 +116,10 @@ def _corpus() -> tuple[tuple[Path, ...], str | None]:
     return tuple(sorted(paths)), None
 
 
-def macho_paths() -> list[Path]:
-    """Every thin 64-bit MH_DYLIB / MH_BUNDLE image in the pinned wheels (skips when offline)."""
-    paths, problem = _corpus()
+def macho_paths(wheels: tuple[tuple[str, str, str], ...] = WHEELS) -> list[Path]:
+    """Every thin 64-bit MH_DYLIB / MH_BUNDLE image in the pinned wheels (skips when offline);
+    ``wheels`` picks another list, e.g. CHAINED_WHEELS."""
+    paths, problem = _corpus(wheels)
     if problem is not None:
         _unavailable(problem)
     if not paths:

@@ -58,5 +58,11 @@ class LinkError(DyldCacheError):
     """The linker could not produce its output (undefined symbol, bad relocation...)."""
 
 
+class InputError(DyldCacheError):
+    """An input file that is missing, unreadable or of the wrong kind (exit status 2)."""
+
+    exit_status = 2
+
+
 class BuildError(DyldCacheError):
     """The cache builder could not produce a cache."""

@@ -387,8 +387,10 @@ def calculate_inputs(
                     continue
                 if kind == "weak" and dep not in input_names:
                     continue  # a missing weak dylib is fine unless it exists but was rejected
-                why = "weak-linked dylib which was evicted" if kind == "weak" else "dylib which"
-                reason = f"Could not find {why} '{dep}'" if kind != "weak" else f"Depends on {why}: '{dep}'"
+                if kind == "weak":
+                    reason = f"Depends on weak-linked dylib which was evicted: '{dep}'"
+                else:
+                    reason = f"Could not find dependency '{dep}'"
                 if dep in input_names:
                     reason = f"Depends on dylib '{dep}' which was evicted from the cache"
                 evictions.append(Eviction(path, reason))

@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import LinkError, MachOFormatError
+from ..errors import InputError, LinkError
 from ..macho import constants as C
 from ..macho.file import open_macho
 from ..macho.tbd import looks_like_tbd, read_tbd
@@ -32,7 +32,7 @@ class DylibInterface:
 def _from_macho(path: str, arch: str) -> DylibInterface:
     image = open_macho(path, arch)
     if image.filetype != C.MH_DYLIB or image.id_dylib is None:
-        raise LinkError(f"{path}: not a dylib")
+        raise InputError(f"{path}: not a dylib")
     iface = DylibInterface(
         image.id_dylib.path, image.id_dylib.current_version, image.id_dylib.compatibility_version, source=path
     )
@@ -55,7 +55,7 @@ def read_dylib_interfaces(path: str, arch: str, platform: str | None) -> list[Dy
         with open(path, "rb") as f:
             head = f.read(64)
     except OSError as exc:
-        raise LinkError(f"{path}: cannot read: {exc.strerror}") from None
+        raise InputError(f"{path}: cannot read: {exc.strerror}") from None
     if looks_like_tbd(head):
         text = Path(path).read_text(encoding="utf-8", errors="replace")
         out = []
@@ -71,10 +71,7 @@ def read_dylib_interfaces(path: str, arch: str, platform: str | None) -> list[Dy
                 )
             )
         return out
-    try:
-        return [_from_macho(path, arch)]
-    except MachOFormatError as exc:
-        raise LinkError(str(exc)) from None
+    return [_from_macho(path, arch)]
 
 
 class DylibSet:

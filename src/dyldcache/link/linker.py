@@ -24,7 +24,7 @@ import numpy as np
 from ..arch import ARCHS, Arch
 from ..arch import arm64 as A64
 from ..arch import x86_64 as X64
-from ..errors import LinkError, MachOFormatError
+from ..errors import InputError, LinkError
 from ..fileio import write_atomically
 from ..macho import constants as C
 from ..macho.exports_trie import Export, write_exports
@@ -188,23 +188,20 @@ class Linker:
                 with open(path, "rb") as f:
                     head = f.read(8)
             except OSError as exc:
-                raise LinkError(f"{path}: cannot read: {exc.strerror}") from None
+                raise InputError(f"{path}: cannot read: {exc.strerror}") from None
             if looks_like_tbd(head):
                 iface = self.dylib_set.load(path)
             else:
-                try:
-                    with open(path, "rb") as f:
-                        data = f.read()
-                    image = parse_macho(data, path, self.opts.arch)
-                except MachOFormatError as exc:
-                    raise LinkError(str(exc)) from None
+                with open(path, "rb") as f:
+                    data = f.read()
+                image = parse_macho(data, path, self.opts.arch)
                 if image.filetype == C.MH_OBJECT:
                     if image.header.cputype != self.arch.cputype:
-                        raise LinkError(f"{path}: object is {image.arch}, not {self.arch.name}")
+                        raise InputError(f"{path}: object is {image.arch}, not {self.arch.name}")
                     self.objects.append(ObjectFile(image, self.arch.name))
                     continue
                 if image.filetype != C.MH_DYLIB:
-                    raise LinkError(f"{path}: not an object, dylib or .tbd")
+                    raise InputError(f"{path}: not an object, dylib or .tbd")
                 iface = self.dylib_set.load(path)
             if iface.install_name in by_name:
                 continue  # a repeated install path reuses its ordinal
@@ -901,7 +898,9 @@ class Linker:
                         to = (self.section(SectionKind.STUBS), T - self.section(SectionKind.STUBS).addr)
                     value = T + r.addend - (P + r.bias)
                     if to is not None:
-                        to = (to[0], to[1] + r.addend + (r.bias - 4))
+                        # the instruction reaches T + addend: the bias only moves P to the
+                        # instruction's end (SIGNED_1/2/4 have immediates after the displacement)
+                        to = (to[0], to[1] + r.addend)
                 self.buf[fo : fo + 4] = X64.rel32(value, P)
                 if to is not None and (to[0] is not osect or not osect.is_code):
                     self._split(C.DYLD_CACHE_ADJ_V2_DELTA_32, osect, from_off, to[0], to[1])

@@ -1,0 +1,511 @@
+"""llvm-objdump-22 --macho as an oracle: run it on a Mach-O file and parse the listings the Mach-O
+tests compare our reader and linker against (load commands, fixups, exports, unwind info, ...).
+
+Every parser here works on llvm-objdump's text only; nothing is computed with dyldcache.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import os
+import re
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from conftest import LLVM_OBJDUMP, tool
+
+
+@dataclass(frozen=True)
+class Output:
+    stdout: str
+    stderr: str
+    returncode: int
+
+
+@functools.cache
+def _run_cached(path: str, flags: tuple[str, ...], mtime_ns: int) -> Output:
+    proc = subprocess.run(
+        [tool(LLVM_OBJDUMP), "--macho", *flags, path],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    return Output(proc.stdout, proc.stderr, proc.returncode)
+
+
+def run_raw(path: str | Path, *flags: str) -> Output:
+    """llvm-objdump's output, whatever its exit status (cached per file version and flags)."""
+    p = str(path)
+    return _run_cached(p, flags, Path(p).stat().st_mtime_ns)
+
+
+def prefetch(jobs: list[tuple[str | Path, tuple[str, ...]]], nm_paths: list[Path] | None = None) -> None:
+    """Run many listings at once, into the caches (the tools are mostly process start-up)."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+        done = [pool.submit(run_raw, path, *flags) for path, flags in jobs]
+        done += [pool.submit(nm, path) for path in nm_paths or []]
+        for f in done:
+            f.result()
+
+
+def run(path: str | Path, *flags: str) -> str:
+    """stdout of ``llvm-objdump-22 --macho FLAGS PATH``; fails the test on any error or warning."""
+    out = run_raw(path, *flags)
+    assert out.returncode == 0 and not out.stderr, (
+        f"llvm-objdump {' '.join(flags)} {path}: exit {out.returncode}\n{out.stderr}"
+    )
+    return out.stdout
+
+
+def short_name_matches(install_name: str, llvm_name: str) -> bool:
+    """llvm prints a dependency by its short name ("libSystem" for /usr/lib/libSystem.B.dylib,
+    "Foundation" for a framework): does ``llvm_name`` denote ``install_name``?"""
+    leaf = install_name.rsplit("/", 1)[-1]
+    return bool(llvm_name) and (leaf.startswith(llvm_name) or llvm_name == leaf)
+
+
+#: how llvm-objdump names the special library ordinals
+SPECIAL_ORDINALS = {0: "this-image", -1: "main-executable", -2: "flat-namespace", -3: "weak"}
+
+
+# ---------------------------------------------------------------------------------------------
+# --private-headers
+
+
+@dataclass
+class ObjSection:
+    sectname: str
+    segname: str
+    addr: int
+    size: int
+    offset: int
+    align: int
+    type: str
+    attributes: str
+    reserved1: int
+    reserved2: int
+
+
+@dataclass
+class ObjSegment:
+    name: str
+    vmaddr: int
+    vmsize: int
+    fileoff: int
+    filesize: int
+    maxprot: str
+    initprot: str
+    flags: str
+    sections: list[ObjSection] = field(default_factory=list)
+
+
+@dataclass
+class PrivateHeaders:
+    #: the mach header row: magic cputype cpusubtype caps filetype ncmds sizeofcmds flags...
+    header: list[str]
+    #: every load command as {field: value text}, in order; "cmd" is its name
+    commands: list[dict[str, str]]
+    segments: list[ObjSegment]
+
+    def commands_named(self, name: str) -> list[dict[str, str]]:
+        return [c for c in self.commands if c.get("cmd") == name]
+
+    @property
+    def sections(self) -> list[ObjSection]:
+        """Every section in load-command order: sections[i] has split-seg / n_sect index i + 1."""
+        return [s for seg in self.segments for s in seg.sections]
+
+
+_MULTIWORD_KEYS = ("time stamp", "current version", "compatibility version")
+
+
+def _int(text: str) -> int:
+    return int(text.split()[0], 0)
+
+
+def private_headers(path: str | Path) -> PrivateHeaders:
+    text = run(path, "--private-headers")
+    lines = text.splitlines()
+    header: list[str] = []
+    for i, line in enumerate(lines):
+        if line.strip().startswith("magic"):
+            header = lines[i + 1].split()
+            break
+    commands: list[dict[str, str]] = []
+    sections: list[list[dict[str, str]]] = []
+    current: dict[str, str] | None = None
+    for line in lines:
+        s = line.strip()
+        if s.startswith("Load command "):
+            current = {}
+            commands.append(current)
+            sections.append([])
+            continue
+        if current is None or not s:
+            continue
+        if s == "Section":
+            current = {}
+            sections[-1].append(current)
+            continue
+        for key in _MULTIWORD_KEYS:
+            if s.startswith(key + " "):
+                current[key] = s[len(key) + 1 :].strip()
+                break
+        else:
+            key, _, value = s.partition(" ")
+            current[key] = value.strip()
+    segments = []
+    for cmd, sects in zip(commands, sections, strict=True):
+        if cmd.get("cmd") != "LC_SEGMENT_64":
+            continue
+        seg = ObjSegment(
+            cmd["segname"],
+            _int(cmd["vmaddr"]),
+            _int(cmd["vmsize"]),
+            _int(cmd["fileoff"]),
+            _int(cmd["filesize"]),
+            cmd["maxprot"],
+            cmd["initprot"],
+            cmd.get("flags", ""),
+        )
+        for s in sects:
+            seg.sections.append(
+                ObjSection(
+                    s["sectname"],
+                    s["segname"],
+                    _int(s["addr"]),
+                    _int(s["size"]),
+                    _int(s["offset"]),
+                    int(re.search(r"\((\d+)\)", s["align"]).group(1)),  # type: ignore[union-attr]
+                    s["type"],
+                    s.get("attributes", ""),
+                    _int(s.get("reserved1", "0")),
+                    _int(s.get("reserved2", "0")),
+                )
+            )
+        segments.append(seg)
+    return PrivateHeaders(header, commands, segments)
+
+
+# ---------------------------------------------------------------------------------------------
+# fixups
+
+
+@dataclass(frozen=True)
+class DyldInfoRow:
+    """One row of ``--dyld-info`` (chained fixups of formats llvm decodes)."""
+
+    segment: str
+    section: str
+    address: int
+    pointer: int
+    kind: str  # "rebase" or "bind"
+    #: rebase: target (vm offset as printed); bind: None
+    target: int | None
+    addend: int | None
+    dylib: str | None
+    symbol: str | None
+    weak_import: bool
+
+
+def dyld_info(path: str | Path) -> list[DyldInfoRow]:
+    rows = []
+    for line in run(path, "--dyld-info").splitlines():
+        p = line.split()
+        if len(p) >= 6 and p[4] == "rebase":
+            rows.append(
+                DyldInfoRow(
+                    p[0], p[1], int(p[2], 16), int(p[3], 16), "rebase", int(p[5], 16), None, None, None, False
+                )
+            )
+        elif len(p) >= 8 and p[4] == "bind":
+            weak = line.rstrip().endswith("(weak import)")
+            rows.append(
+                DyldInfoRow(
+                    p[0], p[1], int(p[2], 16), int(p[3], 16), "bind", None, int(p[5], 16), p[6], p[7], weak
+                )
+            )
+    return rows
+
+
+@dataclass(frozen=True)
+class BindRow:
+    segment: str
+    section: str
+    address: int
+    type: str
+    addend: int
+    dylib: str
+    symbol: str
+    weak_import: bool
+
+
+def _tables(path: str | Path) -> dict[str, list[str]]:
+    """The rows of --rebase / --bind / --lazy-bind / --weak-bind, by table title."""
+    text = run(path, "--rebase", "--bind", "--lazy-bind", "--weak-bind")
+    tables: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in text.splitlines():
+        if line.endswith("table:"):
+            current = tables.setdefault(line, [])
+            continue
+        if current is None or not line.strip() or line.startswith("segment "):
+            continue
+        if line.endswith(":") and "/" in line:  # the file name line
+            continue
+        current.append(line)
+    return tables
+
+
+def rebase_table(path: str | Path) -> list[tuple[str, str, int, str]]:
+    """(segment, section, address, type) for every rebase of the opcode stream."""
+    out = []
+    for line in _tables(path).get("Rebase table:", []):
+        seg, sect, addr, typ = line.split()
+        out.append((seg, sect, int(addr, 16), typ))
+    return out
+
+
+def bind_table(path: str | Path) -> list[BindRow]:
+    out = []
+    for line in _tables(path).get("Bind table:", []):
+        p = line.split()
+        out.append(BindRow(p[0], p[1], int(p[2], 16), p[3], int(p[4]), p[5], p[6], "(weak_import)" in p[7:]))
+    return out
+
+
+def lazy_bind_table(path: str | Path) -> list[tuple[str, str, int, str, str]]:
+    """(segment, section, address, dylib, symbol)."""
+    out = []
+    for line in _tables(path).get("Lazy bind table:", []):
+        seg, sect, addr, lib, sym = line.split()[:5]
+        out.append((seg, sect, int(addr, 16), lib, sym))
+    return out
+
+
+def weak_bind_table(path: str | Path) -> list[tuple[str, str, int | None, int, str]]:
+    """(segment, section, address, addend, symbol); a strong-definition marker has address None."""
+    out: list[tuple[str, str, int | None, int, str]] = []
+    for line in _tables(path).get("Weak bind table:", []):
+        p = line.split()
+        if p[0] == "strong":
+            out.append(("", "", None, 0, p[1]))
+        else:
+            out.append((p[0], p[1], int(p[2], 16), int(p[4]), p[5]))
+    return out
+
+
+@dataclass
+class ChainedListing:
+    header: dict[str, int]
+    seg_offsets: list[int]
+    segments: dict[int, dict[str, object]]
+    #: (lib_ordinal, weak_import, name_offset, name, addend)
+    imports: list[tuple[int, int, int, str, int]]
+
+
+def chained_fixups(path: str | Path) -> ChainedListing:
+    text = run(path, "--chained-fixups")
+    head = text.split("chained starts in image")[0]
+    header = {k: int(v) for k, v in re.findall(r"^  (\w+)\s+= (\d+)", head, re.M)}
+    seg_offsets = [int(v) for v in re.findall(r"seg_offset\[\d+\] = (\d+)", text)]
+    segments: dict[int, dict[str, object]] = {}
+    for m in re.finditer(r"chained starts in segment (\d+) \(\S+\)\n((?:  .*\n?)*)", text):
+        body = m.group(2)
+        fields = dict(re.findall(r"^  (\w+) = (\S+)", body, re.M))
+        segments[int(m.group(1))] = {
+            "size": int(fields["size"]),
+            "page_size": int(fields["page_size"], 16),
+            "pointer_format": int(fields["pointer_format"]),
+            "segment_offset": int(fields["segment_offset"], 16),
+            "max_valid_pointer": int(fields["max_valid_pointer"]),
+            "page_count": int(fields["page_count"]),
+            "page_start": [int(v) for v in re.findall(r"page_start\[\d+\] = (\d+)", body)],
+        }
+    imports = [
+        (int(o), int(w), int(n), name, int(a or 0))
+        for o, w, n, name, a in re.findall(
+            r"dyld chained import(?: addend(?:64)?)?\[\d+\]\n"
+            r"  lib_ordinal = (-?\d+) .*\n  weak_import = (\d)\n"
+            r"  name_offset = (\d+) \((.*)\)(?:\n  addend\s+= (-?\d+))?",
+            text,
+        )
+    ]
+    return ChainedListing(header, seg_offsets, segments, imports)
+
+
+# ---------------------------------------------------------------------------------------------
+# exports, dependencies, symbols
+
+
+@dataclass(frozen=True)
+class ObjExport:
+    name: str
+    #: printed address (None for re-exports)
+    address: int | None
+    #: the bracketed attributes: weak_def, per-thread, absolute, resolver=0x...
+    attributes: frozenset[str]
+    #: re-exports: the dylib's short name and the name there ("" = same name)
+    reexport_from: str | None = None
+    import_name: str = ""
+
+
+_EXPORT = re.compile(
+    r"^(?:0x([0-9A-F]+)  |\[re-export\] )(\S+)(?: \[([^\]]*)\])?(?: \((?:(\S+) )?from (\S+)\))?$"
+)
+
+
+def exports_trie(path: str | Path) -> list[ObjExport]:
+    out = []
+    for line in run(path, "--exports-trie").splitlines():
+        m = _EXPORT.match(line)
+        if not m:
+            continue
+        addr, name, attrs, import_name, dylib = m.groups()
+        out.append(
+            ObjExport(
+                name,
+                int(addr, 16) if addr is not None else None,
+                frozenset(a.strip() for a in attrs.split(",")) if attrs else frozenset(),
+                dylib,
+                import_name or "",
+            )
+        )
+    return out
+
+
+def dylibs_used(path: str | Path) -> list[tuple[str, str]]:
+    """(install name, the parenthesized attributes) of every LC_*_DYLIB, incl. LC_ID_DYLIB first."""
+    out = []
+    for line in run(path, "--dylibs-used").splitlines():
+        m = re.match(r"^\t(.*) \((.*)\)$", line)
+        if m:
+            out.append((m.group(1), m.group(2)))
+    return out
+
+
+def function_starts(path: str | Path) -> list[int]:
+    return [int(x, 16) for x in re.findall(r"^([0-9a-f]{16})\b", run(path, "--function-starts"), re.M)]
+
+
+def indirect_symbols(path: str | Path) -> dict[tuple[str, str], list[tuple[int, str, str]]]:
+    """Per (segment, section): (address, index or LOCAL/ABSOLUTE, symbol name) of each entry."""
+    out: dict[tuple[str, str], list[tuple[int, str, str]]] = {}
+    rows: list[tuple[int, str, str]] = []
+    for line in run(path, "--indirect-symbols").splitlines():
+        m = re.match(r"^Indirect symbols for \((\S+),(\S+)\) \d+ entries", line)
+        if m:
+            rows = out.setdefault((m.group(1), m.group(2)), [])
+            continue
+        m = re.match(r"^0x([0-9a-f]+)\s+(\S+)\s*(\S*)", line)
+        if m:
+            rows.append((int(m.group(1), 16), m.group(2), m.group(3)))
+    return out
+
+
+def nm(path: str | Path) -> list[tuple[int | None, str, str]]:
+    """(value, type letter, name) from llvm-nm-22 (value None for undefined symbols)."""
+    return _nm_cached(str(path), Path(path).stat().st_mtime_ns)
+
+
+@functools.cache
+def _nm_cached(path: str, mtime_ns: int) -> list[tuple[int | None, str, str]]:
+    proc = subprocess.run(
+        [tool("llvm-nm-22"), "--no-sort", path], capture_output=True, text=True, timeout=60, check=True
+    )
+    out = []
+    for line in proc.stdout.splitlines():
+        p = line.split()
+        if len(p) == 3:
+            out.append((int(p[0], 16), p[1], p[2]))
+        elif len(p) == 2:
+            out.append((None, p[0], p[1]))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# unwind info
+
+
+@dataclass
+class UnwindListing:
+    personalities: dict[int, int]
+    #: top-level index: (function offset, 2nd level page offset, LSDA offset); last one = sentinel
+    index: list[tuple[int, int, int]]
+    #: (function offset, LSDA offset)
+    lsdas: list[tuple[int, int]]
+    #: second-level entries in order: (function offset, encoding)
+    entries: list[tuple[int, int]]
+
+    @property
+    def end(self) -> int:
+        """The sentinel's function offset: one past (or at) the end of the last function."""
+        return self.index[-1][0]
+
+    def encoding_at(self, offset: int) -> int | None:
+        """The encoding of the entry that covers ``offset`` (None if no entry does)."""
+        found = None
+        for start, enc in self.entries:
+            if start <= offset:
+                found = enc
+            else:
+                break
+        return found if offset < self.end else None
+
+
+def unwind_info(path: str | Path, text: str | None = None) -> UnwindListing:
+    text = run(path, "--unwind-info") if text is None else text
+    pers = {int(k): int(v, 16) for k, v in re.findall(r"personality\[(\d+)\]: (0x[0-9a-f]+)", text)}
+    index = [
+        (int(a, 16), int(b, 16), int(c, 16))
+        for a, b, c in re.findall(
+            r"function offset=(0x[0-9a-f]+), 2nd level page offset=(0x[0-9a-f]+), LSDA offset=(0x[0-9a-f]+)",
+            text,
+        )
+    ]
+    lsda_text = (
+        text.split("LSDA descriptors:")[1].split("Second level indices:")[0]
+        if "LSDA descriptors:" in text
+        else ""
+    )
+    lsdas = [
+        (int(a, 16), int(b, 16))
+        for a, b in re.findall(r"function offset=(0x[0-9a-f]+), LSDA offset=(0x[0-9a-f]+)", lsda_text)
+    ]
+    second = text.split("Second level indices:")[1] if "Second level indices:" in text else ""
+    entries = [
+        (int(a, 16), int(b, 16))
+        for a, b in re.findall(r"function offset=(0x[0-9a-f]+), encoding(?:\[\d+\])?=(0x[0-9a-f]+)", second)
+    ]
+    return UnwindListing(pers, index, lsdas, entries)
+
+
+@dataclass(frozen=True)
+class CompactUnwindEntry:
+    """One ``__LD,__compact_unwind`` entry of an object file."""
+
+    start: int
+    length: int
+    encoding: int
+    personality: str | None
+    lsda: int | None
+
+
+def object_compact_unwind(path: str | Path) -> list[CompactUnwindEntry]:
+    text = run(path, "--unwind-info")
+    out = []
+    for block in text.split("Entry at offset")[1:]:
+        start = int(re.search(r"start:\s+(0x[0-9a-f]+)", block).group(1), 16)  # type: ignore[union-attr]
+        length = int(re.search(r"length:\s+(0x[0-9a-f]+)", block).group(1), 16)  # type: ignore[union-attr]
+        enc = int(re.search(r"compact encoding:\s+(0x[0-9a-f]+)", block).group(1), 16)  # type: ignore[union-attr]
+        pers = re.search(r"personality function:\s+0x[0-9a-f]+ (\S+)", block)
+        lsda = re.search(r"LSDA:\s+(0x[0-9a-f]+)", block)
+        out.append(
+            CompactUnwindEntry(
+                start, length, enc, pers.group(1) if pers else None, int(lsda.group(1), 16) if lsda else None
+            )
+        )
+    return out
