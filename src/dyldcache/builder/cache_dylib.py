@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..macho import constants as C
-from ..macho.exports_trie import Export
+from ..macho.exports_trie import Export, TrieShape
 from ..macho.file import MachOFile, Segment
 from ..macho.fixups import FixupKind
 from .config import MACH_HEADER_ALIGNMENT, CacheConfig
@@ -68,6 +68,8 @@ class CacheDylib:
     linkedit: dict[str, Chunk] = field(default_factory=dict)
     #: dependency install names resolved to cache dylib indexes (None = missing weak dylib)
     dependents: list[tuple[int | None, str]] = field(default_factory=list)
+    #: the exports kept in the cache and their trie's shape (linkedit.py fills it once)
+    export_plan: tuple[list[Export], TrieShape] | None = None
 
     @property
     def image(self) -> MachOFile:

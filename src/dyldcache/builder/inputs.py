@@ -8,9 +8,11 @@ wording; a malformed file is evicted with the reader's error, never a traceback.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import stat
 from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -324,48 +326,107 @@ def _sort_key(install_name: str, order: dict[str, int]) -> tuple[int, int, int, 
     )
 
 
+@dataclass(slots=True)
+class _Examined:
+    """What one input file turned out to be (computed in a worker process)."""
+
+    path: str
+    install_name: str | None
+    #: eviction reason; "" for a silent skip; None when eligible
+    reason: str | None
+    #: decoded LINKEDIT of an eligible dylib, handed back to the parent's MachOFile
+    decoded: dict[str, object] | None = None
+
+
+def _load(f: InputFile, config: CacheConfig) -> tuple[MappedFile, MachOFile] | str:
+    try:
+        mapped = MappedFile(f.host_path)
+        if is_fat(mapped.data):
+            slices = parse_fat(mapped.data, f.host_path)
+            if not any(s.arch == config.arch.name for s in slices):
+                return f"fat file has no {config.arch.name} slice"
+            return mapped, parse_macho(mapped.data, f.host_path, config.arch.name)
+        return mapped, parse_macho(mapped.data, f.host_path)
+    except FormatError as exc:
+        return f"malformed Mach-O: {exc}"
+
+
+def _examine(f: InputFile, config: CacheConfig) -> _Examined:
+    loaded = _load(f, config)
+    if isinstance(loaded, str):
+        return _Examined(f.path or f.host_path, None, loaded)
+    _, image = loaded
+    path = f.path or image.install_name or f.host_path
+    if path in _SILENT_SKIPS:
+        return _Examined(path, image.install_name, "")
+    if not is_eligible_path(path):
+        return _Examined(path, image.install_name, "path is not in a shared cache location")
+    decoded: dict[str, object] | None = None
+    try:
+        reason = check_eligibility(image, path, config)
+        if reason is None:
+            # the expensive decodes; they come back to the parent with the verdict
+            decoded = {"fixups": image.fixups, "split_seg": image.split_seg, "exports": image.exports}
+    except FormatError as exc:
+        reason, decoded = f"malformed Mach-O: {exc}", None
+    return _Examined(path, image.install_name, reason, decoded)
+
+
+_EXAMINE_STATE: tuple[list[InputFile], CacheConfig] | None = None
+
+
+def _examine_index(i: int) -> _Examined:
+    assert _EXAMINE_STATE is not None
+    files, config = _EXAMINE_STATE
+    return _examine(files[i], config)
+
+
+def _examine_all(files: list[InputFile], config: CacheConfig, jobs: int) -> list[_Examined]:
+    """Examine every file, in worker processes when there are enough of them."""
+    global _EXAMINE_STATE
+    if jobs <= 1 or len(files) < 16 or "fork" not in multiprocessing.get_all_start_methods():
+        return [_examine(f, config) for f in files]
+    _EXAMINE_STATE = (files, config)
+    try:
+        ctx = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+            return list(
+                pool.map(_examine_index, range(len(files)), chunksize=max(1, len(files) // (jobs * 8)))
+            )
+    finally:
+        _EXAMINE_STATE = None
+
+
 def calculate_inputs(
-    files: list[InputFile], aliases: dict[str, str], config: CacheConfig, order_file: list[str] | None = None
+    files: list[InputFile],
+    aliases: dict[str, str],
+    config: CacheConfig,
+    order_file: list[str] | None = None,
+    jobs: int = 1,
 ) -> Inputs:
     """Parse every input once, evict what cannot go into the cache, order the rest."""
     evictions: list[Eviction] = []
     candidates: dict[str, CacheInput] = {}
     input_names: set[str] = set()
-    for f in files:
-        try:
-            mapped = MappedFile(f.host_path)
-            if is_fat(mapped.data):
-                slices = parse_fat(mapped.data, f.host_path)
-                if not any(s.arch == config.arch.name for s in slices):
-                    evictions.append(
-                        Eviction(f.path or f.host_path, f"fat file has no {config.arch.name} slice")
-                    )
-                    continue
-                image = parse_macho(mapped.data, f.host_path, config.arch.name)
-            else:
-                image = parse_macho(mapped.data, f.host_path)
-        except FormatError as exc:
-            evictions.append(Eviction(f.path or f.host_path, f"malformed Mach-O: {exc}"))
+    for f, ex in zip(files, _examine_all(files, config, jobs), strict=True):
+        if ex.install_name:
+            input_names.add(ex.install_name)
+        if ex.reason == "":
             continue
-        if not f.path:
-            f.path = image.install_name or f.host_path
-        if image.install_name:
-            input_names.add(image.install_name)
-        if f.path in _SILENT_SKIPS:
+        if ex.reason is not None:
+            evictions.append(Eviction(ex.path, ex.reason))
             continue
-        if not is_eligible_path(f.path):
-            evictions.append(Eviction(f.path, "path is not in a shared cache location"))
+        if ex.path in candidates:
+            evictions.append(Eviction(ex.path, "another input has the same install name"))
             continue
-        try:
-            reason = check_eligibility(image, f.path, config)
-        except FormatError as exc:
-            reason = f"malformed Mach-O: {exc}"
-        if reason is not None:
-            evictions.append(Eviction(f.path, reason))
+        loaded = _load(f, config)
+        if isinstance(loaded, str):  # the file changed under us
+            evictions.append(Eviction(ex.path, loaded))
             continue
-        if f.path in candidates:
-            evictions.append(Eviction(f.path, "another input has the same install name"))
-            continue
+        mapped, image = loaded
+        if ex.decoded is not None:
+            image.__dict__.update(ex.decoded)  # fill the cached properties from the worker's decode
+        f.path = ex.path
         ci = CacheInput(f, image, mapped, dependencies=[(d.path, d.kind) for d in image.dylibs])
         candidates[f.path] = ci
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import BuildError
 from ..macho import constants as C
-from ..macho.exports_trie import Export, write_exports
+from ..macho.exports_trie import Export, TrieShape, encode_name, export_payload
 from ..macho.format import NLIST64_DTYPE
 from .cache_dylib import CacheDylib
 
@@ -92,6 +92,20 @@ def _symbol_ranges(dylib: CacheDylib) -> tuple[range, range, range]:
     )
 
 
+def _names(d: CacheDylib, strx: np.ndarray) -> list[bytes]:
+    """The names at the given string-table offsets (each up to its NUL), sliced in one pass."""
+    strings = d.image.symbol_table.strings
+    if not len(strx):
+        return []
+    nuls = np.flatnonzero(np.frombuffer(strings, dtype=np.uint8) == 0)
+    if len(nuls):
+        first = np.searchsorted(nuls, strx)  # the first NUL at or after each offset
+        ends = np.where(first < len(nuls), nuls[np.minimum(first, len(nuls) - 1)], len(strings))
+    else:
+        ends = np.full(len(strx), len(strings))
+    return [strings[a:b] for a, b in zip(strx.tolist(), ends.tolist(), strict=True)]
+
+
 def plan_symbol_tables(
     dylibs: list[CacheDylib], mode: str, unmapped: UnmappedLocals | None
 ) -> tuple[StringPool, dict[int, DylibSymbols]]:
@@ -102,35 +116,28 @@ def plan_symbol_tables(
     exports, then imports (tools that extract dylibs depend on it).
     """
     pool = StringPool((REDACTED,) if mode == "unmap" else ())
+    add = pool.add
     redacted = pool.offsets.get(REDACTED.encode(), 0)
     out: dict[int, DylibSymbols] = {}
-    rows: dict[int, list[np.ndarray]] = {}
-    old_to_new: dict[int, dict[int, int]] = {}
-    counts: dict[int, list[int]] = {}
+    rows: dict[int, list[np.ndarray]] = {d.index: [] for d in dylibs}
+    old_to_new: dict[int, np.ndarray] = {}
+    counts: dict[int, list[int]] = {d.index: [0, 0, 0] for d in dylibs}
     ranges = {d.index: _symbol_ranges(d) for d in dylibs}
-
-    def strings_of(d: CacheDylib) -> tuple[np.ndarray, bytes]:
-        st = d.image.symbol_table
-        return st.nlist, st.strings
-
-    def name_at(strings: bytes, strx: int) -> bytes:
-        end = strings.find(b"\0", strx)
-        return strings[strx:end] if end >= 0 else strings[strx:]
-
-    # locals
+    skipped = tuple(p.encode() for p in _SKIPPED_GLOBAL_PREFIXES)
     for d in dylibs:
-        nlist, strings = strings_of(d)
+        # old symbol index -> new one (-1: dropped), for the indirect symbol table
+        old_to_new[d.index] = np.full(len(d.image.symbol_table.nlist), -1, dtype=np.int64)
+
+    # locals of every dylib, then exports, then imports: the pool is filled in that order
+    for d in dylibs:
+        nlist = d.image.symbol_table.nlist
         loc = ranges[d.index][0]
-        rows[d.index] = []
-        old_to_new[d.index] = {}
-        counts[d.index] = [0, 0, 0]
         sel = nlist[loc.start : loc.stop]
         sel = sel[(sel["n_type"] & C.N_STAB) == 0] if len(sel) else sel
         if unmapped is not None and mode == "unmap":
             start = unmapped.count
             un = sel.copy()
-            for k in range(len(un)):
-                un["n_strx"][k] = unmapped.pool.add(name_at(strings, int(un["n_strx"][k])))
+            un["n_strx"] = [unmapped.pool.add(n) for n in _names(d, sel["n_strx"].astype(np.int64))]
             unmapped.nlists.append(un)
             unmapped.ranges.append((start, len(un)))
             kept = sel[sel["n_sect"] == 1].copy()
@@ -139,50 +146,53 @@ def plan_symbol_tables(
             kept = sel[:0].copy()
         else:
             kept = sel.copy()
-            for k in range(len(kept)):
-                kept["n_strx"][k] = pool.add(name_at(strings, int(kept["n_strx"][k])))
+            kept["n_strx"] = [add(n) for n in _names(d, sel["n_strx"].astype(np.int64))]
         rows[d.index].append(kept)
         counts[d.index][0] = len(kept)
-    # exports
     for d in dylibs:
-        nlist, strings = strings_of(d)
+        nlist = d.image.symbol_table.nlist
         ext = ranges[d.index][1]
-        base = counts[d.index][0]
-        keep_idx: list[int] = []
-        for i in ext:
-            name = name_at(strings, int(nlist["n_strx"][i]))
-            if name.startswith(tuple(p.encode() for p in _SKIPPED_GLOBAL_PREFIXES)):
-                continue
-            old_to_new[d.index][i] = base + len(keep_idx)
-            keep_idx.append(i)
-        sel = nlist[keep_idx].copy()
-        for k, i in enumerate(keep_idx):
-            sel["n_strx"][k] = pool.add(name_at(strings, int(nlist["n_strx"][i])))
+        idx = np.arange(ext.start, ext.stop, dtype=np.int64)
+        names = _names(d, nlist["n_strx"][idx].astype(np.int64))
+        keep = np.array([not n.startswith(skipped) for n in names], dtype=bool)
+        idx = idx[keep] if len(idx) else idx
+        sel = nlist[idx].copy()
+        sel["n_strx"] = [add(n) for n, k in zip(names, keep.tolist(), strict=True) if k]
+        old_to_new[d.index][idx] = counts[d.index][0] + np.arange(len(idx))
         rows[d.index].append(sel)
         counts[d.index][1] = len(sel)
-    # imports
     for d in dylibs:
-        nlist, strings = strings_of(d)
+        nlist = d.image.symbol_table.nlist
         und = ranges[d.index][2]
-        base = counts[d.index][0] + counts[d.index][1]
         sel = nlist[und.start : und.stop].copy()
-        for k, i in enumerate(und):
-            sel["n_strx"][k] = pool.add(name_at(strings, int(nlist["n_strx"][i])))
-            old_to_new[d.index][i] = base + k
+        sel["n_strx"] = [add(n) for n in _names(d, sel["n_strx"].astype(np.int64))]
+        old_to_new[d.index][und.start : und.stop] = (
+            counts[d.index][0] + counts[d.index][1] + np.arange(len(sel))
+        )
         rows[d.index].append(sel)
         counts[d.index][2] = len(sel)
     for d in dylibs:
         old_ind = d.image.indirect_symbols.astype(np.uint32)
         special = (old_ind & (C.INDIRECT_SYMBOL_LOCAL | C.INDIRECT_SYMBOL_ABS)) != 0
         mapping = old_to_new[d.index]
-        new_ind = np.array(
-            [int(v) if sp else mapping.get(int(v), 0) for v, sp in zip(old_ind, special, strict=True)],
-            dtype="<u4",
-        )
+        inside = ~special & (old_ind < len(mapping))
+        new_ind = np.where(special, old_ind, 0).astype("<u4")
+        looked_up = mapping[old_ind[inside].astype(np.int64)]
+        # an entry naming a dropped symbol points at symbol 0, as dyld-1162 does
+        new_ind[inside] = np.where(looked_up >= 0, looked_up, 0).astype("<u4")
         nl = np.concatenate(rows[d.index]) if rows[d.index] else np.zeros(0, dtype=NLIST64_DTYPE)
         nloc, nglob, nund = counts[d.index]
         out[d.index] = DylibSymbols(nl, nloc, nglob, nund, new_ind)
     return pool, out
+
+
+def _export_plan(dylib: CacheDylib) -> tuple[list[Export], TrieShape]:
+    """The exports that stay in the cache and the shape of their trie (computed once per dylib)."""
+    if dylib.export_plan is None:
+        kept = [e for e in dylib.image.exports if not e.name.startswith(_SKIPPED_EXPORT_PREFIXES)]
+        dylib.export_plan = (kept, TrieShape(encode_name(e.name) for e in kept))
+    plan: tuple[list[Export], TrieShape] = dylib.export_plan
+    return plan
 
 
 def rebuilt_exports(dylib: CacheDylib, estimate: bool = False) -> bytes:
@@ -191,16 +201,13 @@ def rebuilt_exports(dylib: CacheDylib, estimate: bool = False) -> bytes:
     With ``estimate``, every non-absolute offset is bumped by 2 GiB instead: an upper bound on
     the size whatever the final layout is (ULEB lengths only grow with the value).
     """
-    image = dylib.image
-    exports: list[Export] = []
-    base = image.base_address
-    if not estimate:
-        text_slide = dylib.text.slide
-    for e in image.exports:
-        if e.name.startswith(_SKIPPED_EXPORT_PREFIXES):
-            continue
+    exports, shape = _export_plan(dylib)
+    base = dylib.image.base_address
+    text_slide = 0 if estimate else dylib.text.slide
+    payloads = []
+    for e in exports:
         if e.is_reexport or e.is_absolute:
-            exports.append(e)
+            payloads.append(export_payload(e))
             continue
         if estimate:
             delta = 1 << 31
@@ -208,6 +215,8 @@ def rebuilt_exports(dylib: CacheDylib, estimate: bool = False) -> bytes:
             seg = dylib.segment_for_input_address(base + e.address)
             delta = (seg.slide - text_slide) if seg is not None and seg.chunk is not None else 0
         resolver = e.resolver + delta if e.is_resolver else e.resolver
-        exports.append(Export(e.name, e.flags, e.address + delta, resolver, e.ordinal, e.import_name))
-    raw = write_exports(exports) if exports else b""
+        payloads.append(
+            export_payload(Export(e.name, e.flags, e.address + delta, resolver, e.ordinal, e.import_name))
+        )
+    raw = shape.encode(payloads)
     return raw + bytes(-len(raw) % 8)

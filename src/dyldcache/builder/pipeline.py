@@ -213,7 +213,8 @@ class CacheBuilder:
                     order = [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
             except OSError as exc:
                 raise UsageError(f"--dylib-order {o.order_file}: {exc.strerror}") from None
-        self.inputs = calculate_inputs(files, aliases, self.config, order)
+        jobs = self.options.jobs or (os.cpu_count() or 1)
+        self.inputs = calculate_inputs(files, aliases, self.config, order, jobs)
         if not self.inputs.dylibs:
             raise BuildError("no input dylib can be placed in the cache (see the warnings)")
         self.dylibs = [CacheDylib(ci.index, ci) for ci in self.inputs.dylibs]

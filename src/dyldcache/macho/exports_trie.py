@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from ..errors import MachOFormatError
 from . import constants as C
-from .leb128 import Cursor, uleb_decode, uleb_encode, uleb_size
+from .leb128 import Cursor, uleb_decode, uleb_encode
 
 #: longest key accepted from a file. Real keys are symbol names or install names (C++ and Swift
 #: names reach a few KB); the limit also bounds the depth, since every edge label is non-empty.
@@ -114,6 +114,95 @@ class _Node:
         self.edges: dict[int, tuple[bytes, _Node]] = {}
 
 
+class TrieShape:
+    """The node structure of a trie for a fixed set of keys.
+
+    Nodes are in pre-order with children in byte order of their labels. Encoding payloads
+    into a shape is cheap, so one shape can serve several encodings of the same keys (the
+    cache builder sizes a dylib's export trie, then writes it again with final addresses).
+    """
+
+    __slots__ = ("_children", "_fixed", "_labels", "_terminal", "keys")
+
+    def __init__(self, keys: Iterable[bytes]) -> None:
+        root = _Node()
+        self.keys: list[bytes] = []
+        for key in keys:
+            key = bytes(key)
+            if b"\0" in key:
+                raise ValueError(f"trie key {key!r} contains a NUL byte")
+            # the payload slot holds the key's index until encoding time
+            _insert(root, key, len(self.keys).to_bytes(4, "little"))
+            self.keys.append(key)
+        # pre-order with an explicit stack: keys can be long enough to exhaust Python's recursion
+        order: list[_Node] = []
+        stack = [root]
+        while stack:
+            node = stack.pop()
+            order.append(node)
+            stack.extend(child for _, (_, child) in sorted(node.edges.items(), reverse=True))
+        index = {id(n): i for i, n in enumerate(order)}
+        #: per node: the index of its key, or -1 for a node with no entry
+        self._terminal = [-1 if n.payload is None else int.from_bytes(n.payload, "little") for n in order]
+        self._children = [[index[id(c)] for _, (_, c) in sorted(n.edges.items())] for n in order]
+        self._labels = [[label for _, (label, _) in sorted(n.edges.items())] for n in order]
+        #: bytes of a node that do not depend on payloads or offsets: child count, labels, NULs
+        self._fixed = [1 + sum(len(label) + 1 for label in labels) for labels in self._labels]
+
+    def encode(self, payloads: list[bytes]) -> bytes:
+        """The trie with ``payloads[i]`` as the terminal payload of ``keys[i]``."""
+        if not self.keys:
+            return b""
+        if len(payloads) != len(self.keys):
+            raise ValueError(f"{len(payloads)} payloads for {len(self.keys)} keys")
+        terminal = self._terminal
+        children = self._children
+        n = len(terminal)
+        head = []
+        for t in terminal:
+            if t < 0:
+                head.append(1)
+            else:
+                size = len(payloads[t])
+                if size == 0:
+                    raise ValueError(f"trie key {self.keys[t]!r} has an empty payload")
+                head.append(((size.bit_length() + 6) // 7 or 1) + size)
+        base = [h + f for h, f in zip(head, self._fixed, strict=True)]
+        offsets = [0] * n
+        # offsets only grow from one pass to the next (a larger offset never shrinks a ULEB),
+        # so this reaches a fixed point, in practice after two or three passes
+        while True:
+            pos = 0
+            changed = False
+            for i in range(n):
+                if offsets[i] != pos:
+                    offsets[i] = pos
+                    changed = True
+                size = base[i]
+                for c in children[i]:
+                    size += (offsets[c].bit_length() + 6) // 7 or 1
+                pos += size
+            if not changed:
+                break
+        out = bytearray()
+        for i in range(n):
+            t = terminal[i]
+            if t < 0:
+                out.append(0)
+            else:
+                out += uleb_encode(len(payloads[t]))
+                out += payloads[t]
+            kids = children[i]
+            # edges are keyed by their first byte, never NUL: at most 255 of them
+            out.append(len(kids))
+            for label, c in zip(self._labels[i], kids, strict=True):
+                out += label
+                out.append(0)
+                out += uleb_encode(offsets[c])
+        assert len(out) == pos
+        return bytes(out)
+
+
 def write_trie(entries: Iterable[tuple[bytes, bytes]]) -> bytes:
     """Encode (key, payload) pairs as a trie; ``b""`` if there are none.
 
@@ -121,67 +210,12 @@ def write_trie(entries: Iterable[tuple[bytes, bytes]]) -> bytes:
     are iterated to a fixed point, so every child offset is written in its shortest ULEB form.
     Raises ValueError for a duplicate key, a key containing NUL or an empty payload.
     """
-    root = _Node()
-    count = 0
-    for key, payload in entries:
-        key = bytes(key)
-        payload = bytes(payload)
-        if b"\0" in key:
-            raise ValueError(f"trie key {key!r} contains a NUL byte")
+    pairs = [(bytes(k), bytes(p)) for k, p in entries]
+    for key, payload in pairs:
         if not payload:
             raise ValueError(f"trie key {key!r} has an empty payload (a terminal size of 0 means 'no entry')")
-        _insert(root, key, payload)
-        count += 1
-    if count == 0:
-        return b""
-
-    # pre-order with an explicit stack: keys can be long enough to exhaust Python's recursion
-    order: list[_Node] = []
-    stack = [root]
-    while stack:
-        node = stack.pop()
-        order.append(node)
-        stack.extend(child for _, (_, child) in sorted(node.edges.items(), reverse=True))
-
-    offsets = {id(node): 0 for node in order}
-
-    def node_size(node: _Node) -> int:
-        n = 1 if node.payload is None else uleb_size(len(node.payload)) + len(node.payload)
-        n += 1
-        for label, child in node.edges.values():
-            n += len(label) + 1 + uleb_size(offsets[id(child)])
-        return n
-
-    # offsets only grow from one pass to the next (a larger offset never shrinks a ULEB), so
-    # this terminates; in practice after two or three passes
-    while True:
-        pos = 0
-        changed = False
-        for node in order:
-            if offsets[id(node)] != pos:
-                offsets[id(node)] = pos
-                changed = True
-            pos += node_size(node)
-        if not changed:
-            break
-    total = pos
-
-    out = bytearray()
-    for node in order:
-        assert len(out) == offsets[id(node)]
-        if node.payload is None:
-            out.append(0)
-        else:
-            out += uleb_encode(len(node.payload))
-            out += node.payload
-        # edges are keyed by their first byte, never NUL: at most 255 of them
-        out.append(len(node.edges))
-        for _, (label, child) in sorted(node.edges.items()):
-            out += label
-            out.append(0)
-            out += uleb_encode(offsets[id(child)])
-    assert len(out) == total
-    return bytes(out)
+    shape = TrieShape(k for k, _ in pairs)
+    return shape.encode([p for _, p in pairs])
 
 
 def _insert(root: _Node, key: bytes, payload: bytes) -> None:
@@ -269,7 +303,8 @@ def _decode_name(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
 
-def _encode_name(name: str) -> bytes:
+def encode_name(name: str) -> bytes:
+    """The trie key of a symbol name (names that are not UTF-8 survive via surrogateescape)."""
     return name.encode("utf-8", "surrogateescape")
 
 
@@ -311,7 +346,7 @@ def export_payload(export: Export) -> bytes:
     if flags & C.EXPORT_SYMBOL_FLAGS_REEXPORT:
         if export.address or export.resolver:
             raise ValueError(f"re-export {export.name!r} cannot have an address or a resolver")
-        import_name = _encode_name(export.import_name)
+        import_name = encode_name(export.import_name)
         if b"\0" in import_name:
             raise ValueError(f"re-export {export.name!r}: import name contains a NUL byte")
         out += uleb_encode(export.ordinal)
@@ -331,4 +366,4 @@ def export_payload(export: Export) -> bytes:
 
 def write_exports(exports: Iterable[Export]) -> bytes:
     """The export trie of ``exports`` (no trailing padding; callers pad). ValueError on duplicates."""
-    return write_trie((_encode_name(e.name), export_payload(e)) for e in exports)
+    return write_trie((encode_name(e.name), export_payload(e)) for e in exports)

@@ -122,52 +122,52 @@ def _read_v2(raw: np.ndarray, path: str, base: int) -> np.ndarray:
         at = base + (int(starts[i]) if i < n else raw.size)
         return MachOFormatError(path, at, f"split seg info: {message}")
 
-    # walk the headers in Python; each run of from-deltas is only recorded here as
-    # (first value index, count) and summed up below with numpy
-    group_kind: list[int] = []
-    group_from: list[int] = []
-    group_to: list[int] = []
-    group_to_offset: list[int] = []
-    group_first: list[int] = []
-    group_count: list[int] = []
-    i = 0
+    # walk the headers in Python (one step per group, locals only: this is the hot loop);
+    # each run of from-deltas is only recorded as (first value index, count) and summed below
+    # with numpy. Bounds and kinds are checked once the walk is done.
+    groups: list[tuple[int, int, int, int, int, int]] = []
+    add = groups.append
     if n == 0:
         raise error(0, "missing FromToSection count")
-    pairs = vals[0]
     i = 1
-    for _ in range(pairs):
-        if i + 3 > n:
-            raise error(i, "truncated FromToSection")
-        from_sect, to_sect, to_count = vals[i], vals[i + 1], vals[i + 2]
-        if from_sect > 0xFFFF or to_sect > 0xFFFF:
-            raise error(
-                i if from_sect > 0xFFFF else i + 1, f"section index {max(from_sect, to_sect)} is too large"
-            )
-        i += 3
-        to_offset = 0
-        for _ in range(to_count):
-            if i + 2 > n:
-                raise error(i, "truncated ToOffset")
-            to_offset += vals[i]
-            if to_offset >= 1 << 64:
-                raise error(i, "to-offset overflows 64 bits")
-            kind_count = vals[i + 1]
-            i += 2
-            for _ in range(kind_count):
-                if i + 2 > n:
-                    raise error(i, "truncated FromOffset group")
-                kind, count = vals[i], vals[i + 1]
-                if kind > MAX_V2_KIND:
-                    raise error(i, f"bad kind {kind}")
-                if i + 2 + count > n:
-                    raise error(n, f"{count} from-offsets run past the end of the data")
-                group_kind.append(kind)
-                group_from.append(from_sect)
-                group_to.append(to_sect)
-                group_to_offset.append(to_offset)
-                group_first.append(i + 2)
-                group_count.append(count)
-                i += 2 + count
+    try:
+        for _ in range(vals[0]):
+            from_sect, to_sect, to_count = vals[i], vals[i + 1], vals[i + 2]
+            if from_sect > 0xFFFF or to_sect > 0xFFFF:
+                raise error(
+                    i if from_sect > 0xFFFF else i + 1,
+                    f"section index {max(from_sect, to_sect)} is too large",
+                )
+            i += 3
+            to_offset = 0
+            for _ in range(to_count):
+                to_offset += vals[i]
+                kind_count = vals[i + 1]
+                i += 2
+                for _ in range(kind_count):
+                    count = vals[i + 1]
+                    add((vals[i], from_sect, to_sect, to_offset, i + 2, count))
+                    i += 2 + count
+                    if i > n:
+                        raise error(n, f"{count} from-offsets run past the end of the data")
+    except IndexError:
+        raise error(i, "truncated split seg info") from None
+    if i > n:
+        raise error(n, "truncated split seg info")
+    if groups:
+        kinds_seen = [g[0] for g in groups]
+        bad_kind = next((k for k, g in enumerate(groups) if g[0] > MAX_V2_KIND), None)
+        if bad_kind is not None:
+            raise error(groups[bad_kind][4] - 2, f"bad kind {kinds_seen[bad_kind]}")
+        big = next((g for g in groups if g[3] >= 1 << 64), None)
+        if big is not None:
+            raise error(big[4] - 3, "to-offset overflows 64 bits")
+    group_kind = [g[0] for g in groups]
+    group_from = [g[1] for g in groups]
+    group_to = [g[2] for g in groups]
+    group_to_offset = [g[3] for g in groups]
+    group_first = [g[4] for g in groups]
+    group_count = [g[5] for g in groups]
     # what follows the last FromToSection is the 0x00 terminator and zero padding
     rest = np.flatnonzero(values[i:])
     if rest.size:
