@@ -282,6 +282,8 @@ class CacheSpec:
     root: str = "examples"
     subcache_text_limit: int | None = None
     unmap_locals: bool | None = None
+    #: split seg info version of the linked inputs (1: x86_64 only, as ld64 links by default)
+    split_seg: int = 2
 
     @property
     def slide_version(self) -> int:
@@ -306,6 +308,8 @@ CACHES: dict[str, CacheSpec] = {
     "arm64e-ios-multi": CacheSpec("arm64e", "ios", subcache_text_limit=0x2000),
     "arm64e-macos-multi": CacheSpec("arm64e", "macos", subcache_text_limit=0x2000),
     "arm64e-ios-keep-locals": CacheSpec("arm64e", "ios", unmap_locals=False),
+    "x86_64-v1": CacheSpec("x86_64", split_seg=1),
+    "x86_64-v1-opcodes": CacheSpec("x86_64", fixups="opcodes", split_seg=1),
 }
 
 #: install names of the dylibs the "evictions" root adds, by case (see add_eviction_cases)
@@ -393,21 +397,26 @@ class CacheFactory:
 
     def __init__(self, base: Path) -> None:
         self.base = base
-        self._roots: dict[tuple[str, str, str, str], str] = {}
+        self._roots: dict[tuple[str, str, str, str, str], str] = {}
         self._built: dict[str, Built] = {}
         self._gates: dict[str, Any] = {}
         self.rng = random.Random(int.from_bytes(os.urandom(8), "little"))
 
     def root(
-        self, arch: str, platform: str = "macos", fixups: str = "chained", kind: str = "examples"
+        self,
+        arch: str,
+        platform: str = "macos",
+        fixups: str = "chained",
+        kind: str = "examples",
+        split_seg: int = 2,
     ) -> str:
-        key = (arch, platform, fixups, kind)
+        key = (arch, platform, fixups, kind, f"v{split_seg}")
         if key not in self._roots:
             from dyldcache.examples import link_examples
 
             path = str(self.base / "roots" / "-".join(key))
             if kind == "examples":
-                link_examples(arch, path, fixups=fixups, platform=platform)
+                link_examples(arch, path, fixups=fixups, platform=platform, split_seg_version=split_seg)
             elif kind == "evictions":
                 shutil.copytree(self.root(arch, platform, fixups), path, symlinks=True)
                 scratch = str(self.base / "scratch" / "-".join(key))
@@ -425,7 +434,7 @@ class CacheFactory:
         from dyldcache.builder.pipeline import BuildOptions, build_cache
 
         spec = CACHES[key]
-        root = self.root(spec.arch, spec.platform, spec.fixups, spec.root)
+        root = self.root(spec.arch, spec.platform, spec.fixups, spec.root, spec.split_seg)
         out = outdir or str(self.base / "caches" / key)
         result = build_cache(
             BuildOptions(

@@ -44,10 +44,10 @@ class LinkedSet:
 
 
 @functools.cache
-def linked(arch: str, fixups: str = "chained", weak_dylib: bool = False) -> LinkedSet:
-    root = Path(tempfile.mkdtemp(prefix=f"dyldcache-linked-{arch}-{fixups}-"))
+def linked(arch: str, fixups: str = "chained", weak_dylib: bool = False, split_seg: int = 2) -> LinkedSet:
+    root = Path(tempfile.mkdtemp(prefix=f"dyldcache-linked-{arch}-{fixups}-v{split_seg}-"))
     atexit.register(shutil.rmtree, root, True)
-    paths = link_examples(arch, str(root), fixups=fixups, weak_dylib=weak_dylib)
+    paths = link_examples(arch, str(root), fixups=fixups, weak_dylib=weak_dylib, split_seg_version=split_seg)
     return LinkedSet(arch, fixups, root, tuple(Path(p) for p in paths))
 
 

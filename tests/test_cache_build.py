@@ -43,7 +43,16 @@ from dyldcache.macho.file import open_macho
 from dyldcache.macho.tbd import format_tbd
 
 #: caches built from the example dylibs (and friends) that DyldExtractor can read in full
-SINGLE = ["arm64", "x86_64", "arm64-opcodes", "x86_64-opcodes", "arm64-evictions", "x86_64-evictions"]
+SINGLE = [
+    "arm64",
+    "x86_64",
+    "arm64-opcodes",
+    "x86_64-opcodes",
+    "arm64-evictions",
+    "x86_64-evictions",
+    "x86_64-v1",
+    "x86_64-v1-opcodes",
+]
 #: the seven example dylibs, by install name
 EXAMPLES = sorted(fixture_install_names().values())
 

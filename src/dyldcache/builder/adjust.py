@@ -76,12 +76,53 @@ class PointerSlides:
     target_slides: np.ndarray  # int64
 
 
+#: v1 kinds the builder applies: 32-bit and 64-bit values that move with the data (4: i386 import, no-op)
+V1_KINDS_SUPPORTED = frozenset({1, 2, 4})
+
+
+def _apply_split_seg_v1(dylib: CacheDylib, buf: np.ndarray) -> PointerSlides:
+    """v1: every listed value in __TEXT moves by how much the data moved relative to the code.
+
+    v1 can only say that much, which is why a v1 dylib may have no writable segment other
+    than __DATA (every data segment must slide by one amount). Its pointers carry no split
+    seg entry: the bind pass moves each rebase with the segment that holds its target.
+    """
+    info = dylib.image.split_seg
+    assert info is not None
+    e = info.entries
+    text = dylib.text
+    assert text.chunk is not None
+    data = dylib.segments[1] if len(dylib.segments) > 1 and dylib.segments[1].chunk is not None else text
+    code_to_data = data.slide - text.slide
+    kinds = e["kind"]
+    offsets = e["offset"].astype(np.int64)
+    bad = ~np.isin(kinds, list(V1_KINDS_SUPPORTED)) | (offsets + np.where(kinds == 2, 8, 4) > text.cache_size)
+    if np.any(bad):
+        k = int(np.flatnonzero(bad)[0])
+        raise BuildError(
+            f"{dylib.install_name}: split seg v1 entry kind {int(kinds[k])} at {int(offsets[k]):#x} "
+            "cannot be applied"
+        )
+    pos = text.chunk.file_offset + offsets
+    i = np.flatnonzero(kinds == 1)
+    if len(i):
+        u32 = _u32_view(buf)
+        u32[pos[i]] = ((u32[pos[i]].astype(_I64) + code_to_data) & 0xFFFFFFFF).astype(np.uint32)
+    i = np.flatnonzero(kinds == 2)
+    if len(i):
+        u64 = _u64_view(buf)
+        u64[pos[i]] = (u64[pos[i]].astype(_I64) + code_to_data).astype(_U64)
+    return PointerSlides(np.zeros(0, dtype=_U64), np.zeros(0, dtype=_I64))
+
+
 def apply_split_seg(dylib: CacheDylib, buf: np.ndarray) -> PointerSlides:
-    """Patch ``buf`` (the bytes of the file holding the dylib's segments) for every v2 entry."""
+    """Patch ``buf`` (the bytes of the file holding the dylib's segments) for every entry."""
     info = dylib.image.split_seg
     name = dylib.install_name
-    if info is None or info.version != 2:
-        raise BuildError(f"{name}: split seg info v1 is not supported (v2 only)")
+    if info is None:
+        raise BuildError(f"{name}: no split seg info")
+    if info.version == 1:
+        return _apply_split_seg_v1(dylib, buf)
     e = info.entries
     assert e.dtype == SPLIT_SEG_DTYPE
     table = section_table(dylib)

@@ -257,5 +257,16 @@ def bind_dylib(dylib: CacheDylib, index: ExportIndex, slides: PointerSlides) -> 
         hit = np.flatnonzero(out["location"] == loc)
         if len(hit):
             out["target"][hit] = t.value + wb.addend
-    result.pointers = out[keep]
+    out = out[keep]
+    if len(result.absolute_locations):
+        # a location bound to a plain value (e.g. a missing weak lazy import) is not slid
+        out = out[~np.isin(out["location"], result.absolute_locations)]
+    # a lazy pointer is rebased to its stub helper and lazily bound too: like dyld-1162 (binds
+    # after rebases), the bind wins. The records list rebases before binds, so after a stable
+    # sort by location the last record of each location is the one dyld leaves in memory.
+    if len(out) > 1:
+        out = out[np.argsort(out["location"], kind="stable")]
+        last = np.r_[out["location"][1:] != out["location"][:-1], True]
+        out = out[last]
+    result.pointers = out
     return result

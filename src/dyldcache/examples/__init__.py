@@ -77,11 +77,14 @@ def link_examples(
     platform: str | None = None,
     weak_dylib: bool = False,
     names: tuple[str, ...] | None = None,
+    split_seg_version: int = 2,
 ) -> list[str]:
     """Link the examples into ``root`` (a root filesystem: each dylib at its install name).
 
     ``weak_dylib`` links libb's weak imports against ``tbd/libfxmissing.tbd`` instead, so libb
-    gains an LC_LOAD_WEAK_DYLIB on a dylib that never exists. Returns the written paths.
+    gains an LC_LOAD_WEAK_DYLIB on a dylib that never exists. ``split_seg_version=1`` (x86_64)
+    links as ld64 does by default there: split seg v1 and no __DATA_CONST. Returns the written
+    paths.
     """
     if arch not in ARCHS:
         raise UsageError(f"no example objects for {arch!r} (have {', '.join(ARCHS)})")
@@ -115,6 +118,7 @@ def link_examples(
                     platform=platform,
                     fixups=fixups,
                     search_paths=search,
+                    split_seg_version=split_seg_version,
                 )
             )
             written[d.name] = out

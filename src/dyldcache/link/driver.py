@@ -20,7 +20,7 @@ usage: dyldcache link -arch {arm64,arm64e,x86_64} -o OUT -install_name NAME
                       [-platform macos|ios] [-fixups chained|opcodes] [-L DIR] [-lNAME]
                       [-weak-lNAME] [-reexport-lNAME] [-weak_library PATH] [-reexport_library PATH]
                       [-upward_library PATH] [-current_version X.Y.Z] [-compatibility_version X.Y.Z]
-                      [-alias SYMBOL ALIAS] INPUT...
+                      [-alias SYMBOL ALIAS] [-split_seg_v1] INPUT...
 
 Link relocatable objects into a cache-ready MH_DYLIB with split seg info v2.
 INPUT is an object file, a dylib or a .tbd stub."""
@@ -63,6 +63,10 @@ def parse_link_args(argv: list[str]) -> LinkOptions:
                 pending.append((v, a[1:].split("_")[0], False))
             else:
                 values[a] = v
+            continue
+        if a == "-split_seg_v1":
+            values["-split_seg_v1"] = "1"
+            i += 1
             continue
         if a == "-alias":
             if i + 2 >= len(argv):

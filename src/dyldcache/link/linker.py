@@ -43,7 +43,7 @@ from ..macho.load_commands import (
     symtab_command,
     uuid_command,
 )
-from ..macho.split_seg import SPLIT_SEG_DTYPE, encode_split_seg_v2
+from ..macho.split_seg import SPLIT_SEG_DTYPE, SPLIT_SEG_V1_DTYPE, encode_split_seg_v1, encode_split_seg_v2
 from ..macho.symtab import StringPool, nlist_array
 from ..macho.tbd import looks_like_tbd
 from .dylibs import DylibInterface, DylibSet
@@ -89,6 +89,8 @@ class LinkOptions:
     compatibility_version: int = 0x10000
     #: (existing symbol, alias name) pairs, like ld64 -alias
     aliases: list[tuple[str, str]] = field(default_factory=list)
+    #: split seg info version: 2, or 1 (x86_64 only: ld64's default there, with no __DATA_CONST)
+    split_seg_version: int = 2
 
 
 @dataclass(slots=True)
@@ -131,6 +133,12 @@ class Linker:
         if self.arch.uses_pointer_auth and options.fixups != "chained":
             raise LinkError("arm64e needs chained fixups: authenticated pointers have no opcode encoding")
         self.chained = options.fixups == "chained"
+        if options.split_seg_version not in (1, 2):
+            raise LinkError(f"split seg version {options.split_seg_version} (1 or 2)")
+        if options.split_seg_version == 1 and self.arch.name != "x86_64":
+            raise LinkError("split seg v1 is only written for x86_64 (arm64 dylibs always use v2)")
+        #: v1 dylibs keep every writable section in __DATA: v1 moves all data by one amount
+        self.data_const = options.split_seg_version == 2
         self.warnings: list[str] = []
         self.objects: list[ObjectFile] = []
         self.dylibs: list[_Dylib] = []
@@ -487,7 +495,9 @@ class Linker:
                     or isect.segname == "__DWARF"
                 ):
                     continue
-                seg = output_segment(isect.segname, isect.sectname, isect.has_auth_pointers, auth_segments)
+                seg = output_segment(
+                    isect.segname, isect.sectname, isect.has_auth_pointers, auth_segments, self.data_const
+                )
                 key = (seg, isect.sectname)
                 osect = by_key.get(key)
                 if osect is None:
@@ -512,7 +522,13 @@ class Linker:
             )
         if self.got:
             synth.append(
-                OutSection("__DATA_CONST", "__got", C.S_NON_LAZY_SYMBOL_POINTERS, 8, SectionKind.GOT)
+                OutSection(
+                    "__DATA_CONST" if self.data_const else "__DATA",
+                    "__got",
+                    C.S_NON_LAZY_SYMBOL_POINTERS,
+                    8,
+                    SectionKind.GOT,
+                )
             )
         if self.auth_got:
             synth.append(
@@ -1106,7 +1122,10 @@ class Linker:
             if self.split
             else np.zeros(0, SPLIT_SEG_DTYPE)
         )
-        pieces.append(("split_seg", encode_split_seg_v2(split)))
+        if self.opts.split_seg_version == 1:
+            pieces.append(("split_seg", encode_split_seg_v1(self._split_seg_v1(split))))
+        else:
+            pieces.append(("split_seg", encode_split_seg_v2(split)))
         pieces.append(("function_starts", write_function_starts(self._function_starts(), 0)))
         pieces.append(("data_in_code", self._data_in_code()))
         nlist, strings, indirect = self._symbol_table()
@@ -1128,6 +1147,26 @@ class Linker:
         g.vmsize = -(-len(blob) // self.arch.segment_alignment) * self.arch.segment_alignment
         self.nsyms = len(nlist)
         self.nindirect = len(indirect)
+
+    def _split_seg_v1(self, split: np.ndarray) -> np.ndarray:
+        """v1 lists the values in __TEXT that refer to another segment (they move with the data)."""
+        sections = {s.index: s for s in self.sections}
+        rows = []
+        for kind, from_sect, to_sect, from_off, _to_off in split.tolist():
+            src, dst = sections[from_sect], sections.get(to_sect)
+            if src.segname != "__TEXT" or dst is None or dst.segname == "__TEXT":
+                continue
+            if kind in (C.DYLD_CACHE_ADJ_V2_DELTA_32, C.DYLD_CACHE_ADJ_V2_IMAGE_OFF_32):
+                rows.append((1, src.addr + from_off))
+            elif kind == C.DYLD_CACHE_ADJ_V2_DELTA_64:
+                rows.append((2, src.addr + from_off))
+            elif kind != C.DYLD_CACHE_ADJ_V2_POINTER_64:  # pointers are rebased, not listed
+                raise LinkError(
+                    f"split seg v1 cannot express a {C.SPLIT_SEG_KIND_NAMES.get(kind, kind)} reference"
+                )
+        return (
+            np.array(sorted(set(rows)), dtype=SPLIT_SEG_V1_DTYPE) if rows else np.zeros(0, SPLIT_SEG_V1_DTYPE)
+        )
 
     def _chained_blob(self, records: np.ndarray) -> bytes:
         from ..macho.chained_fixups import ChainedSegment, encode_chained_fixups

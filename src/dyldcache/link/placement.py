@@ -102,10 +102,16 @@ SEGMENT_PROT = {
 }
 
 
-def output_segment(segname: str, sectname: str, has_auth_pointers: bool, uses_auth_segments: bool) -> str:
-    """The output segment of an input section (sections are never renamed, only moved)."""
+def output_segment(
+    segname: str, sectname: str, has_auth_pointers: bool, uses_auth_segments: bool, data_const: bool = True
+) -> str:
+    """The output segment of an input section (sections are never renamed, only moved).
+
+    Without ``data_const`` (ld64's default for x86_64 dylibs with split seg v1) nothing moves
+    to __DATA_CONST.
+    """
     seg = segname
-    if seg == "__DATA" and sectname in DATA_CONST_SECTIONS:
+    if data_const and seg == "__DATA" and sectname in DATA_CONST_SECTIONS:
         seg = "__DATA_CONST"
     if uses_auth_segments and has_auth_pointers:
         # arm64e: anything holding signed pointers lives in the AUTH segments
