@@ -284,6 +284,9 @@ class CacheSpec:
     unmap_locals: bool | None = None
     #: split seg info version of the linked inputs (1: x86_64 only, as ld64 links by default)
     split_seg: int = 2
+    #: opcode fixups with lazy binding (__la_symbol_ptr + __stub_helper), as ld64 linked before
+    #: chained fixups
+    lazy: bool = False
 
     @property
     def slide_version(self) -> int:
@@ -310,6 +313,9 @@ CACHES: dict[str, CacheSpec] = {
     "arm64e-ios-keep-locals": CacheSpec("arm64e", "ios", unmap_locals=False),
     "x86_64-v1": CacheSpec("x86_64", split_seg=1),
     "x86_64-v1-opcodes": CacheSpec("x86_64", fixups="opcodes", split_seg=1),
+    # how macOS 10.x-11 x86_64 dylibs come: v1, opcodes, lazy binding
+    "x86_64-lazy": CacheSpec("x86_64", fixups="opcodes", split_seg=1, lazy=True),
+    "arm64-lazy": CacheSpec("arm64", fixups="opcodes", lazy=True),
 }
 
 #: install names of the dylibs the "evictions" root adds, by case (see add_eviction_cases)
@@ -409,14 +415,22 @@ class CacheFactory:
         fixups: str = "chained",
         kind: str = "examples",
         split_seg: int = 2,
+        lazy: bool = False,
     ) -> str:
-        key = (arch, platform, fixups, kind, f"v{split_seg}")
+        key = (arch, platform, fixups, kind, f"v{split_seg}" + ("-lazy" if lazy else ""))
         if key not in self._roots:
             from dyldcache.examples import link_examples
 
             path = str(self.base / "roots" / "-".join(key))
             if kind == "examples":
-                link_examples(arch, path, fixups=fixups, platform=platform, split_seg_version=split_seg)
+                link_examples(
+                    arch,
+                    path,
+                    fixups=fixups,
+                    platform=platform,
+                    split_seg_version=split_seg,
+                    lazy_binding=lazy,
+                )
             elif kind == "evictions":
                 shutil.copytree(self.root(arch, platform, fixups), path, symlinks=True)
                 scratch = str(self.base / "scratch" / "-".join(key))
@@ -434,7 +448,7 @@ class CacheFactory:
         from dyldcache.builder.pipeline import BuildOptions, build_cache
 
         spec = CACHES[key]
-        root = self.root(spec.arch, spec.platform, spec.fixups, spec.root, spec.split_seg)
+        root = self.root(spec.arch, spec.platform, spec.fixups, spec.root, spec.split_seg, spec.lazy)
         out = outdir or str(self.base / "caches" / key)
         result = build_cache(
             BuildOptions(

@@ -17,8 +17,12 @@ import logging
 import pathlib
 from dataclasses import dataclass, field
 
-#: messages that only mean "the cache has no such optional part"
-BENIGN = ("Symbols Cache doesn't contain local symbols",)
+#: messages that only mean "the cache has no such optional part". The second: dyld-1162's builder
+#: zeroes LC_DYLD_INFO's lazy bind range in every cached dylib (cache_builder/
+#: NewAdjustDylibSegments.cpp, case LC_DYLD_INFO: every lazy pointer is bound at build time), so
+#: the stub fixer cannot point lazy pointers back at their __stub_helper entries in an extracted
+#: dylib; it warns and leaves them bound, which is still a correct dylib.
+BENIGN = ("Symbols Cache doesn't contain local symbols", "Missing lazy bind info to fix helper sect.")
 
 
 class _Collect(logging.Handler):

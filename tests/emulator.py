@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import unicorn as uc
@@ -49,6 +50,8 @@ class Machine:
             self.mu = uc.Uc(uc.UC_ARCH_X86, uc.UC_MODE_64)
         self.mapped: list[tuple[int, int]] = []
         self.map(STACK_TOP - STACK_SIZE, STACK_SIZE)
+        #: binds made by the lazy binder hook (load_standalone(lazy=True))
+        self.lazy_binds = 0
 
     def map(self, addr: int, size: int) -> None:
         lo, hi = _round_down(addr), _round_up(addr + size)
@@ -127,6 +130,12 @@ class LoadedImage:
     #: install names of re-exported dylibs (LC_REEXPORT_DYLIB)
     reexported_dylibs: list[str] = field(default_factory=list)
     initializers: list[int] = field(default_factory=list)
+    #: (start, end) of the image's mapped segments (absolute)
+    span: tuple[int, int] = (0, 0)
+    #: LC_DYLD_INFO lazy bind opcodes, segment vmaddrs and dependent install names by ordinal
+    lazy_opcodes: bytes = b""
+    segments: list[int] = field(default_factory=list)
+    dependents: list[str] = field(default_factory=list)
 
 
 def _lief():
@@ -136,9 +145,42 @@ def _lief():
     return lief
 
 
-def load_standalone(paths: list[str], arch: str, seed: int) -> tuple[Machine, dict[str, LoadedImage]]:
+def _lazy_record(opcodes: bytes, offset: int) -> tuple[int, int, int, str]:
+    """(segment, offset, ordinal, symbol) of the lazy bind record at ``offset`` (the opcodes of
+    mach-o/loader.h, as dyld's lazy binder runs them: state until DO_BIND)."""
+    pos, seg, seg_off, ordinal, name = offset, -1, 0, 0, ""
+    while True:
+        op, imm = opcodes[pos] & 0xF0, opcodes[pos] & 0x0F
+        pos += 1
+        if op == 0x10:  # SET_DYLIB_ORDINAL_IMM
+            ordinal = imm
+        elif op == 0x20:  # SET_DYLIB_ORDINAL_ULEB
+            ordinal, pos = _uleb(opcodes, pos)
+        elif op == 0x30:  # SET_DYLIB_SPECIAL_IMM
+            ordinal = imm - 16 if imm else 0
+        elif op == 0x40:  # SET_SYMBOL_TRAILING_FLAGS_IMM
+            end = opcodes.index(b"\0", pos)
+            name, pos = opcodes[pos:end].decode(), end + 1
+        elif op == 0x70:  # SET_SEGMENT_AND_OFFSET_ULEB
+            seg = imm
+            seg_off, pos = _uleb(opcodes, pos)
+        elif op == 0x90:  # DO_BIND
+            return seg, seg_off, ordinal, name
+        else:
+            raise EmulationError(f"lazy bind opcode {op | imm:#x} at {pos - 1:#x} in a lazy record")
+
+
+def load_standalone(
+    paths: list[str], arch: str, seed: int, lazy: bool = False
+) -> tuple[Machine, dict[str, LoadedImage]]:
     """Map each dylib at a random base, apply its fixups (binds resolved to the others), run
-    initializers. Returns the machine and the images by install name."""
+    initializers. Returns the machine and the images by install name.
+
+    With ``lazy``, lazy binds are left to a dyld_stub_binder of ours: the lazy pointers keep
+    their rebased __stub_helper targets, and a hook on each dyld_stub_binder export does what
+    dyld's does (the record offset and the image's __dyld_private are on the stack), so every
+    first call of an import really runs through the image's stubs and stub helper.
+    ``Machine.lazy_binds`` counts the binds it made."""
     lief = _lief()
     rng = random.Random(seed)
     m = Machine(arch)
@@ -153,6 +195,16 @@ def load_standalone(paths: list[str], arch: str, seed: int) -> tuple[Machine, di
         ids = [lib.name for lib in b.libraries if lib.command == lief.MachO.LoadCommand.TYPE.ID_DYLIB]
         name = ids[0] if ids else p
         img = LoadedImage(name, base)
+        mapped = [s for s in b.segments if s.virtual_size]
+        img.span = (
+            base + min(s.virtual_address for s in mapped),
+            base + max(s.virtual_address + s.virtual_size for s in mapped),
+        )
+        img.segments = [s.virtual_address for s in b.segments]
+        id_dylib = lief.MachO.LoadCommand.TYPE.ID_DYLIB
+        img.dependents = [lib.name for lib in b.libraries if lib.command != id_dylib]
+        if b.has_dyld_info:
+            img.lazy_opcodes = bytes(b.dyld_info.lazy_bind_opcodes)
         for seg in b.segments:
             if seg.virtual_size == 0:
                 continue
@@ -204,6 +256,8 @@ def load_standalone(paths: list[str], arch: str, seed: int) -> tuple[Machine, di
             ordinal = getattr(bi, "library_ordinal", None)
             # LIEF keeps a chained bind's inline addend apart from its import's addend
             addend = bi.addend + (bi.sign_extended_addend if type(bi).__name__ == "ChainedBindingInfo" else 0)
+            if lazy and str(getattr(bi, "binding_class", "")).endswith("LAZY"):
+                continue  # left to the stub binder
             if str(getattr(bi, "binding_class", "")).endswith("WEAK"):
                 # weak-bind table (coalescing): the first image defining the symbol wins;
                 # when none does, the location keeps its rebased value
@@ -232,11 +286,54 @@ def load_standalone(paths: list[str], arch: str, seed: int) -> tuple[Machine, di
                 for k in range(0, sect.size, 4):
                     off = struct.unpack("<I", m.read(base + sect.virtual_address + k, 4))[0]
                     img.initializers.append(base + off)
+    if lazy:
+        _install_stub_binder(m, images, lookup)
     # dependencies were listed first, so running initializers in load order is bottom-up
     for _, img in parsed:
         for fn in img.initializers:
             m.call(fn)
     return m, images
+
+
+def _install_stub_binder(
+    m: Machine, images: dict[str, LoadedImage], lookup: Callable[[str, str], int | None]
+) -> None:
+    """Hook every dyld_stub_binder export: bind the lazy pointer the pushed record names, then
+    continue at the bound function as if the stub had jumped there directly."""
+    mu = m.mu
+    arm = m.arch.startswith("arm64")
+
+    def binder(mu: uc.Uc, _address: int, _size: int, _data: object) -> None:
+        if arm:
+            sp = mu.reg_read(A.UC_ARM64_REG_SP)
+            offset, private = struct.unpack("<QQ", m.read(sp, 16))  # stp x16, x17, [sp, #-16]!
+            new_sp = sp + 16
+        else:
+            sp = mu.reg_read(X.UC_X86_REG_RSP)
+            private, offset = struct.unpack("<QQ", m.read(sp, 16))  # push offset; push %r11
+            new_sp = sp + 16
+        img = next((i for i in images.values() if i.span[0] <= private < i.span[1]), None)
+        if img is None:
+            raise EmulationError(f"dyld_stub_binder: __dyld_private {private:#x} is in no image")
+        seg, seg_off, ordinal, name = _lazy_record(img.lazy_opcodes, offset & 0xFFFFFFFF)
+        if not 1 <= ordinal <= len(img.dependents):
+            raise EmulationError(f"{img.install_name}: lazy bind of {name} with ordinal {ordinal}")
+        target = lookup(img.dependents[ordinal - 1], name)
+        if target is None:
+            raise EmulationError(f"{img.install_name}: lazy bind of {name}: not found")
+        m.write_u64(img.base + img.segments[seg] + seg_off, target)
+        m.lazy_binds += 1
+        if arm:
+            mu.reg_write(A.UC_ARM64_REG_SP, new_sp)
+            mu.reg_write(A.UC_ARM64_REG_PC, target)
+        else:
+            mu.reg_write(X.UC_X86_REG_RSP, new_sp)
+            mu.reg_write(X.UC_X86_REG_RIP, target)
+
+    for img in images.values():
+        addr = img.exports.get("dyld_stub_binder")
+        if addr is not None:
+            mu.hook_add(uc.UC_HOOK_CODE, binder, begin=addr, end=addr)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -44,10 +44,20 @@ class LinkedSet:
 
 
 @functools.cache
-def linked(arch: str, fixups: str = "chained", weak_dylib: bool = False, split_seg: int = 2) -> LinkedSet:
-    root = Path(tempfile.mkdtemp(prefix=f"dyldcache-linked-{arch}-{fixups}-v{split_seg}-"))
+def linked(
+    arch: str, fixups: str = "chained", weak_dylib: bool = False, split_seg: int = 2, lazy: bool = False
+) -> LinkedSet:
+    tag = f"{arch}-{fixups}-v{split_seg}" + ("-lazy" if lazy else "")
+    root = Path(tempfile.mkdtemp(prefix=f"dyldcache-linked-{tag}-"))
     atexit.register(shutil.rmtree, root, True)
-    paths = link_examples(arch, str(root), fixups=fixups, weak_dylib=weak_dylib, split_seg_version=split_seg)
+    paths = link_examples(
+        arch,
+        str(root),
+        fixups=fixups,
+        weak_dylib=weak_dylib,
+        split_seg_version=split_seg,
+        lazy_binding=lazy,
+    )
     return LinkedSet(arch, fixups, root, tuple(Path(p) for p in paths))
 
 

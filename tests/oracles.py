@@ -132,7 +132,8 @@ def load_command_payload(data: bytes, wanted: int) -> bytes | None:
     return None
 
 
-def _uleb(raw: bytes, pos: int) -> tuple[int, int]:
+def read_uleb(raw: bytes, pos: int) -> tuple[int, int]:
+    """A ULEB128 at ``pos``: (value, position after it)."""
     value = shift = 0
     while True:
         byte = raw[pos]
@@ -158,22 +159,22 @@ def decode_split_seg_v2(raw: bytes) -> list[SplitEntry]:
     assert raw[0] == 0x7F, f"not split seg v2 (first byte {raw[0]:#x})"
     pos = 1
     out = []
-    n_pairs, pos = _uleb(raw, pos)
+    n_pairs, pos = read_uleb(raw, pos)
     for _ in range(n_pairs):
-        from_sect, pos = _uleb(raw, pos)
-        to_sect, pos = _uleb(raw, pos)
-        n_to, pos = _uleb(raw, pos)
+        from_sect, pos = read_uleb(raw, pos)
+        to_sect, pos = read_uleb(raw, pos)
+        n_to, pos = read_uleb(raw, pos)
         to_off = 0
         for _ in range(n_to):
-            delta, pos = _uleb(raw, pos)
+            delta, pos = read_uleb(raw, pos)
             to_off += delta
-            n_kinds, pos = _uleb(raw, pos)
+            n_kinds, pos = read_uleb(raw, pos)
             for _ in range(n_kinds):
-                kind, pos = _uleb(raw, pos)
-                n_from, pos = _uleb(raw, pos)
+                kind, pos = read_uleb(raw, pos)
+                n_from, pos = read_uleb(raw, pos)
                 from_off = 0
                 for _ in range(n_from):
-                    delta, pos = _uleb(raw, pos)
+                    delta, pos = read_uleb(raw, pos)
                     from_off += delta
                     out.append(SplitEntry(kind, from_sect, to_sect, from_off, to_off))
     # a 0 terminator, then zero padding to 8 bytes

@@ -35,6 +35,7 @@ from cache_fixtures import (
     snapshot,
 )
 from conftest import LLVM_OBJDUMP, python_module, tool
+from oracles import read_uleb
 
 from dyldcache.cache.verify import verify_cache
 from dyldcache.examples import OBJ_DIR, TBD_DIR
@@ -52,6 +53,8 @@ SINGLE = [
     "x86_64-evictions",
     "x86_64-v1",
     "x86_64-v1-opcodes",
+    "x86_64-lazy",
+    "arm64-lazy",
 ]
 #: the seven example dylibs, by install name
 EXAMPLES = sorted(fixture_install_names().values())
@@ -292,14 +295,7 @@ def _trie_lookup(trie: bytes, key: str) -> int | None:
     """Walk a dyld trie (§4.1) for ``key``; returns the ULEB payload of its terminal."""
 
     def uleb(o: int) -> tuple[int, int]:
-        r = s = 0
-        while True:
-            b = trie[o]
-            o += 1
-            r |= (b & 0x7F) << s
-            s += 7
-            if b < 0x80:
-                return r, o
+        return read_uleb(trie, o)
 
     node, rest = 0, key.encode()
     while True:

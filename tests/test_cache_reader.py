@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, python_module, shared_path
+from oracles import read_uleb
 
 from dyldcache.cache.reader import DyldCache
 from dyldcache.errors import CacheFormatError
@@ -46,14 +47,7 @@ def walk_trie(t: bytes) -> dict[str, int]:
     """An independent trie walker (cache-format.md §4.1): key -> ULEB payload."""
 
     def uleb(o: int) -> tuple[int, int]:
-        r = s = 0
-        while True:
-            b = t[o]
-            o += 1
-            r |= (b & 0x7F) << s
-            s += 7
-            if b < 0x80:
-                return r, o
+        return read_uleb(t, o)
 
     out: dict[str, int] = {}
 

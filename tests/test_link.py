@@ -743,12 +743,23 @@ def _one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize(("arch", "fixups"), [("arm64e", "chained"), ("x86_64", "opcodes")])
-def test_cli_builds_the_same_bytes_as_the_api(arch: str, fixups: str, tmp_path: Path) -> None:
-    s = linked(arch, fixups)
+CLI_VARIANTS = [
+    ("arm64e", "chained", ()),
+    ("x86_64", "opcodes", ()),
+    ("x86_64", "opcodes", ("-split_seg_v1", "-lazy_binding")),
+    ("arm64", "opcodes", ("-lazy_binding",)),
+]
+
+
+@pytest.mark.parametrize(("arch", "fixups", "flags"), CLI_VARIANTS)
+def test_cli_builds_the_same_bytes_as_the_api(
+    arch: str, fixups: str, flags: tuple[str, ...], tmp_path: Path
+) -> None:
+    s = linked(arch, fixups, split_seg=1 if "-split_seg_v1" in flags else 2, lazy="-lazy_binding" in flags)
     out = tmp_path / "libfxc.dylib"
     proc = _cli(
-        "link", "-arch", arch, "-fixups", fixups, "-o", str(out), "-install_name", "/usr/lib/libfxc.dylib",
+        "link", "-arch", arch, "-fixups", fixups, *flags, "-o", str(out),
+        "-install_name", "/usr/lib/libfxc.dylib",
         str(s.object("libc")), "-reexport_library", str(s.path("liba")), str(s.path("libsystem")),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr

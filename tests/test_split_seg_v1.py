@@ -25,7 +25,7 @@ import test_split_seg_scan as scan
 from cache_fixtures import CacheFactory
 from conftest import python_module, tool
 from linked_examples import NAMES, linked
-from oracles import LC_SEGMENT_SPLIT_INFO, load_command_payload
+from oracles import LC_SEGMENT_SPLIT_INFO, load_command_payload, read_uleb
 
 from dyldcache.builder.pipeline import BuildOptions, build_cache
 from dyldcache.errors import LinkError
@@ -44,23 +44,13 @@ def decode_v1(raw: bytes) -> list[tuple[int, int]]:
         kind, pos = raw[pos], pos + 1
         at = 0
         while True:
-            delta, pos = _uleb(raw, pos)
+            delta, pos = read_uleb(raw, pos)
             if delta == 0:
                 break
             at += delta
             out.append((kind, at))
     assert all(b == 0 for b in raw[pos:]), "bytes after the v1 terminator are not zero"
     return out
-
-
-def _uleb(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte, pos = data[pos], pos + 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if byte < 0x80:
-            return value, pos
 
 
 def personality_refs(path: Path, image: scan.Image) -> list[tuple[int, int]]:
@@ -85,10 +75,10 @@ def personality_refs(path: Path, image: scan.Image) -> list[tuple[int, int]]:
         at += len(aug) + 1
         if not aug.startswith("z") or "P" not in aug:
             continue
-        _, at = _uleb(data, at)  # code alignment
-        _, at = _uleb(data, at)  # data alignment (sleb: only skipped)
+        _, at = read_uleb(data, at)  # code alignment
+        _, at = read_uleb(data, at)  # data alignment (sleb: only skipped)
         at += 1  # return address register (version 1: one byte)
-        _, at = _uleb(data, at)  # augmentation length
+        _, at = read_uleb(data, at)  # augmentation length
         for c in aug[1:]:
             if c == "P":
                 enc = data[at]
@@ -108,7 +98,7 @@ def personality_refs(path: Path, image: scan.Image) -> list[tuple[int, int]]:
 
 
 def _sleb(data: bytes, pos: int) -> tuple[int, int]:
-    value, end = _uleb(data, pos)
+    value, end = read_uleb(data, pos)
     bits = 7 * (end - pos)
     return (value - (1 << bits) if value & (1 << (bits - 1)) else value), end
 
@@ -147,15 +137,15 @@ def lsda_type_refs(path: Path, image: scan.Image, lsdas: set[int]) -> list[tuple
         if ttype_enc == 0xFF:
             continue
         assert ttype_enc & 0x7F == 0x1B, f"@TType encoding {ttype_enc:#x} (want pcrel sdata4)"
-        ttype_off, pos = _uleb(d, pos)
+        ttype_off, pos = read_uleb(d, pos)
         base = pos + ttype_off
         cs_enc, pos = d[pos], pos + 1
-        cs_len, pos = _uleb(d, pos)
+        cs_len, pos = read_uleb(d, pos)
         actions_at, cs_end, actions = pos + cs_len, pos + cs_len, []
         while pos < cs_end:
             for _ in range(3):  # start, length, landing pad
-                pos = _uleb(d, pos)[1] if cs_enc == 0x01 else pos + 4
-            action, pos = _uleb(d, pos)
+                pos = read_uleb(d, pos)[1] if cs_enc == 0x01 else pos + 4
+            action, pos = read_uleb(d, pos)
             if action:
                 actions.append(actions_at + action - 1)
         filters = set()
@@ -192,29 +182,40 @@ def _payload(path: Path) -> bytes:
     return raw
 
 
-@pytest.mark.parametrize("fixups", FIXUPS)
-@pytest.mark.parametrize("name", NAMES)
-def test_v1_lists_every_code_reference_into_the_data(fixups: str, name: str) -> None:
-    """Kind 1 at exactly the rel32 fields of __TEXT that reach another segment; ours decodes the same."""
-    python_module("capstone")
-    path = linked("x86_64", fixups, split_seg=1).path(name)
-    raw = _payload(path)
-    assert raw[0] != 0x7F, "a v2 stream"
-    entries = decode_v1(raw)
+def expected_v1(path: Path) -> list[tuple[int, int]]:
+    """The (kind 1, offset) entries a v1 dylib needs, from the independent scans: every rel32 of
+    the code and every pc-relative or image-relative 32-bit field of __eh_frame, the LSDAs and
+    __unwind_info that reaches a segment other than __TEXT."""
     image = scan._image(path, "x86_64")
     refs = scan._scan_x86_64(image)
     assert not image.unknown
     text_end = next(s.vmaddr + s.vmsize for s in image.segments if s.name == "__TEXT")
     reach = [(r.at, r.target) for r in refs] + personality_refs(path, image)
     reach += unwind_personality_refs(path, image) + lsda_type_refs(path, image, lsda_addresses(path))
-    want = sorted({(1, at) for at, t in reach if image.segment(t) not in ("__TEXT", None) and at < text_end})
-    assert sorted(set(entries)) == want, path
+    return sorted({(1, at) for at, t in reach if image.segment(t) not in ("__TEXT", None) and at < text_end})
+
+
+def check_v1(path: Path) -> list[tuple[int, int]]:
+    """Assert the v1 stream of ``path`` is exactly what its code and tables need; returns it."""
+    raw = _payload(path)
+    assert raw[0] != 0x7F, "a v2 stream"
+    entries = decode_v1(raw)
+    assert sorted(set(entries)) == expected_v1(path), path
     assert len(entries) == len(set(entries)), "a location is listed twice"
-    # pointers live in __DATA and are rebased: no kind 2 in __TEXT for these examples
-    assert all(k == 1 for k, _ in entries)
     ours = open_macho(path).split_seg
     assert ours is not None and ours.version == 1
     assert list(zip(ours.entries["kind"].tolist(), ours.entries["offset"].tolist(), strict=True)) == entries
+    return entries
+
+
+@pytest.mark.parametrize("fixups", FIXUPS)
+@pytest.mark.parametrize("name", NAMES)
+def test_v1_lists_every_code_reference_into_the_data(fixups: str, name: str) -> None:
+    """Kind 1 at exactly the 32-bit fields of __TEXT that reach another segment; ours decodes the same."""
+    python_module("capstone")
+    entries = check_v1(linked("x86_64", fixups, split_seg=1).path(name))
+    # pointers live in __DATA and are rebased: no kind 2 in __TEXT for these examples
+    assert all(k == 1 for k, _ in entries)
 
 
 def test_v1_examples_have_cross_segment_references() -> None:

@@ -109,3 +109,28 @@ def stub_words(stub_addr: int, slot_addr: int, auth: bool) -> tuple[int, ...]:
         return (set_adrp(a, stub_addr, slot_addr), set_imm12(add, slot_addr), ldr, br)
     a, ldr, br = STUB_TEMPLATE
     return (set_adrp(a, stub_addr, slot_addr), set_imm12(ldr, slot_addr), br)
+
+
+#: __stub_helper header (24 bytes), branched to by every entry:
+#:   adrp x17, __dyld_private@page; add x17, x17, @pageoff; stp x16, x17, [sp, #-16]!;
+#:   adrp x16, dyld_stub_binder@GOT page; ldr x16, [x16, @pageoff]; br x16
+STUB_HELPER_HEADER = (0x90000011, 0x91000231, 0xA9BF47F0, 0x90000010, 0xF9400210, 0xD61F0200)
+#: __stub_helper entry (12 bytes): ldr w16, 1f; b header; 1: .long lazy_bind_offset
+STUB_HELPER_ENTRY = (0x18000050, 0x14000000)
+
+
+def stub_helper_header_words(addr: int, dyld_private: int, binder_slot: int) -> tuple[int, ...]:
+    a17, add, stp, a16, ldr, br = STUB_HELPER_HEADER
+    return (
+        set_adrp(a17, addr, dyld_private),
+        set_imm12(add, dyld_private),
+        stp,
+        set_adrp(a16, addr + 12, binder_slot),
+        set_imm12(ldr, binder_slot),
+        br,
+    )
+
+
+def stub_helper_entry_words(addr: int, header: int, lazy_bind_offset: int) -> tuple[int, ...]:
+    ldr, b = STUB_HELPER_ENTRY
+    return (ldr, set_branch26(b, addr + 4, header), lazy_bind_offset & 0xFFFFFFFF)

@@ -1,4 +1,4 @@
-"""x86_64 code facts the linker writes: the stub template and rel32 fields."""
+"""x86_64 code facts the linker writes: the stub and stub helper templates and rel32 fields."""
 
 from __future__ import annotations
 
@@ -12,6 +12,30 @@ STUB_DISP_OFFSET = 2
 def stub_bytes(stub_addr: int, slot_addr: int) -> bytes:
     disp = slot_addr - (stub_addr + STUB_SIZE)
     return b"\xff\x25" + struct.pack("<i", disp)
+
+
+#: __stub_helper header (16 bytes), jumped to by every entry:
+#:   lea __dyld_private(%rip), %r11; push %r11; jmp *dyld_stub_binder@GOT(%rip); nop
+STUB_HELPER_HEADER_SIZE = 16
+#: where the two rel32 displacements of the header sit (each relative to its instruction's end)
+HELPER_PRIVATE_DISP = 3
+HELPER_BINDER_DISP = 11
+#: __stub_helper entry (10 bytes): push $lazy_bind_offset; jmp header
+STUB_HELPER_ENTRY_SIZE = 10
+
+
+def stub_helper_header(addr: int, dyld_private: int, binder_slot: int) -> bytes:
+    return (
+        b"\x4c\x8d\x1d"
+        + rel32(dyld_private - (addr + 7), addr)
+        + b"\x41\x53\xff\x25"
+        + rel32(binder_slot - (addr + 15), addr)
+        + b"\x90"
+    )
+
+
+def stub_helper_entry(addr: int, header: int, lazy_bind_offset: int) -> bytes:
+    return b"\x68" + struct.pack("<I", lazy_bind_offset) + b"\xe9" + rel32(header - (addr + 10), addr)
 
 
 def rel32(value: int, where: int) -> bytes:

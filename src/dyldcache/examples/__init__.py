@@ -78,13 +78,16 @@ def link_examples(
     weak_dylib: bool = False,
     names: tuple[str, ...] | None = None,
     split_seg_version: int = 2,
+    lazy_binding: bool = False,
 ) -> list[str]:
     """Link the examples into ``root`` (a root filesystem: each dylib at its install name).
 
     ``weak_dylib`` links libb's weak imports against ``tbd/libfxmissing.tbd`` instead, so libb
     gains an LC_LOAD_WEAK_DYLIB on a dylib that never exists. ``split_seg_version=1`` (x86_64)
-    links as ld64 does by default there: split seg v1 and no __DATA_CONST. Returns the written
-    paths.
+    links as ld64 does by default there: split seg v1 and no __DATA_CONST. ``lazy_binding``
+    (opcode fixups) calls imports through __stub_helper as ld64 did before chained fixups; every
+    dylib then also links libSystem, whose dyld_stub_binder the helpers jump to. Returns the
+    written paths.
     """
     if arch not in ARCHS:
         raise UsageError(f"no example objects for {arch!r} (have {', '.join(ARCHS)})")
@@ -108,6 +111,8 @@ def link_examples(
                         inputs.append(LinkInput(stub, mode))
                 else:
                     inputs.append(LinkInput(written[ref], mode))
+            if lazy_binding and d.name != "libsystem" and "libsystem" not in dict(d.deps):
+                inputs.append(LinkInput(written["libsystem"], "load"))
             search = sorted({os.path.dirname(p) for p in written.values()})
             link(
                 LinkOptions(
@@ -119,6 +124,7 @@ def link_examples(
                     fixups=fixups,
                     search_paths=search,
                     split_seg_version=split_seg_version,
+                    lazy_binding=lazy_binding,
                 )
             )
             written[d.name] = out

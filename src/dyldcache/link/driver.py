@@ -20,9 +20,11 @@ usage: dyldcache link -arch {arm64,arm64e,x86_64} -o OUT -install_name NAME
                       [-platform macos|ios] [-fixups chained|opcodes] [-L DIR] [-lNAME]
                       [-weak-lNAME] [-reexport-lNAME] [-weak_library PATH] [-reexport_library PATH]
                       [-upward_library PATH] [-current_version X.Y.Z] [-compatibility_version X.Y.Z]
-                      [-alias SYMBOL ALIAS] [-split_seg_v1] INPUT...
+                      [-alias SYMBOL ALIAS] [-split_seg_v1] [-lazy_binding] INPUT...
 
-Link relocatable objects into a cache-ready MH_DYLIB with split seg info v2.
+Link relocatable objects into a cache-ready MH_DYLIB with split seg info v2 (-split_seg_v1:
+v1, x86_64 only, as ld64 writes by default there). -lazy_binding (with -fixups opcodes) calls
+imports through __la_symbol_ptr and __stub_helper, as ld64 did before chained fixups.
 INPUT is an object file, a dylib or a .tbd stub."""
 
 _VALUE_OPTIONS = {
@@ -64,8 +66,8 @@ def parse_link_args(argv: list[str]) -> LinkOptions:
             else:
                 values[a] = v
             continue
-        if a == "-split_seg_v1":
-            values["-split_seg_v1"] = "1"
+        if a in ("-split_seg_v1", "-lazy_binding"):
+            values[a] = "1"
             i += 1
             continue
         if a == "-alias":
@@ -118,6 +120,8 @@ def parse_link_args(argv: list[str]) -> LinkOptions:
         current_version=current,
         compatibility_version=compat,
         aliases=aliases,
+        split_seg_version=1 if "-split_seg_v1" in values else 2,
+        lazy_binding="-lazy_binding" in values,
     )
 
 

@@ -91,6 +91,9 @@ class LinkOptions:
     aliases: list[tuple[str, str]] = field(default_factory=list)
     #: split seg info version: 2, or 1 (x86_64 only: ld64's default there, with no __DATA_CONST)
     split_seg_version: int = 2
+    #: opcode fixups only: calls to imports go through __la_symbol_ptr and __stub_helper, bound on
+    #: first call by dyld_stub_binder (ld64's default before chained fixups)
+    lazy_binding: bool = False
 
 
 @dataclass(slots=True)
@@ -139,6 +142,8 @@ class Linker:
             raise LinkError("split seg v1 is only written for x86_64 (arm64 dylibs always use v2)")
         #: v1 dylibs keep every writable section in __DATA: v1 moves all data by one amount
         self.data_const = options.split_seg_version == 2
+        if options.lazy_binding and self.chained:
+            raise LinkError("lazy binding needs opcode fixups (chained fixups bind everything at load)")
         self.warnings: list[str] = []
         self.objects: list[ObjectFile] = []
         self.dylibs: list[_Dylib] = []
@@ -171,6 +176,11 @@ class Linker:
         self.got_index: dict[int, int] = {}
         self.auth_got_index: dict[int, int] = {}
         self.stub_index: dict[int, int] = {}
+        #: lazily bound imports (one __la_symbol_ptr slot and __stub_helper entry each)
+        self.lazy: list[LinkSymbol] = []
+        self.lazy_index: dict[int, int] = {}
+        self.stub_binder: LinkSymbol | None = None
+        self.lazy_bind_stream = b""
         self.unwind_entries: list[UnwindEntry] = []
         # set by layout / emit
         self.linkedit_vmaddr = 0
@@ -411,8 +421,18 @@ class Linker:
         for row in self.unwind_rows:
             if row.personality is not None:
                 (auth_got if self.arch.uses_pointer_auth else got)[id(row.personality)] = row.personality
+        lazy = [ls for ls in stubs.values() if self.opts.lazy_binding and ls.is_import]
         for ls in stubs.values():
-            (auth_got if self.arch.uses_pointer_auth else got)[id(ls)] = ls
+            if not (self.opts.lazy_binding and ls.is_import):
+                (auth_got if self.arch.uses_pointer_auth else got)[id(ls)] = ls
+        if lazy:
+            binder = self.globals.get("dyld_stub_binder") or self._import("dyld_stub_binder", False)
+            if binder is None or not binder.is_import:
+                raise LinkError("lazy binding needs dyld_stub_binder, which no linked dylib exports")
+            self.stub_binder = binder
+            got[id(binder)] = binder
+        self.lazy = sorted(lazy, key=lambda s: s.name)
+        self.lazy_index = {id(s): i for i, s in enumerate(self.lazy)}
         self.stubs = sorted(stubs.values(), key=lambda s: s.name)
         self.got = sorted(got.values(), key=lambda s: s.name)
         self.auth_got = sorted(auth_got.values(), key=lambda s: s.name)
@@ -520,6 +540,21 @@ class Linker:
                     reserved2=self.arch.stub_size,
                 )
             )
+        if self.lazy:
+            synth.append(
+                OutSection(
+                    "__TEXT",
+                    "__stub_helper",
+                    C.S_ATTR_PURE_INSTRUCTIONS | C.S_ATTR_SOME_INSTRUCTIONS,
+                    4,
+                    SectionKind.STUB_HELPER,
+                )
+            )
+            synth.append(
+                OutSection(
+                    "__DATA", "__la_symbol_ptr", C.S_LAZY_SYMBOL_POINTERS, 8, SectionKind.LAZY_POINTERS
+                )
+            )
         if self.got:
             synth.append(
                 OutSection(
@@ -540,6 +575,14 @@ class Linker:
             synth.append(OutSection("__TEXT", "__unwind_info", C.S_REGULAR, 4, SectionKind.UNWIND_INFO))
         if self.common_section is not None:
             synth.append(self.common_section)
+        if self.lazy:
+            # __dyld_private: 8 bytes for dyld's lazy binder at the end of __DATA,__data
+            data = by_key.get(("__DATA", "__data"))
+            if data is None:
+                data = OutSection("__DATA", "__data", C.S_REGULAR, 8)
+                synth.append(data)
+            data.align = max(data.align, 8)
+            data.tail = 8
         for s in synth:
             key = (s.segname, s.sectname)
             if key in by_key:
@@ -584,11 +627,18 @@ class Linker:
                     off = -(-off // isect.align) * isect.align
                     s.input_offsets.append(off)
                     off += isect.size
+                if s.tail:
+                    off = -(-off // 8) * 8 + s.tail
                 s.size = off
             elif s.kind is SectionKind.STUBS:
                 s.size = len(self.stubs) * self.arch.stub_size
             elif s.kind is SectionKind.GOT:
                 s.size = 8 * len(self.got)
+            elif s.kind is SectionKind.STUB_HELPER:
+                header, entry = self._stub_helper_sizes()
+                s.size = header + entry * len(self.lazy)
+            elif s.kind is SectionKind.LAZY_POINTERS:
+                s.size = 8 * len(self.lazy)
             elif s.kind is SectionKind.AUTH_GOT:
                 s.size = 8 * len(self.auth_got)
             elif s.kind is SectionKind.UNWIND_INFO:
@@ -693,6 +743,8 @@ class Linker:
         return s, 8 * self.got_index[id(ls)]
 
     def stub_slot(self, ls: LinkSymbol) -> tuple[OutSection, int]:
+        if id(ls) in self.lazy_index:
+            return self.section(SectionKind.LAZY_POINTERS), 8 * self.lazy_index[id(ls)]
         if self.arch.uses_pointer_auth:
             s = self.section(SectionKind.AUTH_GOT)
             return s, 8 * self.auth_got_index[id(ls)]
@@ -717,6 +769,7 @@ class Linker:
                 for r in isect.relocs + self.synthetic_relocs.get(id(isect), []):
                     self.apply(k, isect, osect, r)
         self.write_stubs_and_gots()
+        self.write_lazy_binding()
         self.write_unwind_info()
 
     def _split(
@@ -969,6 +1022,64 @@ class Linker:
                         self.place_of(ls) if ls.kind is not SymKind.ABSOLUTE else None,
                     )
 
+    def _stub_helper_sizes(self) -> tuple[int, int]:
+        if self.arch.name == "x86_64":
+            return X64.STUB_HELPER_HEADER_SIZE, X64.STUB_HELPER_ENTRY_SIZE
+        return 4 * len(A64.STUB_HELPER_HEADER), 4 * (len(A64.STUB_HELPER_ENTRY) + 1)
+
+    def write_lazy_binding(self) -> None:
+        """__la_symbol_ptr slots (rebased to their __stub_helper entries), the helper code and
+        the lazy bind records whose offsets the entries push for dyld_stub_binder."""
+        if not self.lazy:
+            return
+        from ..macho.bind_opcodes import BindEntry, encode_lazy_bind_opcodes
+
+        assert self.stub_binder is not None
+        hs, ls_sect = self.section(SectionKind.STUB_HELPER), self.section(SectionKind.LAZY_POINTERS)
+        data = next(s for s in self.sections if s.tail)
+        private_off = data.size - data.tail
+        private = data.addr + private_off
+        gs, goff = self.got_slot(self.stub_binder)
+        binder_slot = gs.addr + goff
+        seg = self._segment_index(ls_sect)
+        seg_start = self.segments[seg].vmaddr
+        stream, offsets = encode_lazy_bind_opcodes(
+            BindEntry(
+                seg,
+                ls_sect.addr + 8 * i - seg_start,
+                C.BIND_TYPE_POINTER,
+                sym.ordinal,
+                sym.name,
+                C.BIND_SYMBOL_FLAGS_WEAK_IMPORT if sym.weak_import else 0,
+                0,
+            )
+            for i, sym in enumerate(self.lazy)
+        )
+        self.lazy_bind_stream = stream
+        header_size, entry_size = self._stub_helper_sizes()
+        if self.arch.name == "x86_64":
+            raw = X64.stub_helper_header(hs.addr, private, binder_slot)
+            self._split(C.DYLD_CACHE_ADJ_V2_DELTA_32, hs, X64.HELPER_PRIVATE_DISP, data, private_off)
+            self._split(C.DYLD_CACHE_ADJ_V2_DELTA_32, hs, X64.HELPER_BINDER_DISP, gs, goff)
+        else:
+            words = A64.stub_helper_header_words(hs.addr, private, binder_slot)
+            raw = struct.pack(f"<{len(words)}I", *words)
+            self._split(C.DYLD_CACHE_ADJ_V2_ARM64_ADRP, hs, 0, data, private_off)
+            self._split(C.DYLD_CACHE_ADJ_V2_ARM64_OFF12, hs, 4, data, private_off)
+            self._split(C.DYLD_CACHE_ADJ_V2_ARM64_ADRP, hs, 12, gs, goff)
+            self._split(C.DYLD_CACHE_ADJ_V2_ARM64_OFF12, hs, 16, gs, goff)
+        self.buf[hs.fileoff : hs.fileoff + header_size] = raw
+        for i, offset in enumerate(offsets):
+            at = header_size + entry_size * i
+            if self.arch.name == "x86_64":
+                raw = X64.stub_helper_entry(hs.addr + at, hs.addr, offset)
+            else:
+                words = A64.stub_helper_entry_words(hs.addr + at, hs.addr, offset)
+                raw = struct.pack(f"<{len(words)}I", *words)
+            self.buf[hs.fileoff + at : hs.fileoff + at + entry_size] = raw
+            # the slot starts out at its helper entry: a rebase, and a pointer for split seg
+            self._pointer(ls_sect.addr + 8 * i, seg, None, hs.addr + at, 0, None, ls_sect, 8 * i, (hs, at))
+
     def write_unwind_info(self) -> None:
         try:
             us = self.section(SectionKind.UNWIND_INFO)
@@ -1115,7 +1226,7 @@ class Linker:
                     else b"",
                 )
             )
-            pieces.append(("lazy_bind", b""))
+            pieces.append(("lazy_bind", self.lazy_bind_stream))
         pieces.append(("exports", self._exports_trie()))
         split = (
             np.array(sorted(self.split), dtype=SPLIT_SEG_DTYPE)
@@ -1288,6 +1399,9 @@ class Linker:
             if s.kind is SectionKind.STUBS:
                 s.reserved1 = len(indirect)
                 indirect += [ls.symtab_index for ls in self.stubs]
+            elif s.kind is SectionKind.LAZY_POINTERS:
+                s.reserved1 = len(indirect)
+                indirect += [ls.symtab_index for ls in self.lazy]
             elif s.kind in (SectionKind.GOT, SectionKind.AUTH_GOT):
                 s.reserved1 = len(indirect)
                 table = self.got if s.kind is SectionKind.GOT else self.auth_got

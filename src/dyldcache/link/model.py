@@ -54,6 +54,8 @@ class SectionKind(Enum):
     AUTH_GOT = "auth_got"
     UNWIND_INFO = "unwind_info"
     COMMON = "common"
+    STUB_HELPER = "stub_helper"
+    LAZY_POINTERS = "lazy_pointers"
 
 
 @dataclass(eq=False, slots=True)
@@ -73,6 +75,8 @@ class OutSection:
     index: int = 0
     reserved1: int = 0
     reserved2: int = 0
+    #: synthetic bytes after the inputs of a regular section (the lazy binder's __dyld_private)
+    tail: int = 0
 
     @property
     def is_zerofill(self) -> bool:
