@@ -301,6 +301,7 @@ def weak_bind_table(path: str | Path) -> list[tuple[str, str, int | None, int, s
 @dataclass
 class ChainedListing:
     header: dict[str, int]
+    seg_count: int
     seg_offsets: list[int]
     segments: dict[int, dict[str, object]]
     #: (lib_ordinal, weak_import, name_offset, name, addend)
@@ -311,6 +312,7 @@ def chained_fixups(path: str | Path) -> ChainedListing:
     text = run(path, "--chained-fixups")
     head = text.split("chained starts in image")[0]
     header = {k: int(v) for k, v in re.findall(r"^  (\w+)\s+= (\d+)", head, re.M)}
+    seg_count = int(re.search(r"seg_count = (\d+)", text).group(1))  # type: ignore[union-attr]
     seg_offsets = [int(v) for v in re.findall(r"seg_offset\[\d+\] = (\d+)", text)]
     segments: dict[int, dict[str, object]] = {}
     for m in re.finditer(r"chained starts in segment (\d+) \(\S+\)\n((?:  .*\n?)*)", text):
@@ -334,7 +336,7 @@ def chained_fixups(path: str | Path) -> ChainedListing:
             text,
         )
     ]
-    return ChainedListing(header, seg_offsets, segments, imports)
+    return ChainedListing(header, seg_count, seg_offsets, segments, imports)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,20 +10,20 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import struct
-import subprocess
 from pathlib import Path
 
 import numpy as np
+import objdump
 import pytest
-from conftest import LLVM_OBJDUMP, python_module, shared_path, tool
+from conftest import python_module, shared_path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dyldcache.errors import MachOFormatError
 from dyldcache.macho import constants as C
 from dyldcache.macho.chained_fixups import (
+    ChainedFixupsInfo,
     ChainedSegment,
     decode_chained_fixups,
     encode_chained_fixups,
@@ -405,58 +405,11 @@ def test_encoder_rejects() -> None:
 # Apple-linked dylibs: llvm-objdump, LIEF, and ld64's own bytes
 
 
-def _objdump(*args: str) -> str:
-    return subprocess.run(
-        [tool(LLVM_OBJDUMP), "--macho", *args], check=True, capture_output=True, text=True
-    ).stdout
-
-
-def _parse_objdump_chained(text: str) -> dict[str, object]:
-    """llvm-objdump --chained-fixups output as plain data."""
-    head = text.split("chained starts in image")[0]
-    header = {k: int(v) for k, v in re.findall(r"^  (\w+)\s+= (\d+)", head, re.M)}
-    seg_count = int(re.search(r"seg_count = (\d+)", text).group(1))  # type: ignore[union-attr]
-    seg_offsets = [int(v) for v in re.findall(r"seg_offset\[\d+\] = (\d+)", text)]
-    segments = {}
-    for m in re.finditer(r"chained starts in segment (\d+) \(\S+\)\n((?:  .*\n?)*)", text):
-        body = m.group(2)
-        fields = dict(re.findall(r"^  (\w+) = (\S+)", body, re.M))
-        segments[int(m.group(1))] = {
-            "size": int(fields["size"]),
-            "page_size": int(fields["page_size"], 16),
-            "pointer_format": int(fields["pointer_format"]),
-            "segment_offset": int(fields["segment_offset"], 16),
-            "max_valid_pointer": int(fields["max_valid_pointer"]),
-            "page_count": int(fields["page_count"]),
-            "page_start": [int(v) for v in re.findall(r"page_start\[\d+\] = (\d+)", body)],
-        }
-    imports = [
-        (int(o), int(w), int(n), name, int(a or 0))
-        for o, w, n, name, a in re.findall(
-            r"dyld chained import(?: addend(?:64)?)?\[\d+\]\n"
-            r"  lib_ordinal = (-?\d+) .*\n  weak_import = (\d)\n"
-            r"  name_offset = (\d+) \((.*)\)(?:\n  addend\s+= (-?\d+))?",
-            text,
-        )
-    ]
-    return {
-        "header": header,
-        "seg_count": seg_count,
-        "seg_offsets": seg_offsets,
-        "segments": segments,
-        "imports": imports,
-    }
-
-
-@pytest.mark.parametrize("name", APPLE_DYLIBS)
-def test_structure_matches_llvm_objdump(name: str) -> None:
-    path = _apple(name)
-    expected = _parse_objdump_chained(_objdump("--chained-fixups", str(path)))
-    data = path.read_bytes()
-    dataoff, datasize = _blob_of(data)
-    info = parse_chained_fixups_blob(data[dataoff : dataoff + datasize], str(path), dataoff)
+def check_structure(listing: objdump.ChainedListing, info: ChainedFixupsInfo) -> None:
+    """llvm-objdump's --chained-fixups listing == our parse of the blob: header, starts in image,
+    starts per segment, imports."""
     h = info.header
-    assert expected["header"] == {
+    assert listing.header == {
         "fixups_version": h.fixups_version,
         "starts_offset": h.starts_offset,
         "imports_offset": h.imports_offset,
@@ -465,8 +418,8 @@ def test_structure_matches_llvm_objdump(name: str) -> None:
         "imports_format": h.imports_format,
         "symbols_format": h.symbols_format,
     }
-    assert expected["seg_count"] == info.seg_count
-    assert expected["seg_offsets"] == list(info.seg_info_offsets)
+    assert listing.seg_count == info.seg_count
+    assert listing.seg_offsets == list(info.seg_info_offsets)
     ours = {}
     for s in info.segments:
         if s is not None:
@@ -480,23 +433,30 @@ def test_structure_matches_llvm_objdump(name: str) -> None:
                 "page_count": r.page_count,
                 "page_start": list(s.page_start),
             }
-    assert expected["segments"] == ours
-    assert expected["imports"] == [
+    assert listing.segments == ours
+    assert listing.imports == [
         (i.lib_ordinal, int(i.weak), i.name_offset, i.name, i.addend) for i in info.imports
     ]
+
+
+@pytest.mark.parametrize("name", APPLE_DYLIBS)
+def test_structure_matches_llvm_objdump(name: str) -> None:
+    path = _apple(name)
+    data = path.read_bytes()
+    dataoff, datasize = _blob_of(data)
+    info = parse_chained_fixups_blob(data[dataoff : dataoff + datasize], str(path), dataoff)
+    check_structure(objdump.chained_fixups(path), info)
     assert len(info.imports) > 0
 
 
-def _parse_dyld_info(text: str) -> list[tuple[object, ...]]:
+def _dyld_info_rows(path: Path) -> list[tuple[object, ...]]:
     """llvm-objdump --dyld-info rows: (addr, "rebase", target) or (addr, "bind", addend, dylib, symbol)."""
-    rows: list[tuple[object, ...]] = []
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) >= 6 and parts[4] == "rebase":
-            rows.append((int(parts[2], 16), "rebase", int(parts[5], 16)))
-        elif len(parts) >= 8 and parts[4] == "bind":
-            rows.append((int(parts[2], 16), "bind", int(parts[5], 16), parts[6], parts[7]))
-    return rows
+    return [
+        (r.address, "rebase", r.target)
+        if r.kind == "rebase"
+        else (r.address, "bind", r.addend, r.dylib, r.symbol)
+        for r in objdump.dyld_info(path)
+    ]
 
 
 def _ours_as_dyld_info(path: Path) -> list[tuple[object, ...]]:
@@ -517,7 +477,7 @@ def _ours_as_dyld_info(path: Path) -> list[tuple[object, ...]]:
 @pytest.mark.parametrize("name", ["fixup-chains-arm64.dylib", "libexports.dylib"])
 def test_pointers_match_llvm_objdump(name: str) -> None:
     path = _apple(name)
-    expected = _parse_dyld_info(_objdump("--dyld-info", str(path)))
+    expected = _dyld_info_rows(path)
     assert len(expected) > 1
     assert _ours_as_dyld_info(path) == expected
 
@@ -648,7 +608,7 @@ def test_encoder_output_read_by_llvm_objdump(tmp_path: Path) -> None:
         )
         path = tmp_path / f"enc{fmt}.dylib"
         path.write_bytes(raw)
-        got = _parse_dyld_info(_objdump("--dyld-info", str(path)))
+        got = _dyld_info_rows(path)
         leaf = {1: "libone", 2: "libtwo"}
         want: list[tuple[object, ...]] = []
         for row in rows:
@@ -658,15 +618,15 @@ def test_encoder_output_read_by_llvm_objdump(tmp_path: Path) -> None:
                 imp = imports[row["bind"]]
                 want.append((row["address"], "bind", row["addend"], leaf[imp.ordinal], imp.name))
         assert got == want
-        structure = _parse_objdump_chained(_objdump("--chained-fixups", str(path)))
-        assert structure["header"]["imports_format"] == C.DYLD_CHAINED_IMPORT_ADDEND  # type: ignore[index]
-        assert [(o, w, name, a) for o, w, _, name, a in structure["imports"]] == [  # type: ignore[union-attr]
+        structure = objdump.chained_fixups(path)
+        assert structure.header["imports_format"] == C.DYLD_CHAINED_IMPORT_ADDEND
+        assert [(o, w, name, a) for o, w, _, name, a in structure.imports] == [
             (1, 0, "_alpha", 0),
             (2, 1, "_beta", 0),
             (1, 0, "_gamma", 0),
             (1, 0, "_gamma", 0x12345),
         ]
-        assert structure["segments"][1]["page_start"] == [0, 8]  # type: ignore[index]
+        assert structure.segments[1]["page_start"] == [0, 8]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import pytest
 from conftest import REPO
 from linked_examples import CONFIG_IDS, CONFIGS, NAMES, linked
 from oracles import AUTH_BIND, AUTH_REBASE, BIND, REBASE, lief_chained_fixups
+from test_chained_fixups import check_structure
 
 from dyldcache.errors import LinkError
 from dyldcache.examples import EXAMPLE_DYLIBS, OBJ_DIR, TBD_DIR, example, link_examples
@@ -129,34 +130,7 @@ def _check_chained_structure(path: Path) -> None:
     lc = image.linkedit_commands[0x80000034]
     data = path.read_bytes()
     info = parse_chained_fixups_blob(data[lc.dataoff : lc.dataoff + lc.datasize], str(path), lc.dataoff)
-    h = info.header
-    assert listing.header == {
-        "fixups_version": h.fixups_version,
-        "starts_offset": h.starts_offset,
-        "imports_offset": h.imports_offset,
-        "symbols_offset": h.symbols_offset,
-        "imports_count": h.imports_count,
-        "imports_format": h.imports_format,
-        "symbols_format": h.symbols_format,
-    }
-    assert listing.seg_offsets == list(info.seg_info_offsets)
-    ours = {}
-    for s in info.segments:
-        if s is not None:
-            r = s.record
-            ours[s.segment_index] = {
-                "size": r.size,
-                "page_size": r.page_size,
-                "pointer_format": r.pointer_format,
-                "segment_offset": r.segment_offset,
-                "max_valid_pointer": r.max_valid_pointer,
-                "page_count": r.page_count,
-                "page_start": list(s.page_start),
-            }
-    assert listing.segments == ours
-    assert listing.imports == [
-        (i.lib_ordinal, int(i.weak), i.name_offset, i.name, i.addend) for i in info.imports
-    ]
+    check_structure(listing, info)
     # ... and the reader's uniform view carries the same imports
     assert [(i.name, i.ordinal, i.weak) for i in image.fixups.imports] == [
         (name, ordinal, bool(weak)) for ordinal, weak, _, name, _ in listing.imports
