@@ -7,8 +7,11 @@ a test that silently skips everywhere could never fail.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +26,29 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 #: the committed fixture objects and stubs ship inside the package (the README example uses them)
 EXAMPLES = REPO / "src" / "dyldcache" / "examples"
 REQUIRE_ORACLES = os.environ.get("DYLDCACHE_REQUIRE_ORACLES") == "1"
+
+
+class Hang(AssertionError):
+    """A parse that ran past its time limit (see time_limit)."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Fail (Hang) instead of hanging, where the platform has interval timers."""
+    if not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def on_alarm(signum: int, frame: object) -> None:
+        raise Hang(f"still running after {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
 
 
 def _missing(what: str) -> None:

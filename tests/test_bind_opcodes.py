@@ -9,10 +9,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import LLVM_OBJDUMP, shared_path, tool
+from conftest import LLVM_OBJDUMP, shared_path, time_limit, tool
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_rebase_opcodes import _time_limit, build_dyld_info_image
+from test_rebase_opcodes import build_dyld_info_image
 
 from dyldcache.errors import MachOFormatError
 from dyldcache.macho import constants as C
@@ -126,7 +126,7 @@ def test_forged_counts_fail_fast() -> None:
     huge = bytes.fromhex("ffffffffffffffff7f")
     minus8 = bytes.fromhex("f8ffffffffffffffff01")
     head = bytes.fromhex("11 40 5f6100 71 00 c0")
-    with _time_limit(2):
+    with time_limit(2):
         assert "outside segment" in _error(head + bytes.fromhex("8020 00")).message  # 0x1000 x 8 bytes
         assert "more than 6144" in _error(head + huge + bytes([0])).message  # wraps past 2**64
         assert "more than 6144" in _error(head + huge + minus8).message  # the same slot forever
@@ -347,7 +347,7 @@ def test_weak_round_trip(entries: list[WeakBind]) -> None:
 @settings(max_examples=1000)
 @given(st.binary(max_size=120), st.sampled_from([4, 8]))
 def test_random_bytes_only_raise_format_errors(raw: bytes, pointer_size: int) -> None:
-    with _time_limit(5):
+    with time_limit(5):
         for lazy in (False, True):
             try:
                 got = decode_bind_opcodes(raw, SEGS, "fuzz", 0, lazy=lazy, pointer_size=pointer_size)
@@ -367,9 +367,9 @@ def test_mutated_streams_only_raise_format_errors(data: st.DataObject) -> None:
     raw = bytearray(base)
     for _ in range(data.draw(st.integers(1, 3))):
         raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
-    with _time_limit(5), contextlib.suppress(MachOFormatError):
+    with time_limit(5), contextlib.suppress(MachOFormatError):
         decode_bind_opcodes(bytes(raw), SEGS, "fuzz", 0, lazy=data.draw(st.booleans()))
-    with _time_limit(5), contextlib.suppress(MachOFormatError):
+    with time_limit(5), contextlib.suppress(MachOFormatError):
         decode_weak_bind_opcodes(bytes(raw), SEGS, "fuzz", 0)
 
 
@@ -559,7 +559,7 @@ def test_fuzzed_files_only_raise_format_errors() -> None:
             image = open_macho(path)
         except MachOFormatError:
             continue
-        with _time_limit(10), contextlib.suppress(MachOFormatError):
+        with time_limit(10), contextlib.suppress(MachOFormatError):
             read_binds(image)
-        with _time_limit(10), contextlib.suppress(MachOFormatError):
+        with time_limit(10), contextlib.suppress(MachOFormatError):
             read_weak_binds(image)

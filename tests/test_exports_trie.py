@@ -5,13 +5,11 @@ from __future__ import annotations
 import contextlib
 import itertools
 import re
-import signal
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import LLVM_OBJDUMP, shared_path, tool
+from conftest import LLVM_OBJDUMP, shared_path, time_limit, tool
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -415,25 +413,6 @@ def test_real_tries_round_trip() -> None:
 # -- robustness -------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _time_limit(seconds: float) -> Iterator[None]:
-    """Fail (TimeoutError) instead of hanging, where the platform has interval timers."""
-    if not hasattr(signal, "setitimer"):
-        yield
-        return
-
-    def expire(signum: int, frame: object) -> None:
-        raise TimeoutError(f"took more than {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-
-
 @settings(max_examples=500)
 @given(st.binary(max_size=300))
 def test_random_bytes_only_raise_format_errors(raw: bytes) -> None:
@@ -474,5 +453,5 @@ def _fuzzed_images() -> list[MachOFile]:
 
 def test_fuzzed_files_only_raise_format_errors() -> None:
     for image in _fuzzed_images():
-        with _time_limit(10), contextlib.suppress(MachOFormatError):
+        with time_limit(10), contextlib.suppress(MachOFormatError):
             image.exports  # noqa: B018 (the property does the work)

@@ -7,18 +7,15 @@ shared/data/fuzzed go through ``dyldcache macho``: exit 2, one line on stderr, n
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import struct
 import subprocess
 import sys
-from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 
 import pytest
-from conftest import REPO, SHARED, shared_path
+from conftest import REPO, SHARED, Hang, shared_path, time_limit
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from linked_examples import CONFIGS, linked
@@ -29,24 +26,6 @@ from dyldcache.macho.file import parse_macho
 
 #: seconds one parse-and-decode of a (small) file may take before it counts as a hang
 TIME_LIMIT = 5.0
-
-
-class Hang(AssertionError):
-    pass
-
-
-@contextlib.contextmanager
-def time_limit(seconds: float) -> Iterator[None]:
-    def on_alarm(signum: int, frame: object) -> None:
-        raise Hang(f"still running after {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
 
 
 @cache

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import re
-import signal
 import struct
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import LLVM_OBJDUMP, shared_path, tool
+from conftest import LLVM_OBJDUMP, shared_path, time_limit, tool
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -143,7 +141,7 @@ def test_decoder_errors() -> None:
 
 def test_forged_counts_fail_fast() -> None:
     huge = bytes.fromhex("ffffffffffffffff7f")  # 2**63 - 1
-    with _time_limit(2):
+    with time_limit(2):
         # a count that runs past the segment (0x1000 pointers in 0x1000 bytes)
         assert "outside segment" in _error(bytes.fromhex("11 21 00 60 8020")).message
         # a count so large the offsets wrap past 2**64: over the budget, checked before looping
@@ -257,7 +255,7 @@ def test_round_trip_32_bit(entries: list[tuple[int, int, int]]) -> None:
 @settings(max_examples=1000)
 @given(st.binary(max_size=120), st.sampled_from([4, 8]))
 def test_random_bytes_only_raise_format_errors(raw: bytes, pointer_size: int) -> None:
-    with _time_limit(5):
+    with time_limit(5):
         try:
             got = decode_rebase_opcodes(raw, SEGS, "fuzz", 0, pointer_size)
         except MachOFormatError as exc:
@@ -370,7 +368,7 @@ def test_mutated_real_streams_only_raise_format_errors(data: st.DataObject) -> N
     for _ in range(data.draw(st.integers(1, 3))):
         raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
     segments = [(s.vmaddr, s.vmsize) for s in image.segments]
-    with _time_limit(5), contextlib.suppress(MachOFormatError):
+    with time_limit(5), contextlib.suppress(MachOFormatError):
         decode_rebase_opcodes(bytes(raw), segments, "fuzz", 0)
 
 
@@ -380,25 +378,6 @@ def test_fuzzed_files_only_raise_format_errors() -> None:
             image = open_macho(path)
         except MachOFormatError:
             continue
-        with _time_limit(10), contextlib.suppress(MachOFormatError):
+        with time_limit(10), contextlib.suppress(MachOFormatError):
             out = read_rebases(image)
             assert isinstance(out, np.ndarray)
-
-
-@contextlib.contextmanager
-def _time_limit(seconds: float) -> Iterator[None]:
-    """Fail (TimeoutError) instead of hanging, where the platform has interval timers."""
-    if not hasattr(signal, "setitimer"):
-        yield
-        return
-
-    def expire(signum: int, frame: object) -> None:
-        raise TimeoutError(f"took more than {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
