@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import unicorn as uc
+from oracles import read_uleb
 from unicorn import arm64_const as A
 from unicorn import x86_const as X
 
@@ -155,7 +156,7 @@ def _lazy_record(opcodes: bytes, offset: int) -> tuple[int, int, int, str]:
         if op == 0x10:  # SET_DYLIB_ORDINAL_IMM
             ordinal = imm
         elif op == 0x20:  # SET_DYLIB_ORDINAL_ULEB
-            ordinal, pos = _uleb(opcodes, pos)
+            ordinal, pos = read_uleb(opcodes, pos)
         elif op == 0x30:  # SET_DYLIB_SPECIAL_IMM
             ordinal = imm - 16 if imm else 0
         elif op == 0x40:  # SET_SYMBOL_TRAILING_FLAGS_IMM
@@ -163,7 +164,7 @@ def _lazy_record(opcodes: bytes, offset: int) -> tuple[int, int, int, str]:
             name, pos = opcodes[pos:end].decode(), end + 1
         elif op == 0x70:  # SET_SEGMENT_AND_OFFSET_ULEB
             seg = imm
-            seg_off, pos = _uleb(opcodes, pos)
+            seg_off, pos = read_uleb(opcodes, pos)
         elif op == 0x90:  # DO_BIND
             return seg, seg_off, ordinal, name
         else:
@@ -344,17 +345,6 @@ def _u32(b: bytes, o: int) -> int:
     return int(struct.unpack_from("<I", b, o)[0])
 
 
-def _uleb(b: bytes, o: int) -> tuple[int, int]:
-    r = s = 0
-    while True:
-        x = b[o]
-        o += 1
-        r |= (x & 0x7F) << s
-        s += 7
-        if x < 0x80:
-            return r, o
-
-
 @dataclass
 class CacheFileView:
     path: str
@@ -508,14 +498,14 @@ class LoadedCache:
         t = self.machine.read(linkedit[0] + self.slide + (trie[0] - linkedit[1]), trie[1])
         node, s = 0, symbol.encode()
         while True:
-            term, p = _uleb(t, node)
+            term, p = read_uleb(t, node)
             if not s:
                 if not term:
                     return None
-                flags, p = _uleb(t, p)
+                flags, p = read_uleb(t, p)
                 if flags & 0x08:
                     raise EmulationError(f"{symbol} is a re-export in {name}")
-                off, p = _uleb(t, p)
+                off, p = read_uleb(t, p)
                 return base + off
             p += term
             nchild = t[p]
@@ -524,7 +514,7 @@ class LoadedCache:
                 e = t.index(b"\0", p)
                 edge = t[p:e]
                 p = e + 1
-                child, p = _uleb(t, p)
+                child, p = read_uleb(t, p)
                 if s.startswith(edge):
                     s, node = s[len(edge) :], child
                     break

@@ -13,6 +13,7 @@ import struct
 from dataclasses import dataclass
 
 from ..errors import LinkError
+from ..macho.leb128 import uleb_decode
 
 # --- compact unwind encodings ------------------------------------------------------------------
 UNWIND_IS_NOT_FUNCTION_START = 0x80000000
@@ -90,16 +91,10 @@ def _read_encoded(data: bytes, pos: int, encoding: int) -> PointerField:
 
 
 def _uleb(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(data):
-            raise LinkError("truncated ULEB128 in __eh_frame")
-        b = data[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        shift += 7
-        if b < 0x80:
-            return result, pos
+    try:
+        return uleb_decode(data, pos)
+    except ValueError as exc:
+        raise LinkError(f"__eh_frame: {exc}") from None
 
 
 def parse_eh_frame(data: bytes, where: str) -> tuple[dict[int, CIE], list[FDE]]:
