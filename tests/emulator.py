@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import unicorn as uc
-from oracles import read_uleb
+from oracles import read_uleb, trie_lookup
 from unicorn import arm64_const as A
 from unicorn import x86_const as X
 
@@ -496,30 +496,13 @@ class LoadedCache:
         if linkedit is None or trie is None or trie[1] == 0:
             return None
         t = self.machine.read(linkedit[0] + self.slide + (trie[0] - linkedit[1]), trie[1])
-        node, s = 0, symbol.encode()
-        while True:
-            term, p = read_uleb(t, node)
-            if not s:
-                if not term:
-                    return None
-                flags, p = read_uleb(t, p)
-                if flags & 0x08:
-                    raise EmulationError(f"{symbol} is a re-export in {name}")
-                off, p = read_uleb(t, p)
-                return base + off
-            p += term
-            nchild = t[p]
-            p += 1
-            for _ in range(nchild):
-                e = t.index(b"\0", p)
-                edge = t[p:e]
-                p = e + 1
-                child, p = read_uleb(t, p)
-                if s.startswith(edge):
-                    s, node = s[len(edge) :], child
-                    break
-            else:
-                return None
+        at = trie_lookup(t, symbol)
+        if at is None:
+            return None
+        flags, p = read_uleb(t, at)
+        if flags & 0x08:
+            raise EmulationError(f"{symbol} is a re-export in {name}")
+        return base + read_uleb(t, p)[0]
 
     def initializers(self, name: str) -> list[int]:
         base = self.images[name] + self.slide

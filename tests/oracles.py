@@ -144,6 +144,28 @@ def read_uleb(raw: bytes, pos: int) -> tuple[int, int]:
             return value, pos
 
 
+def trie_lookup(trie: bytes, key: str | bytes) -> int | None:
+    """Walk a dyld trie (exports or dylibs; cache-format.md §4.1) for ``key``: the offset of its
+    terminal payload (after the payload-size ULEB), or None when the key is not in the trie."""
+    node, rest = 0, key.encode() if isinstance(key, str) else key
+    while True:
+        size, p = read_uleb(trie, node)
+        if not rest:
+            return p if size else None
+        p += size
+        count = trie[p]
+        p += 1
+        for _ in range(count):
+            end = trie.index(b"\0", p)
+            edge = trie[p:end]
+            child, p = read_uleb(trie, end + 1)
+            if rest.startswith(edge):
+                node, rest = child, rest[len(edge) :]
+                break
+        else:
+            return None
+
+
 @dataclass(frozen=True)
 class SplitEntry:
     kind: int

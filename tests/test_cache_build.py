@@ -35,7 +35,7 @@ from cache_fixtures import (
     snapshot,
 )
 from conftest import LLVM_OBJDUMP, python_module, tool
-from oracles import read_uleb
+from oracles import read_uleb, trie_lookup
 
 from dyldcache.cache.verify import verify_cache
 from dyldcache.examples import OBJ_DIR, TBD_DIR
@@ -292,28 +292,9 @@ def cli_build(cache_factory: CacheFactory, tmp_path_factory: pytest.TempPathFact
 
 
 def _trie_lookup(trie: bytes, key: str) -> int | None:
-    """Walk a dyld trie (§4.1) for ``key``; returns the ULEB payload of its terminal."""
-
-    def uleb(o: int) -> tuple[int, int]:
-        return read_uleb(trie, o)
-
-    node, rest = 0, key.encode()
-    while True:
-        size, p = uleb(node)
-        if not rest:
-            return uleb(p)[0] if size else None
-        p += size
-        count = trie[p]
-        p += 1
-        for _ in range(count):
-            end = trie.index(b"\0", p)
-            edge = trie[p:end]
-            child, p = uleb(end + 1)
-            if rest.startswith(edge):
-                node, rest = child, rest[len(edge) :]
-                break
-        else:
-            return None
+    """The ULEB payload of ``key``'s terminal in a dyld trie (§4.1), or None."""
+    at = trie_lookup(trie, key)
+    return None if at is None else read_uleb(trie, at)[0]
 
 
 def test_alias_symlink_is_in_the_dylibs_trie(cli_build: dict[str, object]) -> None:
