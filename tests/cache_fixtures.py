@@ -732,27 +732,6 @@ def emulate_calls(main_path: str, arch: str, slide: int) -> EmulationRun:
     return EmulationRun(slide, loaded, inits, mismatches, len(calls))
 
 
-# ---------------------------------------------------------------------------------------------
-# the command line, as a user runs it
-
-
-def run_cli(*args: str) -> Any:
-    """``python -m dyldcache ARGS`` with this checkout's sources; a CompletedProcess."""
-    import subprocess
-
-    src = str(Path(__file__).resolve().parent.parent / "src")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH", "")) if p)
-    return subprocess.run(
-        [sys.executable, "-m", "dyldcache", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-        timeout=300,
-    )
-
-
 def snapshot(folder: str | Path) -> dict[str, str]:
     """file name -> sha256 of every file in ``folder`` (hidden ones included)."""
     import hashlib

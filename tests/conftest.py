@@ -11,6 +11,8 @@ import contextlib
 import os
 import shutil
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,6 +28,20 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 #: the committed fixture objects and stubs ship inside the package (the README example uses them)
 EXAMPLES = REPO / "src" / "dyldcache" / "examples"
 REQUIRE_ORACLES = os.environ.get("DYLDCACHE_REQUIRE_ORACLES") == "1"
+
+
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """``python -m dyldcache ARGS`` in a real process, with this checkout's sources first."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO / "src"), env.get("PYTHONPATH", "")) if p)
+    return subprocess.run(
+        [sys.executable, "-m", "dyldcache", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=timeout,
+    )
 
 
 class Hang(AssertionError):

@@ -30,11 +30,10 @@ from cache_fixtures import (
     fixture_install_names,
     input_segments,
     objdump_dylib,
-    run_cli,
     slide_of,
     snapshot,
 )
-from conftest import LLVM_OBJDUMP, python_module, tool
+from conftest import LLVM_OBJDUMP, python_module, run_cli, tool
 from oracles import read_uleb, trie_lookup
 
 from dyldcache.cache.verify import verify_cache

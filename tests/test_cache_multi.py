@@ -35,11 +35,10 @@ from cache_fixtures import (
     input_segments,
     input_symtab,
     objdump_dylib,
-    run_cli,
     slide_of,
     snapshot,
 )
-from conftest import LLVM_OBJDUMP, python_module, tool
+from conftest import LLVM_OBJDUMP, python_module, run_cli, tool
 
 EXAMPLES = sorted(fixture_install_names().values())
 MULTI = ["arm64-multi", "x86_64-multi", "arm64e-ios-multi", "arm64e-macos-multi"]

@@ -8,12 +8,10 @@ import json
 import os
 import re
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, python_module, shared_path
+from conftest import python_module, run_cli, shared_path
 from oracles import read_uleb
 
 from dyldcache.cache.reader import DyldCache
@@ -410,18 +408,6 @@ def test_fuzzed_files(name: str) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # the CLI
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
-    return subprocess.run(
-        [sys.executable, "-m", "dyldcache", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        timeout=120,
-    )
 
 
 def test_cli_info_json() -> None:

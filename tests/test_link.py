@@ -11,17 +11,15 @@ unwind encodings are compared with the objects' own ``__compact_unwind`` as llvm
 
 from __future__ import annotations
 
-import os
 import shutil
 import struct
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import objdump
 import pytest
-from conftest import REPO
+from conftest import run_cli
 from linked_examples import CONFIG_IDS, CONFIGS, NAMES, linked
 from oracles import AUTH_BIND, AUTH_REBASE, BIND, REBASE, lief_chained_fixups
 from test_chained_fixups import check_structure
@@ -689,14 +687,6 @@ def test_unwind_info_covers_every_function(arch: str, fixups: str, name: str) ->
 # the command line
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), env.get("PYTHONPATH", "")])
-    return subprocess.run(
-        [sys.executable, "-m", "dyldcache", *args], capture_output=True, text=True, timeout=120, env=env
-    )
-
-
 def _main(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess[str]:
     """``dyldcache ARGS`` run in this process (the same entry point as ``python -m dyldcache``)."""
     from dyldcache.cli import main
@@ -731,7 +721,7 @@ def test_cli_builds_the_same_bytes_as_the_api(
 ) -> None:
     s = linked(arch, fixups, split_seg=1 if "-split_seg_v1" in flags else 2, lazy="-lazy_binding" in flags)
     out = tmp_path / "libfxc.dylib"
-    proc = _cli(
+    proc = run_cli(
         "link", "-arch", arch, "-fixups", fixups, *flags, "-o", str(out),
         "-install_name", "/usr/lib/libfxc.dylib",
         str(s.object("libc")), "-reexport_library", str(s.path("liba")), str(s.path("libsystem")),
@@ -754,14 +744,14 @@ BAD_USAGE = [
 
 @pytest.mark.parametrize("args", BAD_USAGE, ids=[" ".join(a) or "no-args" for a in BAD_USAGE])
 def test_cli_bad_usage_exits_2_with_one_line(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    proc = _main(capsys, "link", *args) if args else _cli("link")
+    proc = _main(capsys, "link", *args) if args else run_cli("link")
     assert proc.returncode == 2
     _one_line_error(proc)
 
 
 def test_cli_undefined_symbol_names_symbol_and_object(tmp_path: Path) -> None:
     obj = OBJ_DIR / "arm64" / "libb.o"
-    proc = _cli(
+    proc = run_cli(
         "link",
         "-arch",
         "arm64",

@@ -6,16 +6,13 @@ against our own numbers. Text mode, and fat files built here with a hand-written
 from __future__ import annotations
 
 import json
-import os
 import struct
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import objdump
 import pytest
-from conftest import REPO, shared_path
+from conftest import run_cli, shared_path
 from linked_examples import CONFIG_IDS, CONFIGS, linked
 from oracles import AUTH_BIND, AUTH_REBASE, BIND, REBASE, lief_chained_fixups, split_seg_entries
 
@@ -192,15 +189,7 @@ def test_text_mode(capsys: pytest.CaptureFixture[str]) -> None:
     for e in objdump.exports_trie(path):
         assert f" {e.name}" in out
     # the same in a real process
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), env.get("PYTHONPATH", "")])
-    proc = subprocess.run(
-        [sys.executable, "-m", "dyldcache", "macho", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-    )
+    proc = run_cli("macho", str(path), timeout=60)
     assert proc.returncode == 0 and proc.stderr == ""
     assert proc.stdout == out
 

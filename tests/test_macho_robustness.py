@@ -7,15 +7,12 @@ shared/data/fuzzed go through ``dyldcache macho``: exit 2, one line on stderr, n
 
 from __future__ import annotations
 
-import os
 import struct
-import subprocess
-import sys
 from functools import cache
 from pathlib import Path
 
 import pytest
-from conftest import REPO, SHARED, Hang, shared_path, time_limit
+from conftest import SHARED, Hang, run_cli, shared_path, time_limit
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from linked_examples import CONFIGS, linked
@@ -199,15 +196,7 @@ def test_fuzzed_files_through_the_cli(capsys: pytest.CaptureFixture[str]) -> Non
 def test_fuzzed_files_through_python_m_dyldcache(name: str) -> None:
     """A few findings (32-bit, bad opcodes, bad fat header, a cache, bad cmdsize) in a real process."""
     path = shared_path("data", "fuzzed", name)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), env.get("PYTHONPATH", "")])
-    proc = subprocess.run(
-        [sys.executable, "-m", "dyldcache", "macho", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-    )
+    proc = run_cli("macho", str(path), timeout=60)
     _check_cli_error(path, proc.returncode, proc.stderr)
     assert proc.stdout == ""
 
