@@ -166,6 +166,20 @@ def trie_lookup(trie: bytes, key: str | bytes) -> int | None:
             return None
 
 
+#: DYLD_CACHE_ADJ_V2_* kinds (mach-o/loader.h) by number, as the tests print them
+SPLIT_KIND_NAMES = {
+    1: "POINTER_32",
+    2: "POINTER_64",
+    3: "DELTA_32",
+    4: "DELTA_64",
+    5: "ARM64_ADRP",
+    6: "ARM64_OFF12",
+    7: "ARM64_BR26",
+    12: "IMAGE_OFF_32",
+    13: "THREADED_POINTER_64",
+}
+
+
 @dataclass(frozen=True)
 class SplitEntry:
     kind: int

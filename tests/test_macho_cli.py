@@ -14,18 +14,17 @@ import objdump
 import pytest
 from conftest import run_cli, shared_path
 from linked_examples import CONFIG_IDS, CONFIGS, linked
-from oracles import AUTH_BIND, AUTH_REBASE, BIND, REBASE, lief_chained_fixups, split_seg_entries
+from oracles import (
+    AUTH_BIND,
+    AUTH_REBASE,
+    BIND,
+    REBASE,
+    SPLIT_KIND_NAMES,
+    lief_chained_fixups,
+    split_seg_entries,
+)
 
 APPLE = ["fixup-chains-arm64.dylib", "fixup-chains-arm64e.dylib", "fixup-dyldinfo.dylib", "libexports.dylib"]
-KIND_NAMES = {
-    1: "POINTER_32",
-    2: "POINTER_64",
-    3: "DELTA_32",
-    4: "DELTA_64",
-    5: "ARM64_ADRP",
-    6: "ARM64_OFF12",
-}
-KIND_NAMES |= {7: "ARM64_BR26", 12: "IMAGE_OFF_32", 13: "THREADED_POINTER_64"}
 
 
 def _main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -136,7 +135,7 @@ def _check_description(d: dict[str, object], path: Path) -> None:
     else:
         assert d["split_seg"] == {
             "version": 2,
-            "counts": {KIND_NAMES[k]: n for k, n in sorted(Counter(e.kind for e in entries).items())},
+            "counts": {SPLIT_KIND_NAMES[k]: n for k, n in sorted(Counter(e.kind for e in entries).items())},
         }
     # exports
     rows = objdump.exports_trie(path)

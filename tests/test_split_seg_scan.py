@@ -20,22 +20,11 @@ import objdump
 import pytest
 from conftest import python_module
 from linked_examples import CONFIGS, NAMES, linked
-from oracles import SplitEntry, lief_chained_fixups, split_seg_entries
+from oracles import SPLIT_KIND_NAMES, SplitEntry, lief_chained_fixups, split_seg_entries
 
 from dyldcache.macho.file import open_macho
 
 POINTER_64, DELTA_32, ARM64_ADRP, ARM64_OFF12, ARM64_BR26, THREADED_POINTER_64 = 2, 3, 5, 6, 7, 13
-KIND_NAMES = {
-    1: "POINTER_32",
-    2: "POINTER_64",
-    3: "DELTA_32",
-    4: "DELTA_64",
-    5: "ARM64_ADRP",
-    6: "ARM64_OFF12",
-    7: "ARM64_BR26",
-    12: "IMAGE_OFF_32",
-    13: "THREADED_POINTER_64",
-}
 CODE_KINDS = {ARM64_ADRP, ARM64_OFF12, ARM64_BR26}
 #: registers a call may clobber (AAPCS64: x0-x18 and the link register)
 CALL_CLOBBERED = {f"x{i}" for i in range(19)} | {"x30"}
@@ -315,7 +304,7 @@ def check(image: Image, entries: list[SplitEntry], refs: list[Ref]) -> list[str]
         at = image.address(e.from_section, e.from_offset)
         located.setdefault((e.kind, at), []).append((e.to_section, image.address(e.to_section, e.to_offset)))
     for ref in refs:
-        name = KIND_NAMES[ref.kind]
+        name = SPLIT_KIND_NAMES[ref.kind]
         got = located.get((ref.kind, ref.at))
         where = f"{image.section_name(image.section_index(ref.at))}+{ref.at:#x}"
         if not got:
@@ -338,7 +327,7 @@ def check(image: Image, entries: list[SplitEntry], refs: list[Ref]) -> list[str]
     for e in entries:
         at = image.address(e.from_section, e.from_offset)
         target = image.address(e.to_section, e.to_offset)
-        name = KIND_NAMES.get(e.kind, str(e.kind))
+        name = SPLIT_KIND_NAMES.get(e.kind, str(e.kind))
         fact = image.facts.get(at)
         if e.kind in CODE_KINDS or (e.kind == DELTA_32 and e.from_section in code):
             want = {ARM64_ADRP: "adrp", ARM64_OFF12: "off12", ARM64_BR26: "br26", DELTA_32: "rel32"}[e.kind]
@@ -349,7 +338,7 @@ def check(image: Image, entries: list[SplitEntry], refs: list[Ref]) -> list[str]
         elif e.kind in (POINTER_64, THREADED_POINTER_64):
             if e.kind != pointer_kind:
                 problems.append(
-                    f"{name} entry at {at:#x}: pointers of {image.arch} are {KIND_NAMES[pointer_kind]}"
+                    f"{name} entry at {at:#x}: pointers of {image.arch} are {SPLIT_KIND_NAMES[pointer_kind]}"
                 )
             elif at not in pointers:
                 problems.append(f"{name} entry at {at:#x} is not an in-image pointer")
@@ -435,7 +424,7 @@ def test_checker_reports_a_removed_or_wrong_entry(arch: str, kind: int, code: bo
     at = image.address(victim.from_section, victim.from_offset)
     problems = check(image, [e for e in entries if e is not victim], refs)
     assert problems and all(f"{at:#x}" in p for p in problems), problems
-    assert problems[0].startswith(f"missing {KIND_NAMES[kind]} entry at {at:#x}")
+    assert problems[0].startswith(f"missing {SPLIT_KIND_NAMES[kind]} entry at {at:#x}")
     shifted = SplitEntry(
         victim.kind, victim.from_section, victim.to_section, victim.from_offset, victim.to_offset + 0x1000
     )
