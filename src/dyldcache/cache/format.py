@@ -626,29 +626,18 @@ assert PatchInfoV2.SIZE == 104
 
 
 @dataclass(frozen=True, slots=True)
-class PatchInfoV3(Record):
-    """struct dyld_cache_patch_info_v3 / _v4 (same layout; 1162 writes version 4)"""
+class PatchInfoV3(PatchInfoV2):
+    """struct dyld_cache_patch_info_v3 / _v4 (same layout; 1162 writes version 4): v2's fields,
+    then the GOT tables. In v3 the location arrays hold PATCH_LOCATION_V2_DTYPE /
+    PATCH_LOCATION_V3_DTYPE; in v4 PATCH_LOCATION_V4_DTYPE / PATCH_LOCATION_V4_GOT_DTYPE."""
 
     STRUCT: ClassVar[struct.Struct] = struct.Struct("<2I18Q")
     patch_table_version: int = 4
-    patch_location_version: int = 0
-    patch_table_array_addr: int = 0  # PATCH_IMAGE_V2_DTYPE[], one per image
-    patch_table_array_count: int = 0
-    patch_image_exports_array_addr: int = 0  # PATCH_IMAGE_EXPORT_V2_DTYPE[]
-    patch_image_exports_array_count: int = 0
-    patch_clients_array_addr: int = 0  # PATCH_IMAGE_CLIENTS_V2_DTYPE[]
-    patch_clients_array_count: int = 0
-    patch_client_exports_array_addr: int = 0  # PATCH_CLIENT_EXPORT_V2_DTYPE[]
-    patch_client_exports_array_count: int = 0
-    patch_location_array_addr: int = 0  # v3: PATCH_LOCATION_V2_DTYPE[]; v4: PATCH_LOCATION_V4_DTYPE[]
-    patch_location_array_count: int = 0
-    patch_export_names_addr: int = 0  # NUL-terminated names
-    patch_export_names_size: int = 0
     got_clients_array_addr: int = 0  # PATCH_GOT_CLIENTS_V3_DTYPE[], one per image
     got_clients_array_count: int = 0
     got_client_exports_array_addr: int = 0  # PATCH_CLIENT_EXPORT_V2_DTYPE[] for GOT uses
     got_client_exports_array_count: int = 0
-    got_location_array_addr: int = 0  # v3: PATCH_LOCATION_V3_DTYPE[]; v4: PATCH_LOCATION_V4_GOT_DTYPE[]
+    got_location_array_addr: int = 0
     got_location_array_count: int = 0
 
 
