@@ -19,6 +19,7 @@ import struct
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import objdump
 import pytest
 import test_split_seg_scan as scan
@@ -309,3 +310,18 @@ def test_unsupported_v1_kind_evicts_the_dylib(cache_factory: CacheFactory, tmp_p
     reasons = {e.path: e.reason for e in result.evictions}
     assert "split seg v1 kind 0x3" in reasons[victim]
     assert len(result.dylibs) == len(NAMES) - 1
+
+
+def test_v1_values_must_end_inside_text() -> None:
+    """A kind-1 value is 4 bytes and a kind-2 value 8: each must end within __TEXT (here 0x1000)."""
+    from dyldcache.macho.split_seg import SPLIT_SEG_V1_DTYPE, unsupported_v1_entry
+
+    def check(*rows: tuple[int, int]) -> str | None:
+        return unsupported_v1_entry(np.array(list(rows), dtype=SPLIT_SEG_V1_DTYPE), 0x1000)
+
+    assert check((1, 0xFFC), (2, 0xFF8), (4, 0x10)) is None
+    assert check((1, 0xFFC), (2, 0xFFC)) == "split seg v1 location 0xffc is outside __TEXT"
+    assert check((1, 0xFFD)) == "split seg v1 location 0xffd is outside __TEXT"
+    assert check((1, 0x10), (3, 0x20), (1, 0x2000)) == (
+        "split seg v1 kind 0x3 is not supported (only 1, 2 and 4, as x86_64 uses)"
+    )

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import BuildError
 from ..macho import constants as C
-from ..macho.split_seg import SPLIT_SEG_DTYPE
+from ..macho.split_seg import SPLIT_SEG_DTYPE, unsupported_v1_entry
 from .cache_dylib import CacheDylib
 
 _U64 = np.uint64
@@ -76,10 +76,6 @@ class PointerSlides:
     target_slides: np.ndarray  # int64
 
 
-#: v1 kinds the builder applies: 32-bit and 64-bit values that move with the data (4: i386 import, no-op)
-V1_KINDS_SUPPORTED = frozenset({1, 2, 4})
-
-
 def _apply_split_seg_v1(dylib: CacheDylib, buf: np.ndarray) -> PointerSlides:
     """v1: every listed value in __TEXT moves by how much the data moved relative to the code.
 
@@ -94,15 +90,11 @@ def _apply_split_seg_v1(dylib: CacheDylib, buf: np.ndarray) -> PointerSlides:
     assert text.chunk is not None
     data = dylib.segments[1] if len(dylib.segments) > 1 and dylib.segments[1].chunk is not None else text
     code_to_data = data.slide - text.slide
+    problem = unsupported_v1_entry(e, text.cache_size)
+    if problem is not None:
+        raise BuildError(f"{dylib.install_name}: {problem}")
     kinds = e["kind"]
     offsets = e["offset"].astype(np.int64)
-    bad = ~np.isin(kinds, list(V1_KINDS_SUPPORTED)) | (offsets + np.where(kinds == 2, 8, 4) > text.cache_size)
-    if np.any(bad):
-        k = int(np.flatnonzero(bad)[0])
-        raise BuildError(
-            f"{dylib.install_name}: split seg v1 entry kind {int(kinds[k])} at {int(offsets[k]):#x} "
-            "cannot be applied"
-        )
     pos = text.chunk.file_offset + offsets
     i = np.flatnonzero(kinds == 1)
     if len(i):

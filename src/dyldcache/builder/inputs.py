@@ -22,6 +22,7 @@ from ..macho import constants as C
 from ..macho.fat import is_fat, parse_fat
 from ..macho.file import MachOFile, MappedFile, parse_macho
 from ..macho.fixups import FixupKind
+from ..macho.split_seg import unsupported_v1_entry
 from .config import CacheConfig
 
 ELIGIBLE_PREFIXES = (
@@ -189,12 +190,9 @@ def check_eligibility(image: MachOFile, path: str, config: CacheConfig) -> str |
                 return f"split seg v1 dylib has writable segment {seg.name} other than __DATA"
         info = image.split_seg
         assert info is not None
-        text = image.segments[0]
-        for kind, offset in zip(info.entries["kind"].tolist(), info.entries["offset"].tolist(), strict=True):
-            if kind not in (1, 2, 4):
-                return f"split seg v1 kind {kind:#x} is not supported (only 1, 2 and 4, as x86_64 uses)"
-            if offset + (8 if kind == 2 else 4) > text.vmsize:
-                return f"split seg v1 location {offset:#x} is outside __TEXT"
+        problem = unsupported_v1_entry(info.entries, image.segments[0].vmsize)
+        if problem is not None:
+            return problem
     dy = image.dysymtab_command
     if dy is not None and (dy.ntoc or dy.nmodtab or dy.nextrefsyms or dy.nextrel or dy.nlocrel):
         return "LC_DYSYMTAB has a table of contents, module table, external references or relocations"

@@ -53,6 +53,27 @@ MAX_V2_KIND = C.DYLD_CACHE_ADJ_V2_THREADED_POINTER_64
 #: the kinds dyld's cache builder knows in a v1 stream
 V1_KINDS = frozenset({1, 2, 3, 4, 5, 6, *range(0x10, 0x30)})
 
+#: the v1 kinds a 64-bit cache build applies: 32-bit (1) and 64-bit (2) values that move with
+#: the data, and 4 (an i386 __IMPORT reference, a no-op in dyld's adjustCode)
+V1_KINDS_SUPPORTED = frozenset({1, 2, 4})
+
+
+def unsupported_v1_entry(entries: np.ndarray, text_size: int) -> str | None:
+    """Why a cache builder cannot apply a v1 stream, from its first bad entry (a kind it does not
+    apply, or a value that does not lie in __TEXT); None when it can."""
+    kinds = entries["kind"]
+    offsets = entries["offset"]
+    bad_kind = ~np.isin(kinds, sorted(V1_KINDS_SUPPORTED))
+    # the last offset at which a value of the entry's width still ends inside __TEXT
+    last = np.where(kinds == 2, max(text_size - 8, 0), max(text_size - 4, 0)).astype(np.uint64)
+    bad = np.flatnonzero(bad_kind | (offsets > last))
+    if not len(bad):
+        return None
+    k = int(bad[0])
+    if bad_kind[k]:
+        return f"split seg v1 kind {int(kinds[k]):#x} is not supported (only 1, 2 and 4, as x86_64 uses)"
+    return f"split seg v1 location {int(offsets[k]):#x} is outside __TEXT"
+
 _U64 = np.uint64
 
 
