@@ -66,3 +66,11 @@ class InputError(DyldCacheError):
 
 class BuildError(DyldCacheError):
     """The cache builder could not produce a cache."""
+
+
+class NothingPlacedError(BuildError):
+    """No input dylib could be placed: ``evictions`` says why for each of them."""
+
+    def __init__(self, message: str, evictions: list[object]) -> None:
+        super().__init__(message)
+        self.evictions = evictions

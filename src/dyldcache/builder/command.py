@@ -7,7 +7,8 @@ import json
 import sys
 import tempfile
 
-from ..errors import UsageError
+from ..errors import NothingPlacedError, UsageError
+from .inputs import Eviction
 from .pipeline import BuildOptions, build_cache
 
 
@@ -58,8 +59,27 @@ def _build(args: argparse.Namespace) -> int:
         jobs=args.jobs,
         time_passes=args.time_passes,
         progress=not args.quiet,
+        apple_rules=args.apple_rules,
     )
-    result = build_cache(options)
+    try:
+        result = build_cache(options)
+    except NothingPlacedError as exc:
+        # every reason is printed before the one-line error, and machines get them as JSON too
+        for e in exc.evictions:
+            print(f"warning: {e}", file=sys.stderr)
+        if args.json:
+            json.dump(
+                {
+                    "error": str(exc),
+                    "evictions": [
+                        {"path": e.path, "reason": e.reason} for e in exc.evictions if isinstance(e, Eviction)
+                    ],
+                },
+                sys.stdout,
+                indent=2,
+            )
+            sys.stdout.write("\n")
+        raise
     for e in result.evictions:
         print(f"warning: {e}", file=sys.stderr)
     for w in result.warnings:
@@ -115,6 +135,11 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="start a new subcache when __TEXT would pass SIZE (e.g. 64K, 512M)",
     )
     p.add_argument("--no-unmap-locals", action="store_true", help="keep local symbols in the cache (ios)")
+    p.add_argument(
+        "--apple-rules",
+        action="store_true",
+        help="apply Apple's OS-build eligibility policy exactly as dyld-1162 does",
+    )
     p.add_argument("-j", "--jobs", type=int, default=0, help="worker processes (default: one per core)")
     p.add_argument("--time-passes", action="store_true", help="print per-phase times and peak memory")
     p.add_argument("--json", action="store_true", help="print the result as JSON")

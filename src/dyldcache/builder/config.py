@@ -53,6 +53,8 @@ class CacheConfig:
     unmap_local_symbols: bool
     #: image_info inode/mtime are meaningful (dylibs stay on disk)
     dylibs_expected_on_disk: bool
+    #: apply Apple's OS-build policy rules too, not only what the format and dyld require
+    apple_rules: bool = False
 
     @property
     def arch_name(self) -> str:
@@ -81,6 +83,7 @@ def make_config(
     platform_name: str,
     subcache_text_limit: int | None = None,
     unmap_local_symbols: bool | None = None,
+    apple_rules: bool = False,
 ) -> CacheConfig:
     """The configuration for one (arch, platform) pair, with optional overrides."""
     arch = arch_named(arch_name)
@@ -132,5 +135,6 @@ def make_config(
         platform=platform,
         unmap_local_symbols=embedded if unmap_local_symbols is None else unmap_local_symbols,
         dylibs_expected_on_disk=not embedded,
+        apple_rules=apple_rules,
         **cfg,  # type: ignore[arg-type]
     )

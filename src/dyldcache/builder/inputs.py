@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import re
 import stat
+from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -19,7 +21,7 @@ import numpy as np
 
 from ..errors import FormatError, UsageError
 from ..macho import constants as C
-from ..macho.fat import is_fat, parse_fat
+from ..macho.fat import is_fat, parse_fat, thin_arch
 from ..macho.file import MachOFile, MappedFile, parse_macho
 from ..macho.fixups import FixupKind
 from ..macho.split_seg import unsupported_v1_entry
@@ -78,6 +80,27 @@ class Eviction:
 
     def __str__(self) -> str:
         return f"Dylib located at '{self.path}' not placed in shared cache because: {self.reason}"
+
+    @property
+    def kind(self) -> str:
+        """The reason without the names in it, for counting evictions by reason."""
+        text = _QUOTED.sub("'…'", self.reason)
+        text = _HEX.sub("N", text)
+        return text.split(": ", 1)[0] if text.startswith("malformed Mach-O") else text
+
+
+_QUOTED = re.compile(r"'[^']*'")
+_HEX = re.compile(r"\b(0x[0-9a-fA-F]+|\d+)\b")
+
+
+def eviction_summary(evictions: list[Eviction], most: int = 4) -> str:
+    """One line: how many dylibs were evicted, for the commonest reasons first."""
+    counts = Counter(e.kind for e in evictions)
+    parts = [f"{kind} ({n})" for kind, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:most]]
+    rest = len(counts) - most
+    if rest > 0:
+        parts.append(f"{rest} other reason{'s' if rest > 1 else ''}")
+    return f"{len(evictions)} evicted: " + "; ".join(parts)
 
 
 @dataclass(slots=True)
@@ -199,8 +222,10 @@ def check_eligibility(image: MachOFile, path: str, config: CacheConfig) -> str |
     for seg in image.segments:
         if seg.name == "__PAGEZERO":
             return "has a __PAGEZERO segment"
-        if seg.initprot not in (_RX, _RW, C.VM_PROT_READ) or seg.maxprot not in (_RX, _RW, C.VM_PROT_READ):
-            return f"segment {seg.name} has unsupported permissions {seg.initprot}/{seg.maxprot}"
+        # dyld-1162 sorts segments by their initial protections only (CacheDylib.cpp); ld64 of
+        # macOS 10.14 and earlier wrote maxprot rwx, which the builders of that time accepted
+        if seg.initprot not in (_RX, _RW, C.VM_PROT_READ):
+            return f"segment {seg.name} has unsupported initial permissions {seg.prot_string}"
     return _check_fixups(image, config)
 
 
@@ -350,19 +375,39 @@ def _load(f: InputFile, config: CacheConfig) -> tuple[MappedFile, MachOFile] | s
         if is_fat(mapped.data):
             slices = parse_fat(mapped.data, f.host_path)
             if not any(s.arch == config.arch.name for s in slices):
-                return f"fat file has no {config.arch.name} slice"
+                have = ", ".join(s.arch for s in slices)
+                return f"fat file has no {config.arch.name} slice (it has {have})"
             return mapped, parse_macho(mapped.data, f.host_path, config.arch.name)
+        thin = thin_arch(mapped.data)
+        if thin is not None and thin != config.arch.name:
+            return f"file is {thin}, not {config.arch.name}"
         return mapped, parse_macho(mapped.data, f.host_path)
     except FormatError as exc:
         return f"malformed Mach-O: {exc}"
 
 
-def _examine(f: InputFile, config: CacheConfig) -> _Examined:
+def _placed_path(path: str, install_name: str | None, aliases: dict[str, str], config: CacheConfig) -> str:
+    """The path a file is cached under: its own, or its install name when that is a symlink in
+    the root that resolves to the file (dyld-1162 does this on macOS and for cryptex paths; we
+    do it everywhere unless Apple's rules are asked for, since a root installs a dylib under its
+    versioned file name with the install name as a symlink on every platform)."""
+    if install_name is None or install_name == path or aliases.get(install_name) != path:
+        return path
+    if config.apple_rules and not (
+        config.platform == C.PLATFORM_MACOS or path.startswith("/System/Cryptexes/OS/")
+    ):
+        return path
+    return install_name
+
+
+def _examine(f: InputFile, config: CacheConfig, aliases: dict[str, str]) -> _Examined:
     loaded = _load(f, config)
     if isinstance(loaded, str):
         return _Examined(f.path or f.host_path, None, loaded)
     _, image = loaded
     path = f.path or image.install_name or f.host_path
+    if f.path:
+        path = _placed_path(path, image.install_name, aliases, config)
     if path in _SILENT_SKIPS:
         return _Examined(path, image.install_name, "")
     if not is_eligible_path(path):
@@ -378,21 +423,23 @@ def _examine(f: InputFile, config: CacheConfig) -> _Examined:
     return _Examined(path, image.install_name, reason, decoded)
 
 
-_EXAMINE_STATE: tuple[list[InputFile], CacheConfig] | None = None
+_EXAMINE_STATE: tuple[list[InputFile], CacheConfig, dict[str, str]] | None = None
 
 
 def _examine_index(i: int) -> _Examined:
     assert _EXAMINE_STATE is not None
-    files, config = _EXAMINE_STATE
-    return _examine(files[i], config)
+    files, config, aliases = _EXAMINE_STATE
+    return _examine(files[i], config, aliases)
 
 
-def _examine_all(files: list[InputFile], config: CacheConfig, jobs: int) -> list[_Examined]:
+def _examine_all(
+    files: list[InputFile], config: CacheConfig, aliases: dict[str, str], jobs: int
+) -> list[_Examined]:
     """Examine every file, in worker processes when there are enough of them."""
     global _EXAMINE_STATE
     if jobs <= 1 or len(files) < 16 or "fork" not in multiprocessing.get_all_start_methods():
-        return [_examine(f, config) for f in files]
-    _EXAMINE_STATE = (files, config)
+        return [_examine(f, config, aliases) for f in files]
+    _EXAMINE_STATE = (files, config, aliases)
     try:
         ctx = multiprocessing.get_context("fork")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
@@ -414,7 +461,9 @@ def calculate_inputs(
     evictions: list[Eviction] = []
     candidates: dict[str, CacheInput] = {}
     input_names: set[str] = set()
-    for f, ex in zip(files, _examine_all(files, config, jobs), strict=True):
+    #: file path -> the install name it is cached under, where the two differ
+    renamed: dict[str, str] = {}
+    for f, ex in zip(files, _examine_all(files, config, aliases, jobs), strict=True):
         if ex.install_name:
             input_names.add(ex.install_name)
         if ex.reason == "":
@@ -432,6 +481,8 @@ def calculate_inputs(
         mapped, image = loaded
         if ex.decoded is not None:
             image.__dict__.update(ex.decoded)  # fill the cached properties from the worker's decode
+        if f.path and f.path != ex.path:
+            renamed[f.path] = ex.path
         f.path = ex.path
         ci = CacheInput(f, image, mapped, dependencies=[(d.path, d.kind) for d in image.dylibs])
         candidates[f.path] = ci
@@ -469,5 +520,8 @@ def calculate_inputs(
     dylibs = sorted(candidates.values(), key=lambda c: _sort_key(c.install_name, rank))
     for i, ci in enumerate(dylibs):
         ci.index = i
-    cache_aliases = {a: t for a, t in sorted(aliases.items()) if t in candidates and a not in candidates}
+    # a dylib cached under its install name keeps its file path, and the links to that file, as aliases
+    links = {a: renamed.get(t, t) for a, t in aliases.items()}
+    links.update({p: name for p, name in renamed.items() if name in candidates})
+    cache_aliases = {a: t for a, t in sorted(links.items()) if t in candidates and a not in candidates}
     return Inputs(dylibs, evictions, cache_aliases, input_names)

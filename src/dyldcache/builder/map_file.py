@@ -6,11 +6,13 @@ written even when a later phase fails.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from ..cache.format import uuid_string
 from .cache_dylib import CacheDylib
 from .config import CacheConfig
+from .inputs import Eviction
 from .layout import RegionKind, SubCache
 
 _MAP_NAMES = {
@@ -48,7 +50,13 @@ def text_map(subcaches: list[SubCache], dylibs: list[CacheDylib]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def json_map(config: CacheConfig, dylibs: list[CacheDylib], uuid: bytes, disposition: str = "") -> str:
+def json_map(
+    config: CacheConfig,
+    dylibs: list[CacheDylib],
+    uuid: bytes,
+    disposition: str = "",
+    evictions: Sequence[Eviction] = (),
+) -> str:
     images: list[dict[str, Any]] = []
     for d in dylibs:
         segs = [
@@ -66,6 +74,8 @@ def json_map(config: CacheConfig, dylibs: list[CacheDylib], uuid: bytes, disposi
     doc = {
         "base-address": f"0x{config.base_address:x}",
         "disposition": disposition,
+        # not in Apple's map: which inputs were left out, and why
+        "evicted": [{"path": e.path, "reason": e.reason} for e in evictions],
         "images": images,
         "uuid": uuid_string(uuid),
         "version": "1",

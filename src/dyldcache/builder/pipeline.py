@@ -35,7 +35,7 @@ from ..cache.slide_info import (
     encode_slide_info_v5,
     slide_info_size,
 )
-from ..errors import BuildError, DyldCacheError, UsageError
+from ..errors import BuildError, DyldCacheError, NothingPlacedError, UsageError
 from ..fileio import OutputError, temporary_name
 from ..macho import constants as C
 from ..macho.exports_trie import write_trie
@@ -47,7 +47,15 @@ from .cache_dylib import REGION_OF_KIND, CacheDylib, categorize_segments, segmen
 from .config import CacheConfig, make_config
 from .dylib_emit import LinkeditPlacement, copy_segments, rewrite_load_commands, write_linkedit
 from .headers import MainHeaderInfo, header_size, write_header
-from .inputs import Eviction, InputFile, Inputs, calculate_inputs, files_from_paths, files_from_root
+from .inputs import (
+    Eviction,
+    InputFile,
+    Inputs,
+    calculate_inputs,
+    eviction_summary,
+    files_from_paths,
+    files_from_root,
+)
 from .layout import (
     Chunk,
     ChunkKind,
@@ -84,6 +92,8 @@ class BuildOptions:
     jobs: int = 0
     time_passes: bool = False
     progress: bool = False
+    #: Apple's OS-build policy rules as well as the format's (dyld-1162's exact eligibility)
+    apple_rules: bool = False
 
 
 @dataclass(slots=True)
@@ -120,7 +130,11 @@ class CacheBuilder:
     def __init__(self, options: BuildOptions) -> None:
         self.options = options
         self.config: CacheConfig = make_config(
-            options.arch, options.platform, options.subcache_text_limit, options.unmap_locals
+            options.arch,
+            options.platform,
+            options.subcache_text_limit,
+            options.unmap_locals,
+            options.apple_rules,
         )
         self.timer = Timer()
         self.warnings: list[str] = []
@@ -216,7 +230,9 @@ class CacheBuilder:
         jobs = self.options.jobs or (os.cpu_count() or 1)
         self.inputs = calculate_inputs(files, aliases, self.config, order, jobs)
         if not self.inputs.dylibs:
-            raise BuildError("no input dylib can be placed in the cache (see the warnings)")
+            evictions = self.inputs.evictions
+            detail = f" ({eviction_summary(evictions)})" if evictions else ""
+            raise NothingPlacedError(f"no input dylib can be placed in the cache{detail}", list(evictions))
         self.dylibs = [CacheDylib(ci.index, ci) for ci in self.inputs.dylibs]
         by_name = {d.install_name: d.index for d in self.dylibs}
         for d in self.dylibs:
@@ -697,7 +713,10 @@ class CacheBuilder:
         from ..fileio import write_atomically
 
         write_atomically(main + ".map", text_map(self.subcaches, self.dylibs).encode())
-        write_atomically(main + ".json", json_map(cfg, self.dylibs, uuids[0]).encode())
+        assert self.inputs is not None
+        write_atomically(
+            main + ".json", json_map(cfg, self.dylibs, uuids[0], evictions=self.inputs.evictions).encode()
+        )
         self._commit()
         return uuids[0]
 

@@ -76,8 +76,8 @@ def _walk_trie(data: bytes | memoryview, path: str, base_offset: int) -> list[tu
             label_end = buf.find(b"\0", pos)
             if label_end < 0:
                 raise error(pos, "edge label is not NUL-terminated")
-            if label_end == pos:
-                raise error(pos, "empty edge label")
+            # ld64 before ~2019 wrote an empty label for a symbol that is also a prefix of
+            # others (llvm-objdump and dyld accept it): the child's key is the parent's
             child_key = key + buf[pos:label_end]
             if len(child_key) > MAX_KEY_LENGTH:
                 raise error(pos, f"key longer than {MAX_KEY_LENGTH} bytes")

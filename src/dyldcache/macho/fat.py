@@ -71,3 +71,13 @@ def select_slice(slices: list[FatSlice], arch: str | None, path: str) -> FatSlic
         if s.arch == arch:
             return s
     raise MachOFormatError(path, None, f"fat file has no {arch} slice (it has {', '.join(names)})")
+
+
+def thin_arch(data: bytes | memoryview) -> str | None:
+    """The arch name of a thin Mach-O header (32- or 64-bit), or None if ``data`` is not one."""
+    if len(data) < 12:
+        return None
+    magic = int.from_bytes(data[0:4], "little")
+    if magic not in (C.MH_MAGIC, C.MH_MAGIC_64):
+        return None
+    return arch_name(int.from_bytes(data[4:8], "little"), int.from_bytes(data[8:12], "little"))
