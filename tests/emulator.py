@@ -23,6 +23,10 @@ SENTINEL = 0xDEAD0000  # return address nobody maps: emulation stops there
 STACK_TOP = 0x7000_0000_0000
 STACK_SIZE = 0x100000
 MAX_INSNS = 2_000_000
+#: _COMM_PAGE_START_ADDRESS of a 64-bit process: (x86_64, arm64)
+COMMPAGE = {False: 0x7FFFFFE00000, True: 0x0000000FFFFFC000}
+#: thread-specific data of the one emulated thread
+TSD_BASE = 0x7100_0000_0000
 
 
 def _round_down(x: int) -> int:
@@ -51,6 +55,17 @@ class Machine:
             self.mu = uc.Uc(uc.UC_ARCH_X86, uc.UC_MODE_64)
         self.mapped: list[tuple[int, int]] = []
         self.map(STACK_TOP - STACK_SIZE, STACK_SIZE)
+        # What a Darwin process has before any library code runs, and real system code reads:
+        # the commpage (CPU capabilities, time base; all zero here, so code takes its portable
+        # paths), and thread-specific data reached through GS (x86_64) or TPIDRRO_EL0 (arm64),
+        # where libc finds its per-thread locale (zero: the global one).
+        self.map(COMMPAGE[arch.startswith("arm64")], PAGE)
+        # (a page either side: a key that libc's initializer never set is -1)
+        self.map(TSD_BASE - PAGE, 2 * PAGE)
+        if arch.startswith("arm64"):
+            self.mu.reg_write(A.UC_ARM64_REG_TPIDRRO_EL0, TSD_BASE)
+        else:
+            self.mu.reg_write(X.UC_X86_REG_GS_BASE, TSD_BASE)
         #: binds made by the lazy binder hook (load_standalone(lazy=True))
         self.lazy_binds = 0
 
