@@ -114,7 +114,10 @@ class RawFile:
         ]
 
     def field(self, name: str) -> Any:
+        """A header field; one past the end of an older, shorter header (mappingOffset) reads as 0."""
         off, fmt = HEADER_FIELDS[name]
+        if off >= struct.unpack_from("<I", self.data, 0x10)[0]:
+            return b"" if fmt.endswith("s") else 0
         return struct.unpack_from("<" + fmt, self.data, off)[0]
 
     def plain_mappings(self) -> list[tuple[int, int, int, int, int]]:
@@ -155,6 +158,8 @@ class RawCache:
         if any(m.field("symbolFileUUID")):
             self.symbols = RawFile(str(main_path) + ".symbols")
         ioff, icount = m.field("imagesOffset"), m.field("imagesCount")
+        if not icount:  # headers before dyld-940 keep the image array in the old fields
+            ioff, icount = m.field("imagesOffsetOld"), m.field("imagesCountOld")
         self.images: list[tuple[str, int]] = []
         for i in range(icount):
             addr, _mtime, _inode, path_off = struct.unpack_from("<3QI", m.data, ioff + 32 * i)
