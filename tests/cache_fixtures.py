@@ -23,6 +23,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from oracles import read_uleb
+
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 # ---------------------------------------------------------------------------------------------
@@ -336,14 +338,25 @@ EVICTION_CASES = {
     # (d) re-exports (a): evicted only once (a) is, by the fixed point (it sorts before (a), so
     # the first pass over the dylibs still sees (a) as a candidate)
     "depends_on_evicted": "/usr/lib/libfxclient.dylib",
+    # (e) a copy of libfxa (under its own install name) cut in the middle of its LINKEDIT
+    "truncated": "/usr/lib/libfxtrunc.dylib",
+    # (f) libfxa (own install name) whose first split seg v2 entry says ARM_MOVW_MOVT (32-bit ARM)
+    "unsupported_split_seg_kind": "/usr/lib/libfxmovw.dylib",
+    # (g) a fat file holding only a slice of the other architecture
+    "fat_without_arch": "/usr/lib/libfxfat.dylib",
+    # (h) binds _fxa_* to libfxcycle1, which does not export them: the search goes round the
+    # re-export cycle libfxcycle1 <-> libfxcycle2, ends, and finds nothing
+    "symbol_not_found_in_cycle": "/usr/lib/libfxcycleclient.dylib",
 }
+#: dylibs that re-export each other (legal, as libSystem and its parts link each other): placed
+CYCLE_DYLIBS = ("/usr/lib/libfxcycle1.dylib", "/usr/lib/libfxcycle2.dylib")
 #: the dylib (a) depends on; nothing provides it
 GHOST_DYLIB = "/usr/lib/libfxghost.dylib"
 
 
 def add_eviction_cases(root: str, arch: str, scratch: str) -> None:
     """Add to an examples root the dylibs of EVICTION_CASES (linked with our linker)."""
-    from dyldcache.examples import OBJ_DIR
+    from dyldcache.examples import OBJ_DIR, TBD_DIR
     from dyldcache.link.linker import LinkInput, LinkOptions, link
     from dyldcache.macho.file import open_macho
     from dyldcache.macho.tbd import format_tbd
@@ -379,11 +392,79 @@ def add_eviction_cases(root: str, arch: str, scratch: str) -> None:
     )
     opt = EVICTION_CASES["ineligible_path"]
     put(opt, at(opt), [LinkInput(str(obj / "liba.o")), LinkInput(system)])
+    trunc = EVICTION_CASES["truncated"]
+    put(trunc, at(trunc), [LinkInput(str(obj / "liba.o")), LinkInput(system)])
+    whole = Path(at(trunc)).read_bytes()
+    linkedit = next(s for s in input_segments(at(trunc)) if s.name == "__LINKEDIT")
+    Path(at(trunc)).write_bytes(whole[: linkedit.fileoff + linkedit.filesize // 2])
+    movw = EVICTION_CASES["unsupported_split_seg_kind"]
+    put(movw, at(movw), [LinkInput(str(obj / "liba.o")), LinkInput(system)])
+    patched = bytearray(Path(at(movw)).read_bytes())
+    patched[first_split_seg_kind(bytes(patched))] = 8  # DYLD_CACHE_ADJ_V2_ARM_MOVW_MOVT
+    Path(at(movw)).write_bytes(bytes(patched))
+    other = "x86_64" if arch != "x86_64" else "arm64"
+    thin = os.path.join(scratch, f"libfxfat-{other}.dylib")
+    link(
+        LinkOptions(
+            arch=other,
+            output=thin,
+            install_name=EVICTION_CASES["fat_without_arch"],
+            inputs=[LinkInput(str(OBJ_DIR / other / "libsystem.o"))],
+        )
+    )
+    Path(at(EVICTION_CASES["fat_without_arch"])).write_bytes(fat_file([Path(thin).read_bytes()]))
+    # the cycle: libfxcycle2 first without its re-export, libfxcycle1 re-exporting it, then
+    # libfxcycle2 again re-exporting libfxcycle1
+    c1, c2 = CYCLE_DYLIBS
+    put(c2, at(c2), [LinkInput(str(obj / "libsystem.o"))])
+    put(c1, at(c1), [LinkInput(str(obj / "libsystem.o")), LinkInput(at(c2), "reexport")])
+    put(c2, at(c2), [LinkInput(str(obj / "libsystem.o")), LinkInput(at(c1), "reexport")])
+    claims = os.path.join(scratch, "cycle1.tbd")
+    with open(claims, "w", encoding="utf-8") as f:
+        names = {e.name for e in open_macho(at(c1)).exports} | {
+            e.name for e in open_macho(lib + "/libfxa.dylib").exports
+        }
+        f.write(format_tbd(c1, [f"{arch}-macos"], sorted(names)))
+    client = EVICTION_CASES["symbol_not_found_in_cycle"]
+    missing = LinkInput(str(TBD_DIR / "libfxmissing.tbd"), "weak")
+    put(client, at(client), [LinkInput(str(obj / "libb.o")), LinkInput(claims), LinkInput(system), missing])
     data = bytearray(Path(lib, "libfxa.dylib").read_bytes())
     # load command 1 (after the first): cmdsize + 3 is no longer a multiple of 8
     first = struct.unpack_from("<I", data, 32 + 4)[0]
     struct.pack_into("<I", data, 32 + first + 4, struct.unpack_from("<I", data, 32 + first + 4)[0] + 3)
     Path(at(EVICTION_CASES["corrupt_load_command"])).write_bytes(bytes(data))
+
+
+def first_split_seg_kind(image: bytes) -> int:
+    """File offset of the first kind byte of a split seg v2 stream (cache-format.md §9): after
+    0x7F come count, fromSectionIndex, toSectionIndex, toOffsetCount, toSectionOffsetDelta and
+    fromOffsetCount, then the kind."""
+    payload_at = None
+    _magic, _cpu, _sub, _ft, ncmds, _size = struct.unpack_from("<6I", image)
+    off = 32
+    for _ in range(ncmds):
+        cmd, size = struct.unpack_from("<II", image, off)
+        if cmd == 0x1E:  # LC_SEGMENT_SPLIT_INFO
+            payload_at = struct.unpack_from("<I", image, off + 8)[0]
+        off += size
+    assert payload_at is not None and image[payload_at] == 0x7F
+    p = payload_at + 1
+    for _ in range(6):
+        _value, p = read_uleb(image, p)
+    return p
+
+
+def fat_file(slices: list[bytes]) -> bytes:
+    """A fat (universal) file of thin 64-bit slices, each aligned to 16 KiB (fat.h, big-endian)."""
+    header = struct.pack(">II", 0xCAFEBABE, len(slices))
+    body = b""
+    at = 0x4000
+    for raw in slices:
+        cputype, cpusubtype = struct.unpack_from("<ii", raw, 4)
+        header += struct.pack(">iiIII", cputype, cpusubtype & 0x00FFFFFF, at, len(raw), 14)
+        body += bytes(at - 0x4000 - len(body)) + raw
+        at = -(-(at + len(raw)) // 0x4000) * 0x4000
+    return header + bytes(0x4000 - len(header)) + body
 
 
 @dataclass

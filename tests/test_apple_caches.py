@@ -134,8 +134,9 @@ def test_slide_info_matches_an_independent_slider(apple_cache: Path) -> None:
             si = cache.main.slide_info(i)
             if si is not None:
                 decoded.append((cache.main.mappings[i].address, si[1]))
-    if not decoded:
-        pytest.skip(f"{apple_cache.name} has no slide info")
+    if not decoded:  # the dyld-1042 cache: nothing slides, and the raw header agrees
+        assert all(m.slide_info_size == 0 for m in RawCache(apple_cache).main.mappings)
+        return
     loaded = load_cache(str(apple_cache), arch, slide)
     total = 0
     for mapping_address, ptrs in decoded:

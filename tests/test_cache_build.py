@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from cache_fixtures import (
     CACHES,
+    CYCLE_DYLIBS,
     EVICTION_CASES,
     GHOST_DYLIB,
     CacheFactory,
@@ -58,6 +59,12 @@ SINGLE = [
 #: the seven example dylibs, by install name
 EXAMPLES = sorted(fixture_install_names().values())
 
+
+def placed(key: str) -> list[str]:
+    """The install names the cache ``key`` must hold: the examples, and in the evictions root the
+    two dylibs that re-export each other too."""
+    return sorted([*EXAMPLES, *(CYCLE_DYLIBS if CACHES[key].root == "evictions" else ())])
+
 GiB = 1 << 30
 
 
@@ -80,9 +87,9 @@ def test_dyldextractor_extracts_every_image(cache_factory: CacheFactory, key: st
     raw = RawCache(built.main)
     assert raw.subcaches == [] and raw.symbols is None, "a single-file cache"
     assert list(gate.images) == [p for p, _ in raw.images] == list(built.result.dylibs)
-    assert sorted(gate.images) == EXAMPLES
+    assert sorted(gate.images) == placed(key)
     assert gate.failures == {}
-    for name in EXAMPLES:
+    for name in placed(key):
         assert gate.extracted[name].stat().st_size > 0, name
 
 
@@ -93,7 +100,7 @@ def test_extracted_dylibs_read_by_llvm_objdump(cache_factory: CacheFactory, key:
     built = cache_factory.build(key)
     gate = cache_factory.gate(key)
     raw = RawCache(built.main)
-    for name in EXAMPLES:
+    for name in placed(key):
         out = objdump_dylib(objdump, gate.extracted[name])
         assert out.returncode == 0 and out.stderr == "", (name, out.stderr)
         assert "LC_ID_DYLIB" in out.stdout and "Exports trie:" in out.stdout, name
@@ -182,7 +189,7 @@ def test_slid_pointers_hold_the_input_fixups(cache_factory: CacheFactory, key: s
     built = cache_factory.build(key)
     raw = RawCache(built.main)
     images = InputImages(built, raw)
-    expected = {e.location: e for name in EXAMPLES for e in images.expected_pointers(name)}
+    expected = {e.location: e for name in placed(key) for e in images.expected_pointers(name)}
     assert len(expected) > 6144, "fxa_big_table alone has 6144 pointers"
     chains = {loc: v for f in raw.files for loc, v in _decode_v2(f).items()}
     assert set(chains) == {loc for loc, e in expected.items() if e.target}
@@ -214,8 +221,21 @@ def test_evictions_are_reported_and_the_rest_builds(cache_factory: CacheFactory,
     assert "cmdsize" in r["corrupt_load_command"] and "malformed" in r["corrupt_load_command"]
     assert EVICTION_CASES["missing_dependency"] in r["depends_on_evicted"]
     assert "evicted" in r["depends_on_evicted"]
-    assert sorted(built.result.dylibs) == EXAMPLES
-    assert sorted(p for p, _ in RawCache(built.main).images) == EXAMPLES
+    # a file cut inside its LINKEDIT: the reader names the file, the offset and the problem
+    trunc = built.input_path(EVICTION_CASES["truncated"])
+    assert r["truncated"].startswith(f"malformed Mach-O: {trunc}: offset 0x")
+    assert "past the end of the file" in r["truncated"]
+    assert (
+        r["unsupported_split_seg_kind"]
+        == "split seg v2 kind ARM_MOVW_MOVT is not supported in a 64-bit cache"
+    )
+    other = "x86_64" if arch == "arm64" else "arm64"
+    assert r["fat_without_arch"] == f"fat file has no {arch} slice (it has {other})"
+    client, cycle1 = EVICTION_CASES["symbol_not_found_in_cycle"], CYCLE_DYLIBS[0]
+    assert r["symbol_not_found_in_cycle"].startswith("Symbol not found: _fxa_")
+    assert f"referenced from {client}, expected in {cycle1}" in r["symbol_not_found_in_cycle"]
+    assert sorted(built.result.dylibs) == placed(built.key)
+    assert sorted(p for p, _ in RawCache(built.main).images) == placed(built.key)
 
 
 def test_evictions_on_the_command_line(cache_factory: CacheFactory, tmp_path: Path) -> None:
@@ -228,7 +248,7 @@ def test_evictions_on_the_command_line(cache_factory: CacheFactory, tmp_path: Pa
         assert any(line in ln for ln in lines), line
     main = tmp_path / "out" / "dyld_shared_cache_arm64"
     assert snapshot(tmp_path / "out") == snapshot(api.outdir), "the CLI and the API build the same cache"
-    assert sorted(p for p, _ in RawCache(main).images) == EXAMPLES
+    assert sorted(p for p, _ in RawCache(main).images) == placed(api.key)
     assert verify_cache(str(main)) == []
 
 
@@ -586,13 +606,34 @@ def test_failing_build_leaves_the_output_folder_alone(cache_factory: CacheFactor
     before = snapshot(out)
     assert "dyld_shared_cache_arm64" in before
     assert verify_cache(str(out / "dyld_shared_cache_arm64")) == []
+    # a root in which nothing can be placed: libfxliar alone, without the libSystem it links
     root = _liar_root(cache_factory, tmp_path)
-    proc = run_cli("build", "--arch", "arm64", "-q", "-o", str(out), "--root", str(root))
+    lone = tmp_path / "lone"
+    (lone / "usr" / "lib").mkdir(parents=True)
+    shutil.copy(root / "usr" / "lib" / "libfxliar.dylib", lone / "usr" / "lib")
+    proc = run_cli("build", "--arch", "arm64", "-q", "-o", str(out), "--root", str(lone))
     assert proc.returncode == 1, proc.stderr
-    assert "libfxliar" in proc.stderr and "_fxa_" in proc.stderr
+    assert "Dylib located at '/usr/lib/libfxliar.dylib' not placed" in proc.stderr
+    assert "Could not find dependency '/usr/lib/libSystem.B.dylib'" in proc.stderr
+    assert "error: no input dylib can be placed in the cache" in proc.stderr
     assert snapshot(out) == before, "files changed, appeared or were left behind"
     # into a fresh folder: nothing at all is left
     fresh = tmp_path / "fresh"
-    proc = run_cli("build", "--arch", "arm64", "-q", "-o", str(fresh), "--root", str(root))
+    proc = run_cli("build", "--arch", "arm64", "-q", "-o", str(fresh), "--root", str(lone))
     assert proc.returncode == 1
     assert not fresh.exists() or os.listdir(fresh) == []
+
+
+def test_an_unresolvable_bind_evicts_only_its_dylib(cache_factory: CacheFactory, tmp_path: Path) -> None:
+    """dyld-1162 stops the whole build on "Symbol not found"; we evict the dylib in phase 1 with the
+    same facts (symbol, client, the dylib it was expected in) and build the rest."""
+    root = _liar_root(cache_factory, tmp_path)
+    proc = run_cli("build", "--arch", "arm64", "--json", "-o", str(tmp_path / "out"), "--root", str(root))
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    evicted = {e["path"]: e["reason"] for e in doc["evictions"]}
+    reason = evicted["/usr/lib/libfxliar.dylib"]
+    assert reason.startswith("Symbol not found: _fxa_")
+    assert "expected in /usr/lib/libSystem.B.dylib" in reason
+    assert sorted(doc["dylibs"]) == EXAMPLES
+    assert verify_cache(doc["files"][0]) == []

@@ -9,16 +9,17 @@ encodes, plus the absolute values to store as they are, plus the uses the patch 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..errors import BuildError
 from ..macho import constants as C
-from ..macho.exports_trie import Export
 from ..macho.fixups import FixupKind, Import
 from .adjust import PointerSlides
 from .cache_dylib import CacheDylib
+from .symbol_resolution import ExportIndex, Found
 
 #: every pointer the cache must hold after binding: location and value as cache addresses
 CACHE_POINTER_FIELDS = np.dtype(
@@ -73,25 +74,16 @@ class BindResult:
     use_names: list[str] = field(default_factory=list)
 
 
-class ExportIndex:
-    """Export lookups over every cache dylib, with dyld's re-export and weak-lookup rules.
+class CacheExports(ExportIndex):
+    """The export index of the bind pass: resolved exports as cache addresses."""
 
-    Tries are read from the *input* dylibs (which never change) and addresses converted
-    to cache addresses through each dylib's segment placement.
-    """
+    dylibs: Sequence[CacheDylib]
 
-    def __init__(self, dylibs: list[CacheDylib]) -> None:
-        self.dylibs = dylibs
-        self._tables: dict[int, dict[str, Export]] = {}
+    def __init__(self, dylibs: Sequence[CacheDylib]) -> None:
+        super().__init__(dylibs)
 
-    def table(self, index: int) -> dict[str, Export]:
-        t = self._tables.get(index)
-        if t is None:
-            t = {e.name: e for e in self.dylibs[index].image.exports}
-            self._tables[index] = t
-        return t
-
-    def _target(self, index: int, e: Export) -> BindTarget:
+    def _target(self, found: Found) -> BindTarget:
+        index, e = found
         d = self.dylibs[index]
         if e.is_absolute:
             return BindTarget(e.address, None, e.name, e.is_weak_def)
@@ -99,66 +91,12 @@ class ExportIndex:
         cache = int(d.cache_addresses(np.array([addr], dtype=np.uint64))[0])
         return BindTarget(cache, index, e.name, e.is_weak_def)
 
-    def has_exported(
-        self, index: int, name: str, *, reexports: bool = True, depth: int = 0
-    ) -> BindTarget | None:
-        if depth > 64:
-            raise BuildError(f"{self.dylibs[index].install_name}: re-export cycle resolving {name}")
-        d = self.dylibs[index]
-        e = self.table(index).get(name)
-        if e is not None:
-            if e.is_reexport:
-                if not 1 <= e.ordinal <= len(d.dependents):
-                    raise BuildError(
-                        f"{d.install_name}: re-export ordinal {e.ordinal} of {name} out of range"
-                    )
-                dep, _ = d.dependents[e.ordinal - 1]
-                if dep is None:
-                    return None
-                return self.has_exported(dep, e.import_name or name, reexports=reexports, depth=depth + 1)
-            return self._target(index, e)
-        if reexports:
-            for dep, kind in d.dependents:
-                if kind == "reexport" and dep is not None:
-                    found = self.has_exported(dep, name, reexports=True, depth=depth + 1)
-                    if found is not None:
-                        return found
-        return None
-
     def resolve(self, client: int, imp: Import) -> BindTarget | None:
-        d = self.dylibs[client]
-        ordinal = imp.ordinal
-        if 1 <= ordinal <= len(d.dependents):
-            dep, _ = d.dependents[ordinal - 1]
-            return None if dep is None else self.has_exported(dep, imp.name)
-        if ordinal == C.BIND_SPECIAL_DYLIB_SELF:
-            return self.has_exported(client, imp.name)
-        if ordinal == C.BIND_SPECIAL_DYLIB_WEAK_LOOKUP:
-            # no load order exists at build time: libc++ first, then the image itself, then
-            # what it links directly (not upward)
-            for i, other in enumerate(self.dylibs):
-                if (
-                    other.install_name.startswith("/usr/lib/libc++.")
-                    and other.image.flags & C.MH_WEAK_DEFINES
-                ):
-                    found = self.has_exported(i, imp.name, reexports=False)
-                    if found is not None:
-                        return found
-                    break
-            found = self.has_exported(client, imp.name, reexports=False)
-            if found is not None:
-                return found
-            for dep, kind in d.dependents:
-                if dep is None or kind == "upward":
-                    continue
-                found = self.has_exported(dep, imp.name)
-                if found is not None:
-                    return found
-            return None
-        raise BuildError(f"{d.install_name}: unsupported library ordinal {ordinal} binding {imp.name}")
+        found = self.resolve_export(client, imp)
+        return None if found is None else self._target(found)
 
 
-def bind_dylib(dylib: CacheDylib, index: ExportIndex, slides: PointerSlides) -> BindResult:
+def bind_dylib(dylib: CacheDylib, index: CacheExports, slides: PointerSlides) -> BindResult:
     """Every fixup of ``dylib`` as a cache pointer (see module docstring)."""
     fx = dylib.image.fixups
     recs = fx.records
@@ -208,12 +146,8 @@ def bind_dylib(dylib: CacheDylib, index: ExportIndex, slides: PointerSlides) -> 
             t_weak[i] = imp.weak
             result.use_names.append(t.name if t is not None else imp.name)
             if t is None:
-                if not imp.weak:
-                    deps = dylib.input.dependencies
-                    where = deps[imp.ordinal - 1][0] if 1 <= imp.ordinal <= len(deps) else "(no such dylib)"
-                    raise BuildError(
-                        f"Symbol not found: {imp.name}\n  Referenced from: {name}\n  Expected in: {where}"
-                    )
+                if not imp.weak:  # phase 1 evicts every dylib with such a bind
+                    raise BuildError(f"internal: {name}: bind to {imp.name} did not resolve in the bind pass")
                 t_dylib[i] = -2
             else:
                 t_value[i] = t.value

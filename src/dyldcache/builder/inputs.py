@@ -13,7 +13,7 @@ import os
 import re
 import stat
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
@@ -24,8 +24,9 @@ from ..macho import constants as C
 from ..macho.fat import is_fat, parse_fat, thin_arch
 from ..macho.file import MachOFile, MappedFile, parse_macho
 from ..macho.fixups import FixupKind
-from ..macho.split_seg import unsupported_v1_entry
+from ..macho.split_seg import unsupported_v1_entry, unsupported_v2_entry
 from .config import CacheConfig
+from .symbol_resolution import ExportIndex
 
 ELIGIBLE_PREFIXES = (
     "/usr/lib/",
@@ -132,6 +133,20 @@ class CacheInput:
         return name
 
 
+class _ResolutionNode:
+    """A candidate as symbol resolution sees it: dependents as indexes among the candidates."""
+
+    __slots__ = ("dependents", "image", "install_name")
+
+    def __init__(self, ci: CacheInput, at: dict[str, int], resolve: Callable[[str], str | None]) -> None:
+        self.image = ci.image
+        self.install_name = ci.install_name
+        self.dependents: list[tuple[int | None, str]] = []
+        for dep, kind in ci.dependencies:
+            target = resolve(dep)
+            self.dependents.append((None if target is None else at[target], kind))
+
+
 @dataclass(slots=True)
 class Inputs:
     dylibs: list[CacheInput]
@@ -214,6 +229,12 @@ def check_eligibility(image: MachOFile, path: str, config: CacheConfig) -> str |
         info = image.split_seg
         assert info is not None
         problem = unsupported_v1_entry(info.entries, image.segments[0].vmsize)
+        if problem is not None:
+            return problem
+    if image.split_seg_version == 2:
+        info = image.split_seg
+        assert info is not None
+        problem = unsupported_v2_entry(info.entries, len(image.sections))
         if problem is not None:
             return problem
     dy = image.dysymtab_command
@@ -494,27 +515,50 @@ def calculate_inputs(
         target = aliases.get(name)
         return target if target in candidates else None
 
-    # self-containment, to a fixed point: evicting one dylib can strand its clients
-    changed = True
-    while changed:
-        changed = False
-        for path in sorted(candidates):
-            ci = candidates[path]
-            for dep, kind in ci.dependencies:
-                if resolve(dep) is not None:
-                    continue
-                if kind == "weak" and dep not in input_names:
-                    continue  # a missing weak dylib is fine unless it exists but was rejected
-                if kind == "weak":
-                    reason = f"Depends on weak-linked dylib which was evicted: '{dep}'"
-                else:
-                    reason = f"Could not find dependency '{dep}'"
-                if dep in input_names:
-                    reason = f"Depends on dylib '{dep}' which was evicted from the cache"
-                evictions.append(Eviction(path, reason))
-                del candidates[path]
-                changed = True
-                break
+    def evict_unresolved_dependencies() -> None:
+        """Self-containment, to a fixed point: evicting one dylib can strand its clients."""
+        changed = True
+        while changed:
+            changed = False
+            for path in sorted(candidates):
+                ci = candidates[path]
+                for dep, kind in ci.dependencies:
+                    if resolve(dep) is not None:
+                        continue
+                    if kind == "weak" and dep not in input_names:
+                        continue  # a missing weak dylib is fine unless it exists but was rejected
+                    if kind == "weak":
+                        reason = f"Depends on weak-linked dylib which was evicted: '{dep}'"
+                    else:
+                        reason = f"Could not find dependency '{dep}'"
+                    if dep in input_names:
+                        reason = f"Depends on dylib '{dep}' which was evicted from the cache"
+                    evictions.append(Eviction(path, reason))
+                    del candidates[path]
+                    changed = True
+                    break
+
+    # every bind must resolve among what is left, and evicting a dylib can break another's binds
+    evict_unresolved_dependencies()
+    while True:
+        names = sorted(candidates)
+        at = {name: i for i, name in enumerate(names)}
+        nodes = [_ResolutionNode(candidates[n], at, resolve) for n in names]
+        index = ExportIndex(nodes)
+        unresolved = []
+        for i, name in enumerate(names):
+            try:
+                reason = index.missing_symbol(i)
+            except FormatError as exc:
+                reason = f"malformed Mach-O: {exc}"
+            if reason is not None:
+                unresolved.append(Eviction(name, reason))
+        if not unresolved:
+            break
+        for e in unresolved:
+            evictions.append(e)
+            del candidates[e.path]
+        evict_unresolved_dependencies()
 
     rank = {name: i for i, name in enumerate(order_file or [])}
     dylibs = sorted(candidates.values(), key=lambda c: _sort_key(c.install_name, rank))

@@ -42,7 +42,7 @@ from ..macho.exports_trie import write_trie
 from ..macho.format import NLIST64_DTYPE
 from ..macho.leb128 import uleb_encode
 from .adjust import apply_split_seg
-from .bind import CACHE_POINTER_FIELDS, BindResult, ExportIndex, bind_dylib
+from .bind import CACHE_POINTER_FIELDS, BindResult, CacheExports, bind_dylib
 from .cache_dylib import REGION_OF_KIND, CacheDylib, categorize_segments, segment_alignment
 from .config import CacheConfig, make_config
 from .dylib_emit import LinkeditPlacement, copy_segments, rewrite_load_commands, write_linkedit
@@ -161,7 +161,7 @@ class CacheBuilder:
         self.dynamic_chunk: Chunk | None = None
         self.total_vm_size = 0
         self.results: list[BindResult] = []
-        self.export_index: ExportIndex | None = None
+        self.export_index: CacheExports | None = None
         self.objc: ObjCChunks | None = None
 
     # ------------------------------------------------------------------------------------------
@@ -255,7 +255,7 @@ class CacheBuilder:
         self.trie_bytes = raw + bytes(-len(raw) % 8)
         self.patch_table = PatchTable(len(self.dylibs))
         self.patch_table.estimate(self.dylibs)
-        self.export_index = ExportIndex(self.dylibs)
+        self.export_index = CacheExports(self.dylibs)
 
     # -- phase 3 --------------------------------------------------------------------------------
 

@@ -74,6 +74,43 @@ def unsupported_v1_entry(entries: np.ndarray, text_size: int) -> str | None:
         return f"split seg v1 kind {int(kinds[k]):#x} is not supported (only 1, 2 and 4, as x86_64 uses)"
     return f"split seg v1 location {int(offsets[k]):#x} is outside __TEXT"
 
+
+#: the v2 kinds a 64-bit cache build applies (8 and 10 patch 32-bit ARM movw/movt pairs)
+V2_KINDS_SUPPORTED = frozenset(
+    {
+        C.DYLD_CACHE_ADJ_V2_POINTER_32,
+        C.DYLD_CACHE_ADJ_V2_POINTER_64,
+        C.DYLD_CACHE_ADJ_V2_DELTA_32,
+        C.DYLD_CACHE_ADJ_V2_DELTA_64,
+        C.DYLD_CACHE_ADJ_V2_ARM64_ADRP,
+        C.DYLD_CACHE_ADJ_V2_ARM64_OFF12,
+        C.DYLD_CACHE_ADJ_V2_ARM64_BR26,
+        C.DYLD_CACHE_ADJ_V2_ARM_BR24,
+        C.DYLD_CACHE_ADJ_V2_THUMB_BR22,
+        C.DYLD_CACHE_ADJ_V2_IMAGE_OFF_32,
+        C.DYLD_CACHE_ADJ_V2_THREADED_POINTER_64,
+    }
+)
+
+
+def unsupported_v2_entry(entries: np.ndarray, section_count: int) -> str | None:
+    """Why a 64-bit cache build cannot apply these v2 entries (a kind it does not apply, or a
+    section index past the image's ``section_count`` sections), from the first bad one; or None."""
+    kinds = entries["kind"]
+    bad_kind = ~np.isin(kinds, sorted(V2_KINDS_SUPPORTED))
+    bad_section = (entries["from_section"] > section_count) | (entries["to_section"] > section_count)
+    bad = np.flatnonzero(bad_kind | bad_section)
+    if not len(bad):
+        return None
+    k = int(bad[0])
+    if bad_kind[k]:
+        kind = int(kinds[k])
+        name = C.SPLIT_SEG_KIND_NAMES.get(kind, str(kind))
+        return f"split seg v2 kind {name} is not supported in a 64-bit cache"
+    index = max(int(entries["from_section"][k]), int(entries["to_section"][k]))
+    return f"split seg v2 entry refers to section {index}, but the image has {section_count} sections"
+
+
 _U64 = np.uint64
 
 
