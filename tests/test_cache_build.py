@@ -283,6 +283,7 @@ ORDER = [
 ]
 ALIAS = "/usr/lib/libfxa.1.dylib"
 ESCAPE = "/usr/lib/libfxescape.dylib"
+ESCAPE_ABSOLUTE = "/usr/lib/libfxescape2.dylib"
 
 
 @pytest.fixture(scope="module")
@@ -295,7 +296,8 @@ def cli_build(cache_factory: CacheFactory, tmp_path_factory: pytest.TempPathFact
     outside = base / "outside"
     outside.mkdir()
     shutil.copy(root / "usr/lib/libfxa.dylib", outside / "libfxescape.dylib")
-    os.symlink(outside / "libfxescape.dylib", root / ESCAPE.lstrip("/"))
+    os.symlink("../../../outside/libfxescape.dylib", root / ESCAPE.lstrip("/"))  # climbs out of the root
+    os.symlink(outside / "libfxescape.dylib", root / ESCAPE_ABSOLUTE.lstrip("/"))  # a host path
     order = base / "order.txt"
     order.write_text("\n".join(ORDER) + "\n")
     out = base / "out"
@@ -327,6 +329,7 @@ def test_alias_symlink_is_in_the_dylibs_trie(cli_build: dict[str, object]) -> No
     for i, (path, _) in enumerate(raw.images):
         assert _trie_lookup(trie, path) == i
     assert _trie_lookup(trie, ESCAPE) is None
+    assert _trie_lookup(trie, ESCAPE_ABSOLUTE) is None
     with DyldCache.open(main) as cache:
         paths = cache.dylibs_trie()
     assert paths[ALIAS] == index
@@ -337,10 +340,15 @@ def test_alias_symlink_is_in_the_dylibs_trie(cli_build: dict[str, object]) -> No
 def test_symlink_escaping_the_root_is_refused(cli_build: dict[str, object]) -> None:
     doc = cli_build["json"]
     assert isinstance(doc, dict)
-    warned = [w for w in doc["warnings"] if ESCAPE in w]
-    assert warned and "outside the root" in warned[0]
+    warned = [w for w in doc["warnings"] if f"'{ESCAPE}'" in w]
+    assert warned and "leads outside the root" in warned[0]
     assert any(ESCAPE in ln and "outside the root" in ln for ln in str(cli_build["stderr"]).splitlines())
     assert ESCAPE not in doc["dylibs"]
+    # an absolute target is a path inside the root (as the OS that boots from it sees it): here it
+    # dangles, and nothing outside the root is read
+    warned = [w for w in doc["warnings"] if f"'{ESCAPE_ABSOLUTE}'" in w]
+    assert warned and "does not resolve inside the root" in warned[0]
+    assert ESCAPE_ABSOLUTE not in doc["dylibs"]
 
 
 def test_dylib_order_file(cli_build: dict[str, object]) -> None:

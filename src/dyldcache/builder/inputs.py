@@ -9,69 +9,20 @@ wording; a malformed file is evicted with the reader's error, never a traceback.
 from __future__ import annotations
 
 import multiprocessing
-import os
 import re
-import stat
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
-import numpy as np
-
-from ..errors import FormatError, UsageError
+from ..errors import FormatError
 from ..macho import constants as C
 from ..macho.fat import is_fat, parse_fat, thin_arch
 from ..macho.file import MachOFile, MappedFile, parse_macho
-from ..macho.fixups import FixupKind
-from ..macho.split_seg import unsupported_v1_entry, unsupported_v2_entry
 from .config import CacheConfig
+from .eligibility import SILENT_SKIPS, check_eligibility, is_eligible_path
+from .input_files import InputFile, RootFS
 from .symbol_resolution import ExportIndex
-
-ELIGIBLE_PREFIXES = (
-    "/usr/lib/",
-    "/System/Library/",
-    "/System/iOSSupport/usr/lib/",
-    "/System/iOSSupport/System/Library/",
-    "/Library/Apple/usr/lib/",
-    "/Library/Apple/System/Library/",
-    "/System/DriverKit/",
-    "/System/Cryptexes/OS/usr/lib/",
-    "/System/Cryptexes/OS/System/Library/",
-    "/System/Cryptexes/OS/System/iOSSupport/usr/lib/",
-    "/System/Cryptexes/OS/System/iOSSupport/System/Library/",
-    "/System/ExclaveKit/usr/lib/",
-    "/System/ExclaveKit/System/Library/",
-)
-_MACOS_EXCLUDED_PREFIXES = (
-    "/usr/lib/system/introspection/",
-    "/System/Library/QuickTime/",
-    "/System/Library/Tcl/",
-    "/System/Library/Perl/",
-    "/System/Library/MonitorPanels/",
-    "/System/Library/Accessibility/",
-    "/usr/local/",
-    "/usr/lib/pam/",
-    "/System/Library/Templates/Data/",
-)
-_EMBEDDED_EXCLUDED = (
-    "/System/Library/Caches/com.apple.xpc/sdk.dylib",
-    "/System/Library/Caches/com.apple.xpcd/xpcd_cache.dylib",
-)
-_EXCLUDED_SUFFIXES = ("_profile.dylib", "_debug.dylib", "_asan.dylib", "_profile", "_debug", "/CoreADI")
-_SILENT_SKIPS = ("/usr/lib/libobjc-trampolines.dylib", "/usr/lib/libffi-trampolines.dylib")
-_ALLOWED_CHAINED_FORMATS = frozenset(
-    {
-        C.DYLD_CHAINED_PTR_64,
-        C.DYLD_CHAINED_PTR_64_OFFSET,
-        C.DYLD_CHAINED_PTR_ARM64E,
-        C.DYLD_CHAINED_PTR_ARM64E_USERLAND,
-        C.DYLD_CHAINED_PTR_ARM64E_USERLAND24,
-        C.DYLD_CHAINED_PTR_32,
-    }
-)
-_RX = C.VM_PROT_READ | C.VM_PROT_EXECUTE
-_RW = C.VM_PROT_READ | C.VM_PROT_WRITE
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,16 +53,6 @@ def eviction_summary(evictions: list[Eviction], most: int = 4) -> str:
     if rest > 0:
         parts.append(f"{rest} other reason{'s' if rest > 1 else ''}")
     return f"{len(evictions)} evicted: " + "; ".join(parts)
-
-
-@dataclass(slots=True)
-class InputFile:
-    """One file handed to the builder: its install path and where its bytes are."""
-
-    path: str  # install path (inside the root)
-    host_path: str  # where to read it
-    mtime: int = 0
-    inode: int = 0
 
 
 @dataclass(slots=True)
@@ -155,214 +96,6 @@ class Inputs:
     aliases: dict[str, str]
     #: install names of dylibs that were handed to the builder, eligible or not
     input_install_names: set[str]
-
-
-def is_eligible_path(path: str) -> bool:
-    return path.startswith(ELIGIBLE_PREFIXES)
-
-
-def _excluded(path: str, config: CacheConfig) -> bool:
-    if config.platform in (C.PLATFORM_MACOS, C.PLATFORM_MACCATALYST):
-        return path.startswith(_MACOS_EXCLUDED_PREFIXES) or ".app/" in path or "HelloWorldMacHelper" in path
-    return path in _EMBEDDED_EXCLUDED
-
-
-def _platform_ok(image: MachOFile, config: CacheConfig) -> bool:
-    platforms = {bv.platform for bv in image.build_versions}
-    if image.version_min is not None:
-        platforms.add(image.version_min[0])
-    if not platforms:
-        return True  # very old dylibs carry none; dyld treats them as the host platform
-    if config.platform == C.PLATFORM_MACOS and C.PLATFORM_MACCATALYST in platforms:
-        return True
-    return config.platform in platforms
-
-
-def check_eligibility(image: MachOFile, path: str, config: CacheConfig) -> str | None:
-    """The reason ``image`` (installed at ``path``) cannot go into the cache, or None.
-
-    Rules in the order of dyld-1162 (cache-format.md §8.1 and §8.2); the first that fails
-    is reported.
-    """
-    if image.filetype != C.MH_DYLIB:
-        return "Not MH_DYLIB"
-    if image.header.cputype != config.arch.cputype or (
-        config.arch.uses_pointer_auth != (image.arch == "arm64e")
-    ):
-        return f"arch {image.arch} is not {config.arch.name}"
-    install = image.install_name
-    if install is None:
-        return "Missing LC_ID_DYLIB"
-    if not install.startswith("/"):
-        return "install name not an absolute path"
-    if install != path:
-        return f"install name '{install}' does not match install path '{path}'"
-    if "//" in install or "./" in install:
-        return "install name contains '//' or './'"
-    if _excluded(path, config):
-        return "path is excluded from the shared cache on this platform"
-    if not image.flags & C.MH_TWOLEVEL:
-        return "Not built with two level namespaces"
-    if path.endswith(_EXCLUDED_SUFFIXES):
-        return "Variant image (profile, debug, asan) not placed in the cache"
-    if image.split_seg_version is None:
-        return "Missing split seg info"
-    if image.dyld_info_command is None and C.LC_DYLD_EXPORTS_TRIE not in image.linkedit_commands:
-        return "Old binary, missing dyld info or exports trie"
-    if not _platform_ok(image, config):
-        built = ", ".join(bv.platform_name for bv in image.build_versions)
-        return f"built for {built}, not {config.platform_name}"
-    for dep in image.dylibs:
-        if not dep.is_weak and not is_eligible_path(dep.path):
-            return f"Depends on dylib '{dep.path}' which is not in a shared cache location"
-    for sect in image.sections:
-        if sect.type == C.S_INTERPOSING or (
-            sect.sectname == "__interpose" and sect.segname.startswith(("__DATA", "__AUTH"))
-        ):
-            return "Has interposing tuples"
-    if config.arch.uses_pointer_auth and image.split_seg_version != 2:
-        return "arm64e dylibs require split seg info v2"
-    if image.split_seg_version == 1:
-        for seg in image.segments:
-            if seg.initprot & C.VM_PROT_WRITE and seg.name != "__DATA":
-                return f"split seg v1 dylib has writable segment {seg.name} other than __DATA"
-        info = image.split_seg
-        assert info is not None
-        problem = unsupported_v1_entry(info.entries, image.segments[0].vmsize)
-        if problem is not None:
-            return problem
-    if image.split_seg_version == 2:
-        info = image.split_seg
-        assert info is not None
-        problem = unsupported_v2_entry(info.entries, len(image.sections))
-        if problem is not None:
-            return problem
-    dy = image.dysymtab_command
-    if dy is not None and (dy.ntoc or dy.nmodtab or dy.nextrefsyms or dy.nextrel or dy.nlocrel):
-        return "LC_DYSYMTAB has a table of contents, module table, external references or relocations"
-    for seg in image.segments:
-        if seg.name == "__PAGEZERO":
-            return "has a __PAGEZERO segment"
-        # dyld-1162 sorts segments by their initial protections only (CacheDylib.cpp); ld64 of
-        # macOS 10.14 and earlier wrote maxprot rwx, which the builders of that time accepted
-        if seg.initprot not in (_RX, _RW, C.VM_PROT_READ):
-            return f"segment {seg.name} has unsupported initial permissions {seg.prot_string}"
-    return _check_fixups(image, config)
-
-
-def _check_fixups(image: MachOFile, config: CacheConfig) -> str | None:
-    fixups = image.fixups  # may raise FormatError: the caller evicts with the reader's message
-    bad_formats = set(fixups.pointer_formats.values()) - _ALLOWED_CHAINED_FORMATS
-    if bad_formats:
-        return f"unsupported chained fixup pointer format {min(bad_formats)}"
-    records = fixups.records
-    for imp in fixups.imports:
-        if imp.ordinal == C.BIND_SPECIAL_DYLIB_FLAT_LOOKUP:
-            return f"has flat-namespace bind to {imp.name}"
-        if imp.ordinal == C.BIND_SPECIAL_DYLIB_MAIN_EXECUTABLE:
-            return f"binds to the main executable ({imp.name})"
-        if imp.ordinal > len(image.dylibs):
-            return (
-                f"bind to {imp.name} uses library ordinal {imp.ordinal}; there are {len(image.dylibs)} dylibs"
-            )
-    binds = records[(records["kind"] == FixupKind.BIND) | (records["kind"] == FixupKind.AUTH_BIND)]
-    if len(binds):
-        auth = binds["kind"] == FixupKind.AUTH_BIND
-        addend = binds["addend"] & np.int64(0x00FFFFFFFFFFFFFF)
-        if np.any(~auth & (addend >= (1 << 23))):
-            return "bind addend too large for the patch table (>= 2^23)"
-        if np.any(auth & (binds["addend"] >= (1 << 5))):
-            return "authenticated bind addend too large for the patch table (>= 2^5)"
-    if config.arch.name == "x86_64":
-        rebases = records[records["kind"] == FixupKind.REBASE]
-        if len(rebases):
-            lo = min(s.vmaddr for s in image.segments)
-            hi = max(s.vmaddr + s.vmsize for s in image.segments)
-            if np.any((rebases["target"] < lo) | (rebases["target"] > hi)):
-                return "rebase target outside the dylib's own address range"
-        addrs = records["address"]
-        if np.any(addrs & np.uint64(3)):
-            return "pointer fixup not 4-byte aligned"
-        if np.any((addrs & np.uint64(0xFFF)) == 0xFFC):
-            return "pointer fixup crosses a 4 KiB page"
-    return None
-
-
-# ---------------------------------------------------------------------------------------------
-# gathering files
-
-
-def _stat(path: str) -> tuple[int, int]:
-    st = os.stat(path)
-    return int(st.st_mtime), st.st_ino
-
-
-def files_from_root(
-    root: str, dylib_list: list[str] | None = None
-) -> tuple[list[InputFile], dict[str, str], list[str]]:
-    """Regular files under ``root`` (or only those in ``dylib_list``), symlinks as aliases.
-
-    Returns (files, aliases: link path -> install path it resolves to, warnings). A link
-    that resolves outside the root is refused with a warning.
-    """
-    root_abs = os.path.realpath(root)
-    if not os.path.isdir(root_abs):
-        raise UsageError(f"--root {root}: not a directory")
-    files: list[InputFile] = []
-    aliases: dict[str, str] = {}
-    warnings: list[str] = []
-
-    def install_path(host: str) -> str:
-        return "/" + os.path.relpath(host, root_abs).replace(os.sep, "/")
-
-    def consider(host: str) -> None:
-        try:
-            st = os.lstat(host)
-        except OSError as exc:
-            warnings.append(f"cannot read '{install_path(host)}': {exc.strerror}")
-            return
-        if stat.S_ISLNK(st.st_mode):
-            real = os.path.realpath(host)
-            if not (real == root_abs or real.startswith(root_abs + os.sep)):
-                warnings.append(f"symlink '{install_path(host)}' points outside the root; ignored")
-                return
-            if os.path.isfile(real):
-                aliases[install_path(host)] = install_path(real)
-            return
-        if stat.S_ISREG(st.st_mode):
-            with open(host, "rb") as f:
-                magic = f.read(4)
-            if (
-                len(magic) == 4 and int.from_bytes(magic, "little") in (C.MH_MAGIC_64, C.MH_MAGIC)
-            ) or int.from_bytes(magic, "big") in (C.FAT_MAGIC, C.FAT_MAGIC_64):
-                files.append(InputFile(install_path(host), host, int(st.st_mtime), st.st_ino))
-
-    if dylib_list is not None:
-        for p in dylib_list:
-            host = os.path.join(root_abs, p.lstrip("/"))
-            if not os.path.lexists(host):
-                warnings.append(f"'{p}' from the dylib list does not exist under the root")
-                continue
-            consider(host)
-    else:
-        for dirpath, dirnames, filenames in os.walk(root_abs):
-            dirnames.sort()
-            for name in sorted(filenames) + sorted(
-                d for d in dirnames if os.path.islink(os.path.join(dirpath, d))
-            ):
-                consider(os.path.join(dirpath, name))
-    return files, aliases, warnings
-
-
-def files_from_paths(paths: Iterable[str]) -> list[InputFile]:
-    """Dylibs given by host path, without a root: each is placed at its own install name."""
-    out = []
-    for p in paths:
-        if not os.path.isfile(p):
-            raise UsageError(f"{p}: no such file")
-        mtime, ino = _stat(p)
-        out.append(InputFile("", p, mtime, ino))
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -429,7 +162,7 @@ def _examine(f: InputFile, config: CacheConfig, aliases: dict[str, str]) -> _Exa
     path = f.path or image.install_name or f.host_path
     if f.path:
         path = _placed_path(path, image.install_name, aliases, config)
-    if path in _SILENT_SKIPS:
+    if path in SILENT_SKIPS:
         return _Examined(path, image.install_name, "")
     if not is_eligible_path(path):
         return _Examined(path, image.install_name, "path is not in a shared cache location")
@@ -439,9 +172,41 @@ def _examine(f: InputFile, config: CacheConfig, aliases: dict[str, str]) -> _Exa
         if reason is None:
             # the expensive decodes; they come back to the parent with the verdict
             decoded = {"fixups": image.fixups, "split_seg": image.split_seg, "exports": image.exports}
+            _check_linkedit_tables(image)
     except FormatError as exc:
         reason, decoded = f"malformed Mach-O: {exc}", None
+    except Exception as exc:  # a bug of ours on odd input: costs this dylib, not the build
+        reason, decoded = internal_error_reason(exc), None
     return _Examined(path, image.install_name, reason, decoded)
+
+
+def internal_error_reason(exc: BaseException) -> str:
+    """An eviction reason for an unexpected error (a bug in dyldcache, shown so it can be reported)."""
+    return f"dyldcache could not process it (internal error {type(exc).__name__}: {exc}; please report it)"
+
+
+def _check_linkedit_tables(image: MachOFile) -> None:
+    """Decode what the LINKEDIT pass reads later, so that a bad table evicts the dylib now."""
+    symtab = image.symbol_table
+    indirect = image.indirect_symbols
+    special = C.INDIRECT_SYMBOL_LOCAL | C.INDIRECT_SYMBOL_ABS
+    plain = indirect[(indirect & special) == 0]
+    if len(plain) and int(plain.max()) >= len(symtab.nlist):
+        raise image.error(
+            None, f"indirect symbol index {int(plain.max())} is past the {len(symtab.nlist)} symbols"
+        )
+    dy = image.dysymtab_command
+    if dy is not None:
+        n = len(symtab.nlist)
+        for start, count, what in (
+            (dy.ilocalsym, dy.nlocalsym, "locals"),
+            (dy.iextdefsym, dy.nextdefsym, "exports"),
+            (dy.iundefsym, dy.nundefsym, "imports"),
+        ):
+            if start + count > n:
+                raise image.error(None, f"LC_DYSYMTAB {what} range {start}+{count} exceeds the {n} symbols")
+    image.function_starts  # noqa: B018 - decoded for its checks
+    image.data_in_code  # noqa: B018
 
 
 _EXAMINE_STATE: tuple[list[InputFile], CacheConfig, dict[str, str]] | None = None
@@ -477,8 +242,16 @@ def calculate_inputs(
     config: CacheConfig,
     order_file: list[str] | None = None,
     jobs: int = 1,
+    excluded: dict[str, str] | None = None,
+    root: RootFS | None = None,
 ) -> Inputs:
-    """Parse every input once, evict what cannot go into the cache, order the rest."""
+    """Parse every input once, evict what cannot go into the cache, order the rest.
+
+    ``excluded`` (path -> reason) are dylibs a later phase of an earlier attempt failed on:
+    they are evicted with that reason. ``root`` resolves dependency paths through the root's
+    symlinks (a dependency may name a cache dylib through a symlinked folder).
+    """
+    excluded = excluded or {}
     evictions: list[Eviction] = []
     candidates: dict[str, CacheInput] = {}
     input_names: set[str] = set()
@@ -491,6 +264,9 @@ def calculate_inputs(
             continue
         if ex.reason is not None:
             evictions.append(Eviction(ex.path, ex.reason))
+            continue
+        if ex.path in excluded:
+            evictions.append(Eviction(ex.path, excluded[ex.path]))
             continue
         if ex.path in candidates:
             evictions.append(Eviction(ex.path, "another input has the same install name"))
@@ -513,6 +289,8 @@ def calculate_inputs(
         if name in candidates:
             return name
         target = aliases.get(name)
+        if target is None and root is not None:
+            target = root.resolve(name)
         return target if target in candidates else None
 
     def evict_unresolved_dependencies() -> None:

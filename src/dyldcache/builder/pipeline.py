@@ -14,6 +14,7 @@ import contextlib
 import mmap
 import multiprocessing
 import os
+import re
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -47,15 +48,8 @@ from .cache_dylib import REGION_OF_KIND, CacheDylib, categorize_segments, segmen
 from .config import CacheConfig, make_config
 from .dylib_emit import LinkeditPlacement, copy_segments, rewrite_load_commands, write_linkedit
 from .headers import MainHeaderInfo, header_size, write_header
-from .inputs import (
-    Eviction,
-    InputFile,
-    Inputs,
-    calculate_inputs,
-    eviction_summary,
-    files_from_paths,
-    files_from_root,
-)
+from .input_files import InputFile, files_from_paths, files_from_root
+from .inputs import Eviction, Inputs, calculate_inputs, eviction_summary, internal_error_reason
 from .layout import (
     Chunk,
     ChunkKind,
@@ -127,8 +121,10 @@ def _run_one(index: int) -> _DylibOutcome:
 
 
 class CacheBuilder:
-    def __init__(self, options: BuildOptions) -> None:
+    def __init__(self, options: BuildOptions, excluded: dict[str, str] | None = None) -> None:
         self.options = options
+        #: dylibs an earlier attempt failed on in a later phase: path -> reason
+        self.excluded = dict(excluded or {})
         self.config: CacheConfig = make_config(
             options.arch,
             options.platform,
@@ -212,8 +208,9 @@ class CacheBuilder:
                     dylib_list = [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
             except OSError as exc:
                 raise UsageError(f"--dylib-list {o.dylib_list}: {exc.strerror}") from None
+        root = None
         if o.root is not None:
-            files, aliases, warns = files_from_root(o.root, dylib_list)
+            files, aliases, warns, root = files_from_root(o.root, dylib_list)
             self.warnings += warns
         elif dylib_list is not None:
             files = files_from_paths(dylib_list)
@@ -228,7 +225,7 @@ class CacheBuilder:
             except OSError as exc:
                 raise UsageError(f"--dylib-order {o.order_file}: {exc.strerror}") from None
         jobs = self.options.jobs or (os.cpu_count() or 1)
-        self.inputs = calculate_inputs(files, aliases, self.config, order, jobs)
+        self.inputs = calculate_inputs(files, aliases, self.config, order, jobs, self.excluded, root)
         if not self.inputs.dylibs:
             evictions = self.inputs.evictions
             detail = f" ({eviction_summary(evictions)})" if evictions else ""
@@ -460,9 +457,14 @@ class CacheBuilder:
             write_linkedit(d, le_buf, place, self.symbols[index], trie)
             rewrite_load_commands(d, buf, place, self.symbols[index], len(trie), warnings)
             timed("linkedit and load commands", t)
+            problem = check_slide_pointers(self.config, result.pointers)
+            if problem is not None:
+                return _DylibOutcome(index, None, warnings, f"a pointer cannot be slid: {problem}", secs)
             return _DylibOutcome(index, result, warnings, None, secs)
         except DyldCacheError as exc:
-            return _DylibOutcome(index, None, warnings, f"{d.install_name}: {exc}", secs)
+            return _DylibOutcome(index, None, warnings, str(exc), secs)
+        except Exception as exc:  # a bug of ours on odd input: costs this dylib, not the build
+            return _DylibOutcome(index, None, warnings, internal_error_reason(exc), secs)
 
     def _write_absolutes(self, d: CacheDylib, buf: np.ndarray, result: BindResult) -> None:
         locs = result.absolute_locations
@@ -510,13 +512,13 @@ class CacheBuilder:
                     _progress(k + 1, n)
         if progress:
             sys.stderr.write("\n")
-        errors = [o.error for o in outcomes if o.error is not None]
+        failures = {self.dylibs[o.index].install_name: o.error for o in outcomes if o.error is not None}
         for o in outcomes:
             self.warnings += o.warnings
             for name, s in o.seconds.items():
                 self.timer.add(name, s)
-        if errors:
-            raise BuildError("\n".join(errors))
+        if failures:
+            raise DylibFailures(failures)
         self.results = [o.result for o in outcomes if o.result is not None]
 
     # -- phase 6 --------------------------------------------------------------------------------
@@ -545,19 +547,7 @@ class CacheBuilder:
             buf = self.buffers[i]
             mapping = buf[region.file_offset : region.file_offset + region.file_size].data
             try:
-                if cfg.slide_info_version == 2:
-                    value_add = cfg.base_address if cfg.arch.name == "x86_64" else 0
-                    blob = encode_slide_info_v2(
-                        mapping, p, value_add=value_add, page_size=cfg.slide_page_size
-                    )
-                elif cfg.slide_info_version == 3:
-                    blob = encode_slide_info_v3(
-                        mapping, p, auth_value_add=cfg.base_address, page_size=cfg.slide_page_size
-                    )
-                else:
-                    blob = encode_slide_info_v5(
-                        mapping, p, value_add=cfg.base_address, page_size=cfg.slide_page_size
-                    )
+                blob = encode_slide_info(cfg, mapping, p)
             except ValueError as exc:
                 raise BuildError(f"slide info for {kind.name}: {exc}") from None
             if len(blob) > chunk.size:
@@ -805,6 +795,73 @@ def _progress(done: int, total: int) -> None:
     sys.stderr.flush()
 
 
+def encode_slide_info(cfg: CacheConfig, mapping: memoryview, pointers: np.ndarray) -> bytes:
+    """Chain ``pointers`` (CACHE_POINTER_DTYPE, sorted) into ``mapping`` in the config's format."""
+    if cfg.slide_info_version == 2:
+        value_add = cfg.base_address if cfg.arch.name == "x86_64" else 0
+        return encode_slide_info_v2(mapping, pointers, value_add=value_add, page_size=cfg.slide_page_size)
+    if cfg.slide_info_version == 3:
+        return encode_slide_info_v3(
+            mapping, pointers, auth_value_add=cfg.base_address, page_size=cfg.slide_page_size
+        )
+    return encode_slide_info_v5(mapping, pointers, value_add=cfg.base_address, page_size=cfg.slide_page_size)
+
+
+#: pointers further apart than this are checked in separate scratch buffers
+_SCRATCH_GAP = 1 << 20
+
+
+def check_slide_pointers(cfg: CacheConfig, pointers: np.ndarray) -> str | None:
+    """Why slide info could not hold one of a dylib's bound pointers (CACHE_POINTER_FIELDS), or
+    None: the encoder itself runs on scratch pages laid out like the cache's, so that such a
+    dylib is evicted instead of failing the whole slide-info pass."""
+    if not len(pointers):
+        return None
+    page = cfg.slide_page_size
+    ptrs = pointers[np.argsort(pointers["location"], kind="stable")]
+    locs = ptrs["location"].astype(np.int64)
+    cuts = np.flatnonzero(np.diff(locs) > _SCRATCH_GAP) + 1
+    for lo_i, hi_i in zip([0, *cuts.tolist()], [*cuts.tolist(), len(ptrs)], strict=True):
+        group = ptrs[lo_i:hi_i]
+        lo = int(locs[lo_i]) & ~(page - 1)
+        hi = -(-(int(locs[hi_i - 1]) + 8) // page) * page
+        p = np.zeros(len(group), dtype=CACHE_POINTER_DTYPE)
+        p["offset"] = group["location"] - np.uint64(lo)
+        for f in ("target", "high8", "auth", "key", "addr_div", "diversity"):
+            p[f] = group[f]
+        try:
+            encode_slide_info(cfg, memoryview(bytearray(hi - lo)), p)
+        except ValueError as exc:
+            # the encoder names a mapping offset; the user wants the cache address
+            message = str(exc)
+            m = re.search(r"pointer at mapping offset (0x[0-9a-f]+)", message)
+            if m is not None:
+                message = message.replace(m.group(0), f"pointer at {lo + int(m.group(1), 16):#x}")
+            return message
+    return None
+
+
+class DylibFailures(BuildError):
+    """Dylibs that a phase after calculate_inputs could not process: install name -> reason."""
+
+    def __init__(self, failures: dict[str, str]) -> None:
+        self.failures = failures
+        super().__init__("; ".join(f"{name}: {why}" for name, why in failures.items()))
+
+
 def build_cache(options: BuildOptions) -> BuildResult:
-    """Build a cache (Python API of ``dyldcache build``)."""
-    return CacheBuilder(options).build()
+    """Build a cache (Python API of ``dyldcache build``).
+
+    A dylib that fails in a later phase (a split seg reference that cannot reach its target in
+    this layout, a pointer slide info cannot express, ...) is evicted with that reason and the
+    cache is laid out again without it, as Apple's builder does when a cache overflows.
+    """
+    excluded: dict[str, str] = {}
+    while True:
+        try:
+            return CacheBuilder(options, excluded).build()
+        except DylibFailures as exc:
+            new = {name: why for name, why in exc.failures.items() if name not in excluded}
+            if not new:
+                raise BuildError(f"internal: evicting failed dylibs did not help: {exc}") from None
+            excluded.update(new)
