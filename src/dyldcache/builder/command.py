@@ -84,6 +84,8 @@ def _build(args: argparse.Namespace) -> int:
         print(f"warning: {e}", file=sys.stderr)
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
+    for path in result.removed:
+        print(f"note: removed {path}, left by an earlier cache of the same name", file=sys.stderr)
     if args.time_passes:
         print(result.timer.report(), file=sys.stderr)
     if args.json:
@@ -96,6 +98,7 @@ def _build(args: argparse.Namespace) -> int:
                 "dylibs": result.dylibs,
                 "evictions": [{"path": e.path, "reason": e.reason} for e in result.evictions],
                 "warnings": result.warnings,
+                "removed": result.removed,
             },
             sys.stdout,
             indent=2,

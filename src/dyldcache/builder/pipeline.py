@@ -10,8 +10,6 @@ them is complete.
 
 from __future__ import annotations
 
-import contextlib
-import mmap
 import multiprocessing
 import os
 import re
@@ -36,8 +34,8 @@ from ..cache.slide_info import (
     encode_slide_info_v5,
     slide_info_size,
 )
+from ..cache.verify import verify_cache
 from ..errors import BuildError, DyldCacheError, NothingPlacedError, UsageError
-from ..fileio import OutputError, temporary_name
 from ..macho import constants as C
 from ..macho.exports_trie import write_trie
 from ..macho.format import NLIST64_DTYPE
@@ -66,6 +64,7 @@ from .layout import (
 from .linkedit import DylibSymbols, StringPool, UnmappedLocals, plan_symbol_tables, rebuilt_exports
 from .map_file import json_map, text_map
 from .objc import LIBOBJC, ObjCChunks, add_objc_chunks, emit_objc
+from .output import OutputSet
 from .patch_table import PatchTable
 from .timing import Timer
 
@@ -100,6 +99,8 @@ class BuildResult:
     evictions: list[Eviction]
     warnings: list[str]
     timer: Timer
+    #: files of an earlier cache of the same name (old subcaches, .symbols) removed after the commit
+    removed: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -138,9 +139,10 @@ class CacheBuilder:
         self.dylibs: list[CacheDylib] = []
         self.subcaches: list[SubCache] = []
         self.buffers: dict[int, np.ndarray] = {}
-        self._maps: list[mmap.mmap] = []
-        self._temp_paths: list[str] = []
+        self.output: OutputSet | None = None
         self.final_paths: list[str] = []
+        #: files of an earlier cache of the same name that this build removed
+        self.removed: list[str] = []
         self.header_chunks: dict[int, Chunk] = {}
         self.slide_chunks: dict[tuple[int, RegionKind], Chunk] = {}
         self.signature_chunks: dict[int, Chunk] = {}
@@ -192,6 +194,7 @@ class CacheBuilder:
             self.inputs.evictions,
             self.warnings,
             self.timer,
+            self.removed,
         )
 
     # -- phase 1 --------------------------------------------------------------------------------
@@ -398,27 +401,11 @@ class CacheBuilder:
 
     def pre_dylib_emit(self) -> None:
         """Inputs: the layout. Outputs: the output files, sized and mapped (zero-filled)."""
-        out = self.options.output_dir
-        try:
-            os.makedirs(out, exist_ok=True)
-        except OSError as exc:
-            raise UsageError(f"{out}: cannot create the output folder: {exc.strerror}") from None
-        main_name = os.path.join(out, f"dyld_shared_cache_{self.config.arch.name}")
+        main_name = f"dyld_shared_cache_{self.config.arch.name}"
+        self.output = OutputSet(self.options.output_dir, main_name)
         for i, sub in enumerate(self.subcaches):
-            final = main_name + sub.suffix
-            tmp = temporary_name(final)
-            self.final_paths.append(final)
-            self._temp_paths.append(tmp)
-            try:
-                fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-                try:
-                    os.ftruncate(fd, sub.file_size)
-                    mm = mmap.mmap(fd, sub.file_size)
-                finally:
-                    os.close(fd)
-            except OSError as exc:
-                raise OutputError(f"{final}: cannot create: {exc.strerror}") from None
-            self._maps.append(mm)
+            mm = self.output.create(main_name + sub.suffix, sub.file_size)
+            self.final_paths.append(self.output.final(main_name + sub.suffix))
             self.buffers[i] = np.frombuffer(mm, dtype=np.uint8)
 
     # -- phase 5 --------------------------------------------------------------------------------
@@ -699,16 +686,30 @@ class CacheBuilder:
             if i == 0:
                 self._fill_main_uuids(headers, uuids)
             uuids[i] = self._sign(i)
-        main = self.final_paths[0]
-        from ..fileio import write_atomically
-
-        write_atomically(main + ".map", text_map(self.subcaches, self.dylibs).encode())
-        assert self.inputs is not None
-        write_atomically(
+        assert self.inputs is not None and self.output is not None
+        main = self.output.main_name
+        self.output.write(main + ".map", text_map(self.subcaches, self.dylibs).encode())
+        self.output.write(
             main + ".json", json_map(cfg, self.dylibs, uuids[0], evictions=self.inputs.evictions).encode()
         )
-        self._commit()
+        self.buffers.clear()
+        self.output.close_maps()
+        self._check_own_output()
+        # subcaches before the main file that names them; the maps last
+        cache_files = [main + s.suffix for s in self.subcaches]
+        self.removed = self.output.commit(cache_files[1:] + cache_files[:1])
         return uuids[0]
+
+    def _check_own_output(self) -> None:
+        """The cheap part of ``verify`` on the staged cache: mappings, every slide-info chain and
+        its targets, every image's segments. A problem here is a bug in the builder."""
+        assert self.output is not None
+        problems = verify_cache(self.output.staged(self.output.main_name), signatures=False)
+        if problems:
+            raise BuildError(
+                "internal: the new cache fails its own check (a bug in dyldcache; please report it): "
+                + "; ".join(problems[:5])
+            )
 
     def _fill_main_uuids(self, headers: dict[int, CacheHeader], uuids: dict[int, bytes]) -> None:
         buf = self.buffers[0]
@@ -756,36 +757,10 @@ class CacheBuilder:
         sign()
         return uuid
 
-    def _commit(self) -> None:
-        for mm in self._maps:
-            mm.flush()
-        self.buffers.clear()
-        for mm in self._maps:
-            mm.close()
-        self._maps.clear()
-        try:
-            for tmp in self._temp_paths:
-                fd = os.open(tmp, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-            for tmp, final in zip(self._temp_paths, self.final_paths, strict=True):
-                os.replace(tmp, final)
-        except OSError as exc:
-            raise OutputError(f"cannot write the cache files: {exc.strerror}") from None
-        self._temp_paths.clear()
-
     def _discard(self) -> None:
         self.buffers.clear()
-        for mm in self._maps:
-            with contextlib.suppress(BufferError, ValueError):
-                mm.close()
-        self._maps.clear()
-        for tmp in self._temp_paths:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-        self._temp_paths.clear()
+        if self.output is not None:
+            self.output.discard()
 
 
 def _progress(done: int, total: int) -> None:
