@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import io
 import sys
 from collections.abc import Sequence
 
 from .errors import DyldCacheError
+from .names import ESCAPE_HANDLER
 
 #: modules that contribute subcommands, in the order they are listed by --help
 COMMAND_MODULES = (
@@ -39,6 +41,10 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):
+        # a name that is not UTF-8 prints as \xNN instead of failing the whole command
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors=ESCAPE_HANDLER)
     parser = make_parser()
     args = parser.parse_args(argv)
     try:

@@ -36,10 +36,12 @@ class Record:
         return cls(*cls.STRUCT.unpack_from(buf, offset))
 
     @classmethod
-    def read(cls, buf: Any, offset: int, path: str, what: str) -> Self:
-        """Read one record, turning a short buffer into a :class:`FormatError`."""
+    def read(
+        cls, buf: Any, offset: int, path: str, what: str, error: type[FormatError] = FormatError
+    ) -> Self:
+        """Read one record, turning a short buffer into ``error`` (a :class:`FormatError`)."""
         if offset < 0 or offset + cls.SIZE > len(buf):
-            raise FormatError(path, offset, f"{what} ({cls.SIZE} bytes) extends past the end of the data")
+            raise error(path, offset, f"{what} ({cls.SIZE} bytes) extends past the end of the data")
         return cls(*cls.STRUCT.unpack_from(buf, offset))
 
     def values(self) -> tuple[Any, ...]:

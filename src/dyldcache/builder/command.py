@@ -8,6 +8,7 @@ import sys
 import tempfile
 
 from ..errors import NothingPlacedError, UsageError
+from ..names import json_safe
 from .inputs import Eviction
 from .pipeline import BuildOptions, build_cache
 
@@ -69,12 +70,16 @@ def _build(args: argparse.Namespace) -> int:
             print(f"warning: {e}", file=sys.stderr)
         if args.json:
             json.dump(
-                {
-                    "error": str(exc),
-                    "evictions": [
-                        {"path": e.path, "reason": e.reason} for e in exc.evictions if isinstance(e, Eviction)
-                    ],
-                },
+                json_safe(
+                    {
+                        "error": str(exc),
+                        "evictions": [
+                            {"path": e.path, "reason": e.reason}
+                            for e in exc.evictions
+                            if isinstance(e, Eviction)
+                        ],
+                    }
+                ),
                 sys.stdout,
                 indent=2,
             )
@@ -90,16 +95,18 @@ def _build(args: argparse.Namespace) -> int:
         print(result.timer.report(), file=sys.stderr)
     if args.json:
         json.dump(
-            {
-                "files": result.files,
-                "map": result.map_path,
-                "json_map": result.json_map_path,
-                "uuid": result.uuid.hex(),
-                "dylibs": result.dylibs,
-                "evictions": [{"path": e.path, "reason": e.reason} for e in result.evictions],
-                "warnings": result.warnings,
-                "removed": result.removed,
-            },
+            json_safe(
+                {
+                    "files": result.files,
+                    "map": result.map_path,
+                    "json_map": result.json_map_path,
+                    "uuid": result.uuid.hex(),
+                    "dylibs": result.dylibs,
+                    "evictions": [{"path": e.path, "reason": e.reason} for e in result.evictions],
+                    "warnings": result.warnings,
+                    "removed": result.removed,
+                }
+            ),
             sys.stdout,
             indent=2,
         )

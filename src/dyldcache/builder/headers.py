@@ -16,6 +16,7 @@ from ..cache.format import (
     SubcacheEntry,
     cache_magic,
 )
+from ..names import encode_name
 from .cache_dylib import CacheDylib
 from .config import REGION_ALIGNMENT, CacheConfig
 from .layout import Chunk, RegionKind, SubCache, SubCacheKind
@@ -37,7 +38,7 @@ def header_size(sub: SubCache, dylibs: list[CacheDylib], subcache_count: int) ->
         if sub.kind is SubCacheKind.MAIN:
             size += SubcacheEntry.SIZE * subcache_count
         size += len(dylibs) * (ImageInfo.SIZE + ImageTextInfo.SIZE)
-        size += sum(len(d.install_name.encode()) + 1 for d in dylibs)
+        size += sum(len(encode_name(d.install_name)) + 1 for d in dylibs)
     return align_up(size, REGION_ALIGNMENT)
 
 
@@ -116,7 +117,7 @@ def write_header(
         listed = [s for s in subcaches if s.kind is SubCacheKind.SUB] if sub.kind is SubCacheKind.MAIN else []
         string_off = sub_off + SubcacheEntry.SIZE * len(listed)
         for i, d in enumerate(dylibs):
-            path = d.install_name.encode() + b"\0"
+            path = encode_name(d.install_name) + b"\0"
             buf[string_off : string_off + len(path)] = path
             f = d.input.file
             mtime, inode = (f.mtime, f.inode) if config.dylibs_expected_on_disk else (0, 0)

@@ -19,6 +19,7 @@ from ..errors import FormatError
 from ..macho import constants as C
 from ..macho.fat import is_fat, parse_fat, thin_arch
 from ..macho.file import MachOFile, MappedFile, parse_macho
+from ..names import encode_name
 from .config import CacheConfig
 from .eligibility import SILENT_SKIPS, check_eligibility, is_eligible_path
 from .input_files import InputFile, RootFS
@@ -107,7 +108,7 @@ def _sort_key(install_name: str, order: dict[str, int]) -> tuple[int, int, int, 
         0 if install_name == "/usr/lib/libobjc.A.dylib" else 1,
         order.get(install_name, len(order)),
         1 if install_name.startswith("/System/iOSSupport/") else 0,
-        install_name.encode(),
+        encode_name(install_name),
     )
 
 

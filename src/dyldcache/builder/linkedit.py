@@ -13,8 +13,9 @@ import numpy as np
 
 from ..errors import BuildError
 from ..macho import constants as C
-from ..macho.exports_trie import Export, TrieShape, encode_name, export_payload
+from ..macho.exports_trie import Export, TrieShape, export_payload
 from ..macho.format import NLIST64_DTYPE
+from ..names import encode_name
 from .cache_dylib import CacheDylib
 
 REDACTED = "<redacted>"
@@ -29,7 +30,7 @@ class StringPool:
         self.offsets: dict[bytes, int] = {b"": 0}
         self.size = 1
         for s in first:
-            self.add(s.encode())
+            self.add(encode_name(s))
 
     def add(self, s: bytes) -> int:
         off = self.offsets.get(s)

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..cache.format import uuid_string
+from ..names import json_safe
 from .cache_dylib import CacheDylib
 from .config import CacheConfig
 from .inputs import Eviction
@@ -80,4 +81,4 @@ def json_map(
         "uuid": uuid_string(uuid),
         "version": "1",
     }
-    return json.dumps(doc, indent=2, sort_keys=True) + "\n"
+    return json.dumps(json_safe(doc), indent=2, sort_keys=True) + "\n"

@@ -13,6 +13,7 @@ import struct
 import numpy as np
 
 from ..macho.fixups import FixupKind
+from ..names import encode_name
 from .bind import USE_DTYPE, BindResult
 from .cache_dylib import CacheDylib
 
@@ -59,7 +60,7 @@ class PatchTable:
             nbind = int(np.count_nonzero((kinds == FixupKind.BIND) | (kinds == FixupKind.AUTH_BIND)))
             locations += nbind
             exports += len(fx.imports)
-            names += sum(len(i.name.encode()) + 1 for i in fx.imports)
+            names += sum(len(encode_name(i.name)) + 1 for i in fx.imports)
             clients += len(d.dependents) + 1
         size = (
             _HEADER.size
@@ -114,7 +115,7 @@ class PatchTable:
                 name = names_of[int(c[f])][int(u["name"][f])]
                 off = name_offsets.setdefault(name, len(names))
                 if off == len(names):
-                    names += name.encode() + b"\0"
+                    names += encode_name(name) + b"\0"
                 image_exports += struct.pack("<II", int(a) - int(loads[t]), off & 0x0FFFFFFF)
             client_start = n_clients
             if hi > lo:

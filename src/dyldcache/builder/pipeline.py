@@ -40,6 +40,7 @@ from ..macho import constants as C
 from ..macho.exports_trie import write_trie
 from ..macho.format import NLIST64_DTYPE
 from ..macho.leb128 import uleb_encode
+from ..names import encode_name
 from .adjust import apply_split_seg
 from .bind import CACHE_POINTER_FIELDS, BindResult, CacheExports, bind_dylib
 from .cache_dylib import REGION_OF_KIND, CacheDylib, categorize_segments, segment_alignment
@@ -248,9 +249,9 @@ class CacheBuilder:
     def estimate_global_optimizations(self) -> None:
         """Inputs: cacheDylibs. Outputs: sizes of the global tables (trie, patch table, loaders)."""
         assert self.inputs is not None
-        entries = [(d.install_name.encode(), uleb_encode(d.index)) for d in self.dylibs]
+        entries = [(encode_name(d.install_name), uleb_encode(d.index)) for d in self.dylibs]
         by_name = {d.install_name: d.index for d in self.dylibs}
-        entries += [(a.encode(), uleb_encode(by_name[t])) for a, t in self.inputs.aliases.items()]
+        entries += [(encode_name(a), uleb_encode(by_name[t])) for a, t in self.inputs.aliases.items()]
         raw = write_trie(sorted(entries))
         self.trie_bytes = raw + bytes(-len(raw) % 8)
         self.patch_table = PatchTable(len(self.dylibs))
@@ -688,7 +689,7 @@ class CacheBuilder:
             uuids[i] = self._sign(i)
         assert self.inputs is not None and self.output is not None
         main = self.output.main_name
-        self.output.write(main + ".map", text_map(self.subcaches, self.dylibs).encode())
+        self.output.write(main + ".map", encode_name(text_map(self.subcaches, self.dylibs)))
         self.output.write(
             main + ".json", json_map(cfg, self.dylibs, uuids[0], evictions=self.inputs.evictions).encode()
         )

@@ -14,6 +14,7 @@ import sys
 from typing import Any
 
 from ..macho import constants as C
+from ..names import json_safe
 from .format import CACHE_TYPE_NAMES, uuid_string
 from .reader import CacheFile, DyldCache
 
@@ -185,7 +186,7 @@ def _print_info(d: dict[str, Any]) -> None:
 def _run_info(args: argparse.Namespace) -> int:
     d = cache_info(args.cache)
     if args.json:
-        json.dump(d, sys.stdout, indent=2)
+        json.dump(json_safe(d), sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         _print_info(d)
@@ -195,7 +196,7 @@ def _run_info(args: argparse.Namespace) -> int:
 def _run_list(args: argparse.Namespace) -> int:
     images = cache_list(args.cache)
     if args.json:
-        json.dump(images, sys.stdout, indent=2)
+        json.dump(json_safe(images), sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
     for img in images:

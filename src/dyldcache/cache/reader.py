@@ -137,7 +137,7 @@ class LocalSymbols:
         if strx >= len(self.strings):
             return ""
         end = self.strings.find(b"\0", strx)
-        return self.strings[strx : end if end >= 0 else len(self.strings)].decode("utf-8", "replace")
+        return self.strings[strx : end if end >= 0 else len(self.strings)].decode("utf-8", "surrogateescape")
 
 
 def _map_file(path: str) -> tuple[mmap.mmap | None, memoryview]:
@@ -288,7 +288,7 @@ class CacheFile:
         end = raw.find(b"\0")
         if end < 0:
             raise self.error(offset, f"{what} is not NUL-terminated")
-        return raw[:end].decode("utf-8", "replace")
+        return raw[:end].decode("utf-8", "surrogateescape")
 
     def mapping_bytes(self, mapping: Mapping) -> memoryview:
         return self.data[mapping.file_offset : mapping.file_offset + mapping.size]
@@ -586,7 +586,7 @@ class DyldCache:
         out: dict[str, int] = {}
         count = len(self.images)
         for key, payload in entries:
-            name = key.decode("utf-8", "replace")
+            name = key.decode("utf-8", "surrogateescape")
             try:
                 index, _ = uleb_decode(payload)
             except ValueError as exc:

@@ -11,17 +11,20 @@ Each problem is one line naming the file and what is wrong.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import itertools
 import json
 import os
 import re
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from ..errors import CacheFormatError, DyldCacheError, UsageError
+from ..names import json_safe
 from . import code_signature as cs
 from .format import CacheHeader, uuid_string
 from .reader import CacheFile, DyldCache
@@ -196,12 +199,18 @@ def verify_cache(path: str, *, signatures: bool = True) -> list[str]:
     try:
         problems: list[str] = []
         files = [*cache.files, *([cache.symbols_file] if cache.symbols_file else [])]
+        checks: list[Callable[[], list[str]]] = []
         for f in files:
-            problems += _check_mappings(f)
+            checks.append(functools.partial(_check_mappings, f))
             if signatures:
-                problems += _check_signature(f)
-        problems += _check_slide_info(cache)
-        problems += _check_images(cache)
+                checks.append(functools.partial(_check_signature, f))
+        checks += [functools.partial(_check_slide_info, cache), functools.partial(_check_images, cache)]
+        for check in checks:
+            # a structure that stops one check (an image path outside the file...) is its problem
+            try:
+                problems += check()
+            except CacheFormatError as exc:
+                problems.append(str(exc))
         return problems
     finally:
         cache.close()
@@ -211,7 +220,7 @@ def _run(args: argparse.Namespace) -> int:
     problems = verify_cache(args.cache)
     if args.json:
         doc: dict[str, Any] = {"cache": args.cache, "ok": not problems, "problems": problems}
-        json.dump(doc, sys.stdout, indent=2)
+        json.dump(json_safe(doc), sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         for p in problems:

@@ -11,6 +11,7 @@ import json
 import sys
 from typing import Any
 
+from ..names import json_safe
 from . import constants as C
 from .fat import is_fat, parse_fat
 from .file import MachOFile, MappedFile, format_version, parse_macho
@@ -192,7 +193,7 @@ def _print_text(d: dict[str, Any]) -> None:
 def _run(args: argparse.Namespace) -> int:
     descs = describe_file(args.file, args.arch)
     if args.json:
-        json.dump(descs if len(descs) > 1 else descs[0], sys.stdout, indent=2)
+        json.dump(json_safe(descs if len(descs) > 1 else descs[0]), sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         for d in descs:

@@ -35,7 +35,7 @@ def is_fat(data: bytes | memoryview) -> bool:
 
 def parse_fat(data: bytes | memoryview, path: str) -> list[FatSlice]:
     """The slices of a fat file; every slice is checked to lie inside the file."""
-    header = FatHeader.read(data, 0, path, "fat header")
+    header = FatHeader.read(data, 0, path, "fat header", MachOFormatError)
     is64 = header.magic == C.FAT_MAGIC_64
     if header.magic not in (C.FAT_MAGIC, C.FAT_MAGIC_64):
         raise MachOFormatError(path, 0, f"bad fat magic {header.magic:#x}")
@@ -45,7 +45,7 @@ def parse_fat(data: bytes | memoryview, path: str) -> list[FatSlice]:
     slices: list[FatSlice] = []
     for i in range(header.nfat_arch):
         off = FatHeader.SIZE + i * record.SIZE
-        fa = record.read(data, off, path, f"fat_arch[{i}]")
+        fa = record.read(data, off, path, f"fat_arch[{i}]", MachOFormatError)
         if fa.offset + fa.size > len(data) or fa.size == 0:
             raise MachOFormatError(
                 path,

@@ -187,7 +187,7 @@ class SymbolTable:
         if strx >= len(self.strings):
             return ""
         end = self.strings.find(b"\0", strx)
-        return self.strings[strx : end if end >= 0 else len(self.strings)].decode("utf-8", "replace")
+        return self.strings[strx : end if end >= 0 else len(self.strings)].decode("utf-8", "surrogateescape")
 
     def names(self) -> list[str]:
         return [self.name(int(x)) for x in self.nlist["n_strx"]]
@@ -311,7 +311,7 @@ class MachOFile:
         end = raw.find(b"\0")
         if end < 0:
             raise self.error(lc.offset, f"{lc.name} string is not NUL-terminated")
-        return raw[:end].decode("utf-8", "replace")
+        return raw[:end].decode("utf-8", "surrogateescape")
 
     def _check_range(self, offset: int, size: int, what: str, at: int) -> None:
         if offset < 0 or size < 0 or offset + size > len(self.data):

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from ..names import encode_name
 from .format import NLIST64_DTYPE
 
 
@@ -17,7 +18,7 @@ class StringPool:
         self._index: dict[bytes, int] = {b"": prefix.index(b"\0")}
 
     def add(self, name: str | bytes) -> int:
-        raw = name.encode() if isinstance(name, str) else name
+        raw = encode_name(name) if isinstance(name, str) else name
         found = self._index.get(raw)
         if found is not None:
             return found
