@@ -18,6 +18,6 @@ VENV=${DYLDCACHE_VENV:-.venv}
 
 # every oracle is installed above, so a missing one is a failure, not a skip
 export DYLDCACHE_REQUIRE_ORACLES=${DYLDCACHE_REQUIRE_ORACLES:-1}
-"$VENV/bin/ruff" check src tests benchmarks
+"$VENV/bin/ruff" check src tests benchmarks fuzz
 "$VENV/bin/mypy"
 "$VENV/bin/python" -m pytest -q "$@"
