@@ -210,7 +210,12 @@ def bind_dylib(dylib: CacheDylib, index: ExportIndex, slides: PointerSlides) -> 
             if t is None:
                 if not imp.weak:
                     deps = dylib.input.dependencies
-                    where = deps[imp.ordinal - 1][0] if 1 <= imp.ordinal <= len(deps) else "(no such dylib)"
+                    if 1 <= imp.ordinal <= len(deps):
+                        where = deps[imp.ordinal - 1][0]
+                    elif imp.ordinal == C.BIND_SPECIAL_DYLIB_SELF:
+                        where = name  # an umbrella binding through its own re-exports
+                    else:
+                        where = "unknown"  # dyld-1162's word (CacheDylib::resolveSymbol)
                     raise BuildError(
                         f"Symbol not found: {imp.name}\n  Referenced from: {name}\n  Expected in: {where}"
                     )
