@@ -7,6 +7,8 @@ All functions are pure: they take and return 32-bit instruction words.
 from __future__ import annotations
 
 NOP = 0xD503201F
+#: brk #1: the body of a stand-in function that nobody should call (dyldcache link -stub_library)
+TRAP = 0xD4200020
 
 #: __stubs entry (12 bytes): adrp x16, got@page; ldr x16, [x16, got@pageoff]; br x16
 STUB_TEMPLATE = (

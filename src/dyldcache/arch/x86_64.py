@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import struct
 
+#: ud2: the body of a stand-in function that nobody should call (dyldcache link -stub_library)
+TRAP = b"\x0f\x0b"
+
 #: __stubs entry (6 bytes): jmp *slot(%rip); the rel32 at +2 is relative to the stub's end
 STUB_SIZE = 6
 STUB_DISP_OFFSET = 2

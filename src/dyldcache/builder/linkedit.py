@@ -154,6 +154,12 @@ def plan_symbol_tables(
         nlist = d.image.symbol_table.nlist
         ext = ranges[d.index][1]
         idx = np.arange(ext.start, ext.stop, dtype=np.int64)
+        # dyld-1162 copies only N_SECT globals (SymbolTable::forEachGlobalSymbol): an N_INDR
+        # entry (a re-export, whose n_value is an offset in the input's string table) or an
+        # N_ABS one would be meaningless in the cache
+        types = nlist["n_type"][idx]
+        defined = ((types & C.N_TYPE) == C.N_SECT) & ((types & C.N_EXT) != 0) & ((types & C.N_STAB) == 0)
+        idx = idx[defined]
         names = _names(d, nlist["n_strx"][idx].astype(np.int64))
         keep = np.array([not n.startswith(skipped) for n in names], dtype=bool)
         idx = idx[keep] if len(idx) else idx

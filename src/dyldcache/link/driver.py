@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import UsageError
+from ..errors import InputError, UsageError
 from ..macho.tbd import parse_version
 from .dylibs import DylibSet
 from .linker import LinkInput, LinkOptions, link
@@ -20,12 +20,22 @@ usage: dyldcache link -arch {arm64,arm64e,x86_64} -o OUT -install_name NAME
                       [-platform macos|ios] [-fixups chained|opcodes] [-L DIR] [-lNAME]
                       [-weak-lNAME] [-reexport-lNAME] [-weak_library PATH] [-reexport_library PATH]
                       [-upward_library PATH] [-current_version X.Y.Z] [-compatibility_version X.Y.Z]
-                      [-alias SYMBOL ALIAS] [-split_seg_v1] [-lazy_binding] INPUT...
+                      [-alias SYMBOL ALIAS] [-split_seg_v1] [-lazy_binding]
+                      [-stub_library FILE.tbd [-stub_data_list FILE]] INPUT...
 
 Link relocatable objects into a cache-ready MH_DYLIB with split seg info v2 (-split_seg_v1:
 v1, x86_64 only, as ld64 writes by default there). -lazy_binding (with -fixups opcodes) calls
 imports through __la_symbol_ptr and __stub_helper, as ld64 did before chained fixups.
-INPUT is an object file, a dylib or a .tbd stub."""
+INPUT is an object file, a dylib or a .tbd stub.
+
+-stub_library FILE.tbd makes a stand-in for the library the stub describes: the output takes
+its install name, versions and re-exported libraries (unless given on the command line) and
+exports every symbol it lists for the arch and platform. Input objects, if any, may define some
+of them with real code; every other one gets a synthetic definition: a function is a trap
+instruction (arm64 brk #1, x86_64 ud2), data is 64 zeroed bytes in __DATA,__bss. ObjC classes,
+metaclasses, EH types and ivar offsets are data; so are the names listed, one a line, in the
+-stub_data_list FILE. Thread-local symbols are not defined. -platform is needed when there are
+no input objects."""
 
 _VALUE_OPTIONS = {
     "-arch",
@@ -39,6 +49,8 @@ _VALUE_OPTIONS = {
     "-upward_library",
     "-current_version",
     "-compatibility_version",
+    "-stub_library",
+    "-stub_data_list",
 }
 
 
@@ -90,9 +102,11 @@ def parse_link_args(argv: list[str]) -> LinkOptions:
                 raise UsageError(f"unknown option {a}")
             pending.append((a, "load", False))
         i += 1
-    for required in ("-arch", "-o", "-install_name"):
+    for required in ("-arch", "-o") if "-stub_library" in values else ("-arch", "-o", "-install_name"):
         if required not in values:
             raise UsageError(f"missing {required}")
+    if "-stub_data_list" in values and "-stub_library" not in values:
+        raise UsageError("-stub_data_list needs -stub_library")
     arch = values["-arch"]
     if arch not in ("arm64", "arm64e", "x86_64"):
         raise UsageError(f"-arch must be arm64, arm64e or x86_64, not {arch!r}")
@@ -105,14 +119,17 @@ def parse_link_args(argv: list[str]) -> LinkOptions:
     finder = DylibSet(arch, platform, search)
     inputs = [LinkInput(finder.find_library(x) if is_name else x, mode) for x, mode, is_name in pending]
     try:
-        current = parse_version(values.get("-current_version", "1.0.0"))
-        compat = parse_version(values.get("-compatibility_version", "1.0.0"))
+        current, compat = (
+            parse_version(values[v]) if v in values else None
+            for v in ("-current_version", "-compatibility_version")
+        )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    stub_data = _read_name_list(values["-stub_data_list"]) if "-stub_data_list" in values else frozenset()
     return LinkOptions(
         arch=arch,
         output=values["-o"],
-        install_name=values["-install_name"],
+        install_name=values.get("-install_name", ""),
         inputs=inputs,
         platform=platform,
         fixups=fixups,
@@ -122,7 +139,19 @@ def parse_link_args(argv: list[str]) -> LinkOptions:
         aliases=aliases,
         split_seg_version=1 if "-split_seg_v1" in values else 2,
         lazy_binding="-lazy_binding" in values,
+        stub_library=values.get("-stub_library"),
+        stub_data=stub_data,
     )
+
+
+def _read_name_list(path: str) -> frozenset[str]:
+    """Symbol names, one a line; blank lines and lines starting with # are skipped."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot read the name list: {exc}") from None
+    return frozenset(s for s in (line.strip() for line in lines) if s and not s.startswith("#"))
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -102,7 +102,9 @@ class DylibSet:
             f"library not found for -l{name} (searched: {', '.join(self.search_paths) or 'nothing'})"
         )
 
-    def _locate(self, install_name: str) -> DylibInterface | None:
+    def find(self, install_name: str) -> DylibInterface | None:
+        """The interface of ``install_name``: one already read, or a .tbd/dylib named after it in
+        the search paths."""
         if install_name in self.by_install_name:
             return self.by_install_name[install_name]
         base = os.path.basename(install_name)
@@ -126,7 +128,7 @@ class DylibSet:
         for re_name in iface.reexports:
             if re_name in seen:
                 continue
-            sub = self._locate(re_name)
+            sub = self.find(re_name)
             if sub is not None:
                 found = self.lookup(sub, name, seen)
                 if found is not None:

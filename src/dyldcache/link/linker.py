@@ -10,6 +10,8 @@ stripping: every input byte is kept and every ADRP pair stays an ADRP pair.
 The phases, in order: load inputs, resolve symbols, plan synthetic content (stubs, GOT
 slots, unwind rows), build output sections, lay out, write content and apply
 relocations, build LINKEDIT, write the header and load commands, derive the UUID.
+A stand-in for a stub library (``-stub_library``) is the same link with one more input: the
+synthetic object of ``link/stub_library.py``, made once the real objects are loaded.
 """
 
 from __future__ import annotations
@@ -46,10 +48,11 @@ from ..macho.load_commands import (
 from ..macho.split_seg import SPLIT_SEG_DTYPE, SPLIT_SEG_V1_DTYPE, encode_split_seg_v1, encode_split_seg_v2
 from ..macho.symtab import StringPool, nlist_array
 from ..macho.tbd import looks_like_tbd
-from .dylibs import DylibInterface, DylibSet
+from .dylibs import DylibInterface, DylibSet, read_dylib_interfaces
 from .model import LinkSymbol, OutSection, OutSegment, SectionKind, SymKind
 from .objects import InputSection, ObjectFile, ObjSymbol, Reloc, RelocKind, Target
 from .placement import SEGMENT_PROT, output_segment, section_rank, segment_rank
+from .stub_library import stand_in_object
 from .unwind import (
     CIE,
     COMPACT_UNWIND_ENTRY_SIZE,
@@ -80,13 +83,15 @@ class LinkInput:
 class LinkOptions:
     arch: str
     output: str
+    #: "" takes the stub library's install name
     install_name: str
     inputs: list[LinkInput]
     platform: str | None = None
     fixups: str = "chained"
     search_paths: list[str] = field(default_factory=list)
-    current_version: int = 0x10000
-    compatibility_version: int = 0x10000
+    #: None: the stub library's, else 1.0.0
+    current_version: int | None = None
+    compatibility_version: int | None = None
     #: (existing symbol, alias name) pairs, like ld64 -alias
     aliases: list[tuple[str, str]] = field(default_factory=list)
     #: split seg info version: 2, or 1 (x86_64 only: ld64's default there, with no __DATA_CONST)
@@ -94,6 +99,12 @@ class LinkOptions:
     #: opcode fixups only: calls to imports go through __la_symbol_ptr and __stub_helper, bound on
     #: first call by dyld_stub_binder (ld64's default before chained fixups)
     lazy_binding: bool = False
+    #: a .tbd the output stands in for: its install name, versions and re-exports become the
+    #: output's, and every symbol it lists that no input object defines gets a synthetic
+    #: definition (link/stub_library.py)
+    stub_library: str | None = None
+    #: names the stub library lists that are data, not functions
+    stub_data: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)
@@ -145,6 +156,11 @@ class Linker:
         if options.lazy_binding and self.chained:
             raise LinkError("lazy binding needs opcode fixups (chained fixups bind everything at load)")
         self.warnings: list[str] = []
+        self.install_name = options.install_name
+        self.current_version = options.current_version
+        self.compatibility_version = options.compatibility_version
+        #: the library a stand-in is made for (-stub_library)
+        self.stub: DylibInterface | None = None
         self.objects: list[ObjectFile] = []
         self.dylibs: list[_Dylib] = []
         self.dylib_set = DylibSet(options.arch, options.platform, list(options.search_paths))
@@ -226,15 +242,68 @@ class Linker:
             d = _Dylib(iface, inp.mode, len(self.dylibs) + 1)
             by_name[iface.install_name] = d
             self.dylibs.append(d)
-        if not self.objects:
+        if self.opts.stub_library is not None:
+            self._load_stub_library(by_name)
+        elif not self.objects:
             raise LinkError("no object files to link")
+        if not self.install_name:
+            raise LinkError("no install name: give -install_name (or -stub_library)")
         if len(self.dylibs) > C.MAX_LIBRARY_ORDINAL:
             raise LinkError(f"too many dylibs ({len(self.dylibs)})")
         self._pick_platform()
+        if self.stub is not None:
+            self._add_stand_in_object()
+
+    def _load_stub_library(self, by_name: dict[str, _Dylib]) -> None:
+        """The stub's first document is the library the output stands in for; the others
+        (inlined re-exported libraries) only serve to find its re-exports."""
+        path = self.opts.stub_library
+        assert path is not None
+        try:
+            with open(path, "rb") as f:
+                head = f.read(64)
+        except OSError as exc:
+            raise InputError(f"{path}: cannot read: {exc.strerror}") from None
+        if not looks_like_tbd(head):
+            raise InputError(f"{path}: -stub_library needs a .tbd text stub")
+        ifaces = read_dylib_interfaces(path, self.opts.arch, self.opts.platform)
+        self.dylib_set.add(ifaces)
+        stub = self.stub = ifaces[0]
+        if not stub.exports and not stub.reexports:
+            self.warnings.append(f"{path}: lists no symbols for {self.arch.name}")
+        self.install_name = self.install_name or stub.install_name
+        if self.current_version is None:
+            self.current_version = stub.current_version
+        if self.compatibility_version is None:
+            self.compatibility_version = stub.compatibility_version
+        for name in stub.reexports:
+            d = by_name.get(name)
+            if d is not None:
+                d.mode = "reexport"
+                continue
+            iface = self.dylib_set.find(name)
+            if iface is None:
+                raise LinkError(
+                    f"{path}: re-exported library {name} not found (inline it in the .tbd, "
+                    "or give its directory with -L)"
+                )
+            d = by_name[name] = _Dylib(iface, "reexport", len(self.dylibs) + 1)
+            self.dylibs.append(d)
+
+    def _add_stand_in_object(self) -> None:
+        assert self.stub is not None
+        defined = {
+            s.name for o in self.objects for s in o.symbols if s.is_external and (s.is_defined or s.is_common)
+        }
+        image, warnings = stand_in_object(
+            self.stub, self.arch, self.platform, self.minos, self.sdk, defined, self.opts.stub_data
+        )
+        self.warnings += warnings
+        self.objects.append(ObjectFile(image, self.arch.name))
 
     def _pick_platform(self) -> None:
         versions = [bv for o in self.objects for bv in o.image.build_versions]
-        if self.arch.uses_pointer_auth:
+        if self.arch.uses_pointer_auth and self.objects:
             subs = {o.image.header.cpusubtype for o in self.objects}
             self.cpusubtype = max(subs)
         if self.opts.platform is not None:
@@ -248,8 +317,10 @@ class Linker:
             self.platform = versions[0].platform
             self.minos = max(bv.minos for bv in versions)
             self.sdk = max(bv.sdk for bv in versions)
-        else:
+        elif self.objects:
             raise LinkError("objects carry no LC_BUILD_VERSION: pass -platform")
+        else:
+            raise LinkError("a stand-in made from a stub library alone needs -platform")
 
     # ------------------------------------------------------------------------------------------
     # phase 2: symbols
@@ -1451,10 +1522,10 @@ class Linker:
         lcs.append(
             dylib_command(
                 C.LC_ID_DYLIB,
-                self.opts.install_name,
+                self.install_name,
                 1,
-                self.opts.current_version,
-                self.opts.compatibility_version,
+                0x10000 if self.current_version is None else self.current_version,
+                0x10000 if self.compatibility_version is None else self.compatibility_version,
             )
         )
         lo = {} if placeholder else self.linkedit_offsets
@@ -1504,7 +1575,7 @@ class Linker:
     def finish(self) -> bytes:
         self.uuid = bytes(16)
         out = self._assemble()
-        digest = hashlib.sha256(self.opts.install_name.encode() + b"\0" + out).digest()
+        digest = hashlib.sha256(self.install_name.encode() + b"\0" + out).digest()
         u = bytearray(digest[:16])
         u[6] = (u[6] & 0x0F) | 0x30
         u[8] = (u[8] & 0x3F) | 0x80
