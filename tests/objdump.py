@@ -178,7 +178,9 @@ def short_name_matches(install_name: str, llvm_name: str) -> bool:
     """llvm prints a dependency by its short name ("libSystem" for /usr/lib/libSystem.B.dylib,
     "Foundation" for a framework): does ``llvm_name`` denote ``install_name``?"""
     leaf = install_name.rsplit("/", 1)[-1]
-    return bool(llvm_name) and (leaf.startswith(llvm_name) or llvm_name == leaf)
+    # the leaf, less ".dylib" and a version suffix (libSystem.B.dylib, libc++.1.dylib); a longer
+    # name that merely starts the same (libc++abi.dylib for "libc++") does not match
+    return bool(llvm_name) and (llvm_name == leaf or leaf.startswith(llvm_name + "."))
 
 
 #: how llvm-objdump names the special library ordinals
