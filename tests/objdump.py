@@ -60,11 +60,127 @@ def run(path: str | Path, *flags: str) -> str:
     return out.stdout
 
 
+# ---------------------------------------------------------------------------------------------
+# everything the reader comparison needs, from one llvm-objdump process per image
+
+#: the listings of one combined run; llvm-objdump prints them one after the other, each under its
+#: title (LISTING_TITLES), so the output is cut back into them there
+LISTING_FLAGS = (
+    "--indirect-symbols",
+    "--data-in-code",
+    "--function-starts",
+    "--private-headers",
+    "--exports-trie",
+    "--rebase",
+    "--bind",
+    "--lazy-bind",
+    "--weak-bind",
+    "--chained-fixups",
+    "--dyld-info",
+)
+LISTING_TITLES = {
+    "dyld information:": "dyld-info",
+    "chained fixups header (LC_DYLD_CHAINED_FIXUPS)": "chained-fixups",
+    "Mach header": "private-headers",
+    "Exports trie:": "exports-trie",
+    "Rebase table:": "rebase",
+    "Bind table:": "bind",
+    "Lazy bind table:": "lazy-bind",
+    "Weak bind table:": "weak-bind",
+}
+
+
+@dataclass(frozen=True)
+class Listing:
+    """One combined llvm-objdump run on one image (a thin file, or one slice of a fat file)."""
+
+    path: str
+    arch: str | None
+    output: Output
+    #: the text under each title, by LISTING_TITLES value (a title llvm did not print is absent)
+    parts: dict[str, str]
+
+    @property
+    def problem(self) -> str | None:
+        """What llvm-objdump said was wrong with the file (an error, a warning, or that it is no
+        object file); None when it listed everything cleanly."""
+        out = self.output
+        if out.returncode != 0 or out.stderr.strip():
+            return out.stderr.strip() or f"exit status {out.returncode}"
+        first = out.stdout.splitlines()[0] if out.stdout else ""
+        if not first or first.endswith("is not an object file"):
+            return first or "no output"
+        return None
+
+    def part(self, name: str) -> str:
+        return self.parts.get(name, "")
+
+    def private_headers(self) -> PrivateHeaders:
+        return parse_private_headers(self.part("private-headers"))
+
+    def exports(self) -> list[ObjExport]:
+        return parse_exports_trie(self.part("exports-trie"))
+
+    def tables(self) -> dict[str, list[str]]:
+        """The rows of the rebase and bind tables, by table title (as _tables)."""
+        text = "\n".join(
+            title + "\n" + self.part(name)
+            for title, name in LISTING_TITLES.items()
+            if name in ("rebase", "bind", "lazy-bind", "weak-bind")
+        )
+        return _split_tables(text)
+
+    def dyld_info(self) -> list[DyldInfoRow]:
+        return parse_dyld_info(self.part("dyld-info"))
+
+    def indirect_symbols(self) -> dict[tuple[str, str], list[tuple[int, str, str]]]:
+        return parse_indirect_symbols(self.part("indirect-symbols"))
+
+    def data_in_code(self) -> list[tuple[int, int, str]]:
+        return parse_data_in_code(self.part("data-in-code"))
+
+    def function_starts(self) -> list[int]:
+        return parse_function_starts(self.part("function-starts"))
+
+    def chained_fixups(self) -> ChainedListing | None:
+        text = self.part("chained-fixups")
+        return parse_chained_fixups(text) if text.strip() else None
+
+
+def listing_flags(arch: str | None = None) -> tuple[str, ...]:
+    """The flags of a combined listing (``arch``: the slice of a fat file, as llvm names it)."""
+    return ((f"--arch={arch}",) if arch else ()) + LISTING_FLAGS
+
+
+def listing(path: str | Path, arch: str | None = None) -> Listing:
+    """The combined listing of ``path`` (of its ``arch`` slice, for a fat file); cached like run_raw,
+    so ``prefetch([(path, listing_flags(arch)), ...])`` runs many at once beforehand."""
+    out = run_raw(path, *listing_flags(arch))
+    parts: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in out.stdout.splitlines():
+        name = LISTING_TITLES.get(line.strip())
+        if name is not None:
+            current = parts.setdefault(name, [])
+        elif _FUNCTION_START.match(line):  # function starts have no title
+            parts.setdefault("function-starts", []).append(line)
+        elif line.startswith("Indirect symbols for ("):  # one title per section, kept
+            current = parts.setdefault("indirect-symbols", [])
+            current.append(line)
+        elif line.startswith("Data in code table ("):
+            current = parts.setdefault("data-in-code", [])
+        elif current is not None:
+            current.append(line)
+    return Listing(str(path), arch, out, {k: "\n".join(v) for k, v in parts.items()})
+
+
 def short_name_matches(install_name: str, llvm_name: str) -> bool:
     """llvm prints a dependency by its short name ("libSystem" for /usr/lib/libSystem.B.dylib,
     "Foundation" for a framework): does ``llvm_name`` denote ``install_name``?"""
     leaf = install_name.rsplit("/", 1)[-1]
-    return bool(llvm_name) and (leaf.startswith(llvm_name) or llvm_name == leaf)
+    # the leaf, less ".dylib" and a version suffix (libSystem.B.dylib, libc++.1.dylib); a longer
+    # name that merely starts the same (libc++abi.dylib for "libc++") does not match
+    return bool(llvm_name) and (llvm_name == leaf or leaf.startswith(llvm_name + "."))
 
 
 #: how llvm-objdump names the special library ordinals
@@ -87,6 +203,8 @@ class ObjSection:
     attributes: str
     reserved1: int
     reserved2: int
+    reloff: int = 0
+    nreloc: int = 0
 
 
 @dataclass
@@ -127,7 +245,11 @@ def _int(text: str) -> int:
 
 
 def private_headers(path: str | Path) -> PrivateHeaders:
-    text = run(path, "--private-headers")
+    return parse_private_headers(run(path, "--private-headers"))
+
+
+def parse_private_headers(text: str) -> PrivateHeaders:
+    """The ``--private-headers`` listing (the mach header and every load command)."""
     lines = text.splitlines()
     header: list[str] = []
     for i, line in enumerate(lines):
@@ -184,6 +306,8 @@ def private_headers(path: str | Path) -> PrivateHeaders:
                     s.get("attributes", ""),
                     _int(s.get("reserved1", "0")),
                     _int(s.get("reserved2", "0")),
+                    _int(s.get("reloff", "0")),
+                    _int(s.get("nreloc", "0")),
                 )
             )
         segments.append(seg)
@@ -212,8 +336,12 @@ class DyldInfoRow:
 
 
 def dyld_info(path: str | Path) -> list[DyldInfoRow]:
+    return parse_dyld_info(run(path, "--dyld-info"))
+
+
+def parse_dyld_info(text: str) -> list[DyldInfoRow]:
     rows = []
-    for line in run(path, "--dyld-info").splitlines():
+    for line in text.splitlines():
         p = line.split()
         if len(p) >= 6 and p[4] == "rebase":
             rows.append(
@@ -245,7 +373,10 @@ class BindRow:
 
 def _tables(path: str | Path) -> dict[str, list[str]]:
     """The rows of --rebase / --bind / --lazy-bind / --weak-bind, by table title."""
-    text = run(path, "--rebase", "--bind", "--lazy-bind", "--weak-bind")
+    return _split_tables(run(path, "--rebase", "--bind", "--lazy-bind", "--weak-bind"))
+
+
+def _split_tables(text: str) -> dict[str, list[str]]:
     tables: dict[str, list[str]] = {}
     current: list[str] | None = None
     for line in text.splitlines():
@@ -260,41 +391,73 @@ def _tables(path: str | Path) -> dict[str, list[str]]:
     return tables
 
 
+#: how llvm-objdump names a rebase or bind type (``typeName`` of its MachORebaseEntry/BindEntry)
+_FIXUP_TYPE = r"(pointer|text abs32|text rel32|unknown)"
+_REBASE_ROW = re.compile(rf"^(\S+)\s+(\S+)\s+0x([0-9A-Fa-f]+)\s+{_FIXUP_TYPE}$")
+_BIND_ROW = re.compile(
+    rf"^(\S+)\s+(\S+)\s+0x([0-9A-Fa-f]+)\s+{_FIXUP_TYPE}\s+(-?\d+)\s+(\S+)\s+(.*?)( \(weak_import\))?$"
+)
+_LAZY_ROW = re.compile(r"^(\S+)\s+(\S+)\s+0x([0-9A-Fa-f]+)\s+(\S+)\s+(.*)$")
+_WEAK_ROW = re.compile(rf"^(\S+)\s+(\S+)\s+0x([0-9A-Fa-f]+)\s+{_FIXUP_TYPE}\s+(-?\d+)\s+(.*)$")
+
+
+def _row(pattern: re.Pattern[str], line: str, table: str) -> tuple[str, ...]:
+    m = pattern.match(line)
+    assert m is not None, f"unexpected {table} row: {line!r}"
+    return m.groups()
+
+
 def rebase_table(path: str | Path) -> list[tuple[str, str, int, str]]:
     """(segment, section, address, type) for every rebase of the opcode stream."""
+    return parse_rebase_table(_tables(path))
+
+
+def parse_rebase_table(tables: dict[str, list[str]]) -> list[tuple[str, str, int, str]]:
     out = []
-    for line in _tables(path).get("Rebase table:", []):
-        seg, sect, addr, typ = line.split()
+    for line in tables.get("Rebase table:", []):
+        seg, sect, addr, typ = _row(_REBASE_ROW, line, "rebase")
         out.append((seg, sect, int(addr, 16), typ))
     return out
 
 
 def bind_table(path: str | Path) -> list[BindRow]:
+    return parse_bind_table(_tables(path))
+
+
+def parse_bind_table(tables: dict[str, list[str]]) -> list[BindRow]:
     out = []
-    for line in _tables(path).get("Bind table:", []):
-        p = line.split()
-        out.append(BindRow(p[0], p[1], int(p[2], 16), p[3], int(p[4]), p[5], p[6], "(weak_import)" in p[7:]))
+    for line in tables.get("Bind table:", []):
+        seg, sect, addr, typ, addend, dylib, sym, weak = _row(_BIND_ROW, line, "bind")
+        out.append(BindRow(seg, sect, int(addr, 16), typ, int(addend), dylib, sym, weak is not None))
     return out
 
 
 def lazy_bind_table(path: str | Path) -> list[tuple[str, str, int, str, str]]:
     """(segment, section, address, dylib, symbol)."""
+    return parse_lazy_bind_table(_tables(path))
+
+
+def parse_lazy_bind_table(tables: dict[str, list[str]]) -> list[tuple[str, str, int, str, str]]:
     out = []
-    for line in _tables(path).get("Lazy bind table:", []):
-        seg, sect, addr, lib, sym = line.split()[:5]
+    for line in tables.get("Lazy bind table:", []):
+        seg, sect, addr, lib, sym = _row(_LAZY_ROW, line, "lazy bind")
         out.append((seg, sect, int(addr, 16), lib, sym))
     return out
 
 
 def weak_bind_table(path: str | Path) -> list[tuple[str, str, int | None, int, str]]:
     """(segment, section, address, addend, symbol); a strong-definition marker has address None."""
+    return parse_weak_bind_table(_tables(path))
+
+
+def parse_weak_bind_table(tables: dict[str, list[str]]) -> list[tuple[str, str, int | None, int, str]]:
     out: list[tuple[str, str, int | None, int, str]] = []
-    for line in _tables(path).get("Weak bind table:", []):
-        p = line.split()
-        if p[0] == "strong":
-            out.append(("", "", None, 0, p[1]))
-        else:
-            out.append((p[0], p[1], int(p[2], 16), int(p[4]), p[5]))
+    for line in tables.get("Weak bind table:", []):
+        if line.startswith("strong "):
+            out.append(("", "", None, 0, line.split(None, 1)[1].strip()))
+            continue
+        seg, sect, addr, _typ, addend, sym = _row(_WEAK_ROW, line, "weak bind")
+        out.append((seg, sect, int(addr, 16), int(addend), sym))
     return out
 
 
@@ -309,7 +472,10 @@ class ChainedListing:
 
 
 def chained_fixups(path: str | Path) -> ChainedListing:
-    text = run(path, "--chained-fixups")
+    return parse_chained_fixups(run(path, "--chained-fixups"))
+
+
+def parse_chained_fixups(text: str) -> ChainedListing:
     head = text.split("chained starts in image")[0]
     header = {k: int(v) for k, v in re.findall(r"^  (\w+)\s+= (\d+)", head, re.M)}
     seg_count = int(re.search(r"seg_count = (\d+)", text).group(1))  # type: ignore[union-attr]
@@ -361,8 +527,12 @@ _EXPORT = re.compile(
 
 
 def exports_trie(path: str | Path) -> list[ObjExport]:
+    return parse_exports_trie(run(path, "--exports-trie"))
+
+
+def parse_exports_trie(text: str) -> list[ObjExport]:
     out = []
-    for line in run(path, "--exports-trie").splitlines():
+    for line in text.splitlines():
         m = _EXPORT.match(line)
         if not m:
             continue
@@ -389,22 +559,63 @@ def dylibs_used(path: str | Path) -> list[tuple[str, str]]:
     return out
 
 
+#: a line of --function-starts (its default form: the address only)
+_FUNCTION_START = re.compile(r"^([0-9a-f]{16})$")
+
+
 def function_starts(path: str | Path) -> list[int]:
-    return [int(x, 16) for x in re.findall(r"^([0-9a-f]{16})\b", run(path, "--function-starts"), re.M)]
+    return parse_function_starts(run(path, "--function-starts"))
+
+
+def parse_function_starts(text: str) -> list[int]:
+    return [int(x, 16) for x in re.findall(_FUNCTION_START.pattern, text, re.M)]
+
+
+#: what --indirect-symbols prints instead of an index: INDIRECT_SYMBOL_LOCAL / _ABS (<mach-o/loader.h>)
+INDIRECT_SPECIAL = {"LOCAL": 0x80000000, "ABSOLUTE": 0x40000000, "LOCAL ABSOLUTE": 0xC0000000}
+_INDIRECT_ROW = re.compile(r"^0x([0-9a-f]+) (?:(LOCAL ABSOLUTE|LOCAL|ABSOLUTE)|\s*(\d+) (.*))$")
 
 
 def indirect_symbols(path: str | Path) -> dict[tuple[str, str], list[tuple[int, str, str]]]:
-    """Per (segment, section): (address, index or LOCAL/ABSOLUTE, symbol name) of each entry."""
+    """Per (segment, section): (address, index or LOCAL/ABSOLUTE/LOCAL ABSOLUTE, symbol name) of
+    each entry."""
+    return parse_indirect_symbols(run(path, "--indirect-symbols"))
+
+
+def parse_indirect_symbols(text: str) -> dict[tuple[str, str], list[tuple[int, str, str]]]:
     out: dict[tuple[str, str], list[tuple[int, str, str]]] = {}
     rows: list[tuple[int, str, str]] = []
-    for line in run(path, "--indirect-symbols").splitlines():
+    for line in text.splitlines():
         m = re.match(r"^Indirect symbols for \((\S+),(\S+)\) \d+ entries", line)
         if m:
             rows = out.setdefault((m.group(1), m.group(2)), [])
             continue
-        m = re.match(r"^0x([0-9a-f]+)\s+(\S+)\s*(\S*)", line)
+        m = _INDIRECT_ROW.match(line)
         if m:
-            rows.append((int(m.group(1), 16), m.group(2), m.group(3)))
+            address, special, index, name = m.groups()
+            rows.append((int(address, 16), special or index, name or ""))
+        else:
+            assert not line.startswith("0x"), f"unexpected indirect symbol row: {line!r}"
+    return out
+
+
+#: DICE_KIND_* (<mach-o/loader.h>) by the name --data-in-code prints
+DATA_IN_CODE_KINDS = {
+    "DATA": 1,
+    "JUMP_TABLE8": 2,
+    "JUMP_TABLE16": 3,
+    "JUMP_TABLE32": 4,
+    "ABS_JUMP_TABLE32": 5,
+}
+
+
+def parse_data_in_code(text: str) -> list[tuple[int, int, str]]:
+    """(offset, length, kind name) of every --data-in-code row."""
+    out = []
+    for line in text.splitlines():
+        p = line.split()
+        if len(p) == 3 and p[0].startswith("0x"):
+            out.append((int(p[0], 16), int(p[1]), p[2]))
     return out
 
 

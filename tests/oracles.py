@@ -1,7 +1,7 @@
 """Independent views of a Mach-O file's fixups and split seg info, for the linker and reader tests:
 LIEF 1.0.0 for chained fixups (incl. arm64e, which llvm-objdump cannot decode), and a split seg v2
-decoder and load-command walker written here from the format rules (linker-notes.md §6.2), sharing
-no code with dyldcache.
+and v1 decoder and a load-command walker written here from the format rules (linker-notes.md §6.2,
+cache-format.md §9), sharing no code with dyldcache.
 """
 
 from __future__ import annotations
@@ -216,6 +216,23 @@ def decode_split_seg_v2(raw: bytes) -> list[SplitEntry]:
     # a 0 terminator, then zero padding to 8 bytes
     assert all(b == 0 for b in raw[pos:]), "bytes after the split seg entries are not zero"
     assert len(raw) % 8 == 0, "split seg payload is not padded to 8 bytes"
+    return out
+
+
+def decode_split_seg_v1(raw: bytes) -> list[tuple[int, int]]:
+    """(kind, offset from the mach header) of a v1 stream: ``[kind uleb-delta+ 0]* 0``, each kind
+    group walking from the start of __TEXT again (cache-format.md §9)."""
+    out, pos = [], 0
+    while pos < len(raw) and raw[pos] != 0:
+        kind, pos = raw[pos], pos + 1
+        at = 0
+        while True:
+            delta, pos = read_uleb(raw, pos)
+            if delta == 0:
+                break
+            at += delta
+            out.append((kind, at))
+    assert all(b == 0 for b in raw[pos:]), "bytes after the v1 terminator are not zero"
     return out
 
 

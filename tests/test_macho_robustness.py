@@ -19,7 +19,7 @@ from linked_examples import CONFIGS, linked
 
 from dyldcache.errors import FormatError, MachOFormatError
 from dyldcache.macho.describe import describe_image
-from dyldcache.macho.file import parse_macho
+from dyldcache.macho.file import MachOFile, parse_macho
 
 #: seconds one parse-and-decode of a (small) file may take before it counts as a hang
 TIME_LIMIT = 5.0
@@ -41,7 +41,11 @@ def corpus() -> tuple[tuple[str, bytes], ...]:
 
 def touch_everything(data: bytes, path: str) -> None:
     """Parse and run every decoder of the reader on ``data``."""
-    image = parse_macho(data, path)
+    touch_image(parse_macho(data, path))
+
+
+def touch_image(image: MachOFile) -> None:
+    """Run every LINKEDIT decoder of the reader and ``describe_image`` on a parsed image."""
     fixups = image.fixups
     fixups.counts()
     for r in fixups.records[:64]:

@@ -26,7 +26,7 @@ import test_split_seg_scan as scan
 from cache_fixtures import CacheFactory
 from conftest import python_module, tool
 from linked_examples import NAMES, linked
-from oracles import LC_SEGMENT_SPLIT_INFO, load_command_payload, read_uleb
+from oracles import LC_SEGMENT_SPLIT_INFO, decode_split_seg_v1, load_command_payload, read_uleb
 
 from dyldcache.builder.pipeline import BuildOptions, build_cache
 from dyldcache.errors import LinkError
@@ -35,23 +35,6 @@ from dyldcache.link.linker import LinkInput, LinkOptions, link
 from dyldcache.macho.file import open_macho
 
 FIXUPS = ("chained", "opcodes")
-
-
-def decode_v1(raw: bytes) -> list[tuple[int, int]]:
-    """(kind, offset from the mach header) of a v1 stream: ``[kind uleb-delta+ 0]* 0``, each kind
-    group walking from the start of __TEXT again."""
-    out, pos = [], 0
-    while pos < len(raw) and raw[pos] != 0:
-        kind, pos = raw[pos], pos + 1
-        at = 0
-        while True:
-            delta, pos = read_uleb(raw, pos)
-            if delta == 0:
-                break
-            at += delta
-            out.append((kind, at))
-    assert all(b == 0 for b in raw[pos:]), "bytes after the v1 terminator are not zero"
-    return out
 
 
 def personality_refs(path: Path, image: scan.Image) -> list[tuple[int, int]]:
@@ -200,7 +183,7 @@ def check_v1(path: Path) -> list[tuple[int, int]]:
     """Assert the v1 stream of ``path`` is exactly what its code and tables need; returns it."""
     raw = _payload(path)
     assert raw[0] != 0x7F, "a v2 stream"
-    entries = decode_v1(raw)
+    entries = decode_split_seg_v1(raw)
     assert sorted(set(entries)) == expected_v1(path), path
     assert len(entries) == len(set(entries)), "a location is listed twice"
     ours = open_macho(path).split_seg
@@ -221,7 +204,9 @@ def test_v1_lists_every_code_reference_into_the_data(fixups: str, name: str) -> 
 
 def test_v1_examples_have_cross_segment_references() -> None:
     """The examples exercise v1: code reaching __DATA (GOT loads, data pointers)."""
-    total = sum(len(decode_v1(_payload(p))) for _, p in linked("x86_64", "chained", split_seg=1).items())
+    total = sum(
+        len(decode_split_seg_v1(_payload(p))) for _, p in linked("x86_64", "chained", split_seg=1).items()
+    )
     assert total >= 20
 
 
@@ -272,7 +257,7 @@ def test_v1_code_moves_with_the_data(cache_factory: CacheFactory) -> None:
             seg_out["__TEXT"].vmaddr - seg_in["__TEXT"].vmaddr
         )
         data = path.read_bytes()
-        for kind, off in decode_v1(_payload(path)):
+        for kind, off in decode_split_seg_v1(_payload(path)):
             assert kind == 1
             (before,) = struct.unpack_from("<i", data, seg_in["__TEXT"].fileoff + off)
             (after,) = struct.unpack("<i", raw.read(seg_out["__TEXT"].vmaddr + off, 4))

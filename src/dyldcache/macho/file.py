@@ -402,6 +402,14 @@ class MachOFile:
                     )
                 if sect.align > 15:
                     raise self.error(rec_off, f"section {sect.full_name} alignment 2^{sect.align} is absurd")
+                # dyld's segment validation (and llvm-objdump) require every section to lie in
+                # its segment's address range: lookups by address and moving segments rely on it
+                if sect.size and (sect.addr < seg.vmaddr or sect.end > seg.vmaddr + seg.vmsize):
+                    raise self.error(
+                        rec_off,
+                        f"section {sect.full_name} ({sect.addr:#x}+{sect.size:#x}) is not inside segment "
+                        f"{seg.name} ({seg.vmaddr:#x}+{seg.vmsize:#x})",
+                    )
                 sections.append(sect)
             out.segments.append(
                 Segment(
