@@ -48,7 +48,7 @@ from ..macho.format import (
     SymtabCommand,
 )
 from .reader import CacheFile, DyldCache, Mapping
-from .symtab import CacheSymtabs
+from .symtab import REDACTED, CacheSymtabs
 
 #: a segment's file offset is congruent to its VM address modulo this (the 4 KiB page), so that
 #: the file could be mapped page by page
@@ -105,6 +105,8 @@ class _Symtab:
     #: old index -> new index shift of the non-local symbols, and the new local count
     shift: int
     nlocal: int | None
+    #: a "<redacted>" undefined symbol was appended for the indirect entries the cache emptied
+    redacted: bool = False
 
 
 class Extractor:
@@ -180,8 +182,8 @@ class Extractor:
             table["n_strx"] = strx
             tables.append(table)
             pool += body
-        pool += bytes(-len(pool) % LINKEDIT_ALIGN)
-        indirect = np.array(image.indirect_symbols, dtype=np.uint32)
+        original = np.array(image.indirect_symbols, dtype=np.uint32)
+        indirect = original
         if nlocal is not None and dy is not None and indirect.size:
             special = (indirect & np.uint32(_SPECIAL_INDIRECT)) != 0
             was_local = indirect < np.uint32(dy.iextdefsym)
@@ -190,7 +192,22 @@ class Extractor:
             indirect = np.where(
                 special, indirect, np.where(was_local, np.uint32(C.INDIRECT_SYMBOL_LOCAL), moved)
             )
-        return _Symtab(np.concatenate(tables), bytes(pool), indirect.astype("<u4"), shift, nlocal)
+        # The cache builder points an indirect entry whose symbol it dropped (an import of a
+        # stub it bypassed, say) at symbol 0 (dyld-1162 NewSharedCacheBuilder.cpp, as ours): give
+        # those entries a "<redacted>" import of their own rather than symbol 0's name, as
+        # DyldExtractor does
+        dropped = original == 0
+        if dropped.any():
+            stand_in = np.zeros(1, dtype=tables[0].dtype)
+            stand_in["n_strx"] = len(pool)
+            stand_in["n_type"] = C.N_EXT  # undefined, external
+            pool += REDACTED.encode() + b"\0"
+            tables.append(stand_in)
+            indirect = np.where(dropped, np.uint32(sum(t.size for t in tables) - 1), indirect)
+        pool += bytes(-len(pool) % LINKEDIT_ALIGN)
+        return _Symtab(
+            np.concatenate(tables), bytes(pool), indirect.astype("<u4"), shift, nlocal, bool(dropped.any())
+        )
 
     # -- the whole image --------------------------------------------------------------------------
 
@@ -345,6 +362,8 @@ class Extractor:
                 iextdefsym=dy.iextdefsym + symtab.shift,
                 iundefsym=dy.iundefsym + symtab.shift,
             )
+        if symtab.redacted and dy.iundefsym + dy.nundefsym == symtab.nlist.size - 1:
+            dy = dataclasses.replace(dy, nundefsym=dy.nundefsym + 1)  # the stand-in is an import too
         # no table of contents, module table, external references or relocations in a dylib of
         # the cache: every pointer is final
         dy = dataclasses.replace(

@@ -26,10 +26,8 @@ from ..macho.exports_trie import Export, encode_name, read_exports
 from ..macho.file import MachOFile
 from ..macho.leb128 import uleb_decode, uleb_encode
 from .reader import DyldCache
-from .symtab import CacheSymtabs, ImageSymtab
+from .symtab import REDACTED, CacheSymtabs, ImageSymtab
 
-#: the name the builder gives a local it keeps in the mapped symbol table but unmaps (§2.6)
-REDACTED = "<redacted>"
 #: where a symbol was found, best first: what a2s prefers when several name one address
 SOURCES = ("export", "symtab", "local", "redacted")
 #: re-exports followed before s2a gives up (dyld's own chains are one or two deep)

@@ -23,6 +23,9 @@ from ..macho.file import MachOFile
 from ..macho.format import NLIST64_DTYPE
 from .reader import CacheFile, DyldCache, LocalSymbols
 
+#: the name the builder gives a local it keeps in the mapped symbol table but unmaps (§2.6)
+REDACTED = "<redacted>"
+
 
 class StringPoolView:
     """A C-string pool held as a uint8 array (usually a view of a mapped cache file)."""
