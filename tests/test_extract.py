@@ -141,6 +141,33 @@ def test_pointers_are_no_longer_chains(extractions: Extractions) -> None:
     assert changed >= 3
 
 
+def test_a_tagged_pointer_keeps_its_top_byte(cache_factory: CacheFactory, tmp_path: Path) -> None:
+    """A v2 pointer may carry a top byte (high8, §2.10); the fixtures have none, so one chain
+    word of a copy of the arm64 cache gets one, and extraction must keep it."""
+    built = cache_factory.build("arm64")
+    main = tmp_path / os.path.basename(built.main)
+    data = bytearray(Path(built.main).read_bytes())
+    raw = RawCache(built.main)
+    m = next(m for m in raw.main.mappings if m.slide_info_size)
+    # dyld_cache_slide_info2: page_size @4, page_starts_offset @8, page_starts_count @12
+    page_size, starts_off, count = struct.unpack_from("<3I", data, m.slide_info_offset + 4)
+    starts = struct.unpack_from(f"<{count}H", data, m.slide_info_offset + starts_off)
+    page = next(i for i, st in enumerate(starts) if st != 0x4000 and not st & 0x8000)
+    at = m.file_offset + page * page_size + starts[page] * 4
+    data[at + 7] |= 0x5A  # bits 56-63 are outside the delta mask: the pointer's high8
+    main.write_bytes(bytes(data))
+    address = m.address + page * page_size + starts[page] * 4
+    done = extract(str(main), str(tmp_path / "out"))
+    machine = emulator.load_cache(str(main), "arm64", 0).machine
+    assert machine.read_u64(address) >> 56 == 0x5A
+    owner = [e for e in done for s in _segments(e.file) if s[1] <= address < s[1] + s[4] and s[0] != "__TEXT"]
+    assert len(owner) == 1
+    for name, vmaddr, _vmsize, fileoff, filesize in _segments(owner[0].file):
+        if vmaddr <= address < vmaddr + filesize:
+            got = struct.unpack_from("<Q", Path(owner[0].file).read_bytes(), fileoff + address - vmaddr)[0]
+            assert got == machine.read_u64(address), name
+
+
 # ---------------------------------------------------------------------------------------------
 # LINKEDIT: the image's own exports, symbols, indirect symbols and function starts
 

@@ -333,6 +333,8 @@ SYMLINKS = {
     "/usr/lib/libfxa.1.dylib": "/usr/lib/libfxa.dylib",
     "/usr/lib/libfxa.A.dylib": "/usr/lib/libfxa.dylib",
     "/usr/lib/libSystem.dylib": "/usr/lib/libSystem.B.dylib",
+    # an alias with the file name of another image
+    "/usr/lib/alt/libfxb.dylib": "/usr/lib/libfxc.dylib",
 }
 
 
@@ -344,7 +346,9 @@ def aliased_cache(cache_factory: CacheFactory, tmp_path_factory: pytest.TempPath
     root = base / "root"
     shutil.copytree(cache_factory.root("arm64"), root, symlinks=True)
     for alias, target in SYMLINKS.items():
-        os.symlink(os.path.basename(target), root / alias.lstrip("/"))
+        link = root / alias.lstrip("/")
+        link.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(os.path.relpath(target, os.path.dirname(alias)), link)
     result = build_cache(
         BuildOptions(arch="arm64", platform="macos", output_dir=str(base / "out"), root=str(root))
     )
@@ -374,6 +378,19 @@ def test_list_aliases_are_the_roots_symlinks(aliased_cache: tuple[str, Path]) ->
     for alias, target in SYMLINKS.items():
         assert f"{addr[target]:#011x} {alias} -> {target}" in r.stdout.splitlines()
     assert len(r.stdout.splitlines()) == len(raw.images) + len(SYMLINKS)
+
+
+def test_a_file_name_two_images_have_is_refused(
+    aliased_cache: tuple[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    main, _ = aliased_cache
+    assert describe_cache_image(main, "libfxc.dylib")["install_name"] == "/usr/lib/libfxc.dylib"
+    assert describe_cache_image(main, "/usr/lib/alt/libfxb.dylib")["install_name"] == "/usr/lib/libfxc.dylib"
+    line = _one_error_line(capsys, "dependents", main, "libfxb.dylib")
+    assert line == (
+        f"dyldcache dependents: error: {main}: 'libfxb.dylib' names 2 images "
+        "(/usr/lib/libfxb.dylib, /usr/lib/libfxc.dylib); give a full path"
+    )
 
 
 def test_list_aliases_on_apple_caches() -> None:

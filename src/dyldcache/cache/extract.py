@@ -442,7 +442,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = subparsers.add_parser("extract", help="write cache images as standalone dylibs, as dsc_extractor")
+    p = subparsers.add_parser(
+        "extract", help="write cache images as standalone dylibs, as dsc_extractor does"
+    )
     p.add_argument("cache", help="the main cache file")
     p.add_argument("outdir", help="folder to write into (each image at its install path under it)")
     p.add_argument(
