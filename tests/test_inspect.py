@@ -560,3 +560,23 @@ def test_malformed_image_is_a_format_error(capsys: pytest.CaptureFixture[str], t
     ):
         line = _one_error_line(capsys, args[0], str(copy), *args[1:])
         assert f"{copy}" in line and "mach header" in line, line
+
+
+def test_symbol_name_outside_the_string_pool(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    path = shared_path(*GOLDEN)
+    data = bytearray(path.read_bytes())
+    # liba's load commands (image 0's mach header is at file offset 0x1000): find LC_SYMTAB
+    ncmds = struct.unpack_from("<I", data, 0x1000 + 16)[0]
+    off = 0x1000 + 32
+    for _ in range(ncmds):
+        cmd, size = struct.unpack_from("<II", data, off)
+        if cmd == 0x2:
+            symoff = struct.unpack_from("<I", data, off + 8)[0]
+            break
+        off += size
+    struct.pack_into("<I", data, symoff, 0x7FFFFFF0)  # the first nlist's n_strx
+    copy = tmp_path / path.name
+    copy.write_bytes(bytes(data))
+    for args in (("a2s", "0x180004f60"), ("extract", str(tmp_path / "out"))):
+        line = _one_error_line(capsys, args[0], str(copy), *args[1:])
+        assert line.startswith(f"dyldcache {args[0]}: error: {copy}: offset 0x") and "string pool" in line

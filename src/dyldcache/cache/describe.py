@@ -3,8 +3,8 @@
 ``info`` reports what ``dyld_shared_cache_util -info`` does (UUID, platform, cache type,
 header size, mappings of every file with their slide info, subcaches, code signature, local
 symbols, dylibs trie); ``list`` prints one image per line (``--aliases``: and one line per alias
-the dylibs trie gives it). Both are plain functions returning
-plain data (:func:`cache_info`, :func:`cache_list`) with a text or ``--json`` rendering.
+the dylibs trie gives it). Both are plain functions returning plain data (:func:`cache_info`,
+:func:`cache_list`) with a text or ``--json`` rendering.
 """
 
 from __future__ import annotations

@@ -153,11 +153,6 @@ class CacheSymtabs:
             if key in by_key:
                 self._locals_by_image[img.index] = by_key[key]
 
-    @property
-    def has_unmapped_locals(self) -> bool:
-        self._read_locals()
-        return self._locals is not None
-
     def unmapped_locals(self, index: int) -> ImageSymtab | None:
         """Image ``index``'s locals from the local symbols info (``.symbols``), or None."""
         self._read_locals()
