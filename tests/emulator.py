@@ -561,3 +561,50 @@ def load_cache(main_path: str, arch: str, slide: int) -> LoadedCache:
         addr, _mt, _ino, po = struct.unpack_from("<3QI", main, ioff + 32 * i)
         images[main[po : main.index(b"\0", po)].decode()] = addr
     return LoadedCache(m, slide, images)
+
+
+# ---------------------------------------------------------------------------------------------
+# dylibs extracted from a cache (dyldcache extract), mapped at their own addresses
+
+
+def load_at_vmaddr(paths: list[str], arch: str) -> tuple[Machine, dict[str, LoadedImage]]:
+    """Map each dylib's segments (read with LIEF) at the VM addresses its load commands give,
+    without any fixup: an extracted cache dylib holds final pointers and no rebase info, so it
+    runs only where the cache had it. __LINKEDIT is left out (every image extracted from one
+    cache claims the cache's LINKEDIT address, and no code reads it). Initializers are not run.
+    Returns the machine and the images by install name (exports at absolute addresses)."""
+    lief = _lief()
+    m = Machine(arch)
+    images: dict[str, LoadedImage] = {}
+    for p in paths:
+        fat = lief.MachO.parse(p)
+        if fat is None:
+            raise EmulationError(f"LIEF cannot parse {p}")
+        b = fat.at(0)
+        header = next(s for s in b.segments if s.file_offset == 0 and s.file_size)
+        base = header.virtual_address
+        ids = [lib.name for lib in b.libraries if lib.command == lief.MachO.LoadCommand.TYPE.ID_DYLIB]
+        img = LoadedImage(ids[0] if ids else p, base)
+        for seg in b.segments:
+            if seg.name == "__LINKEDIT" or not seg.virtual_size:
+                continue
+            m.map(seg.virtual_address, seg.virtual_size)
+            content = bytes(seg.content)
+            if content:
+                m.write(seg.virtual_address, content[: seg.virtual_size])
+        for sym in b.exported_symbols:
+            info = sym.export_info
+            flags = int(info.flags)
+            if flags & 0x08:  # EXPORT_SYMBOL_FLAGS_REEXPORT
+                continue
+            img.exports[sym.name] = info.address if flags & 0x03 == 0x02 else base + info.address
+        images[img.install_name] = img
+    for p, img in zip(paths, images.values(), strict=True):
+        b = lief.MachO.parse(p).at(0)
+        for sect in b.sections:
+            if sect.type == lief.MachO.Section.TYPE.MOD_INIT_FUNC_POINTERS:
+                img.initializers += [m.read_u64(sect.virtual_address + k) for k in range(0, sect.size, 8)]
+            elif sect.type == lief.MachO.Section.TYPE.INIT_FUNC_OFFSETS:
+                for k in range(0, sect.size, 4):
+                    img.initializers.append(img.base + _u32(m.read(sect.virtual_address + k, 4), 0))
+    return m, images

@@ -24,6 +24,9 @@ COMMAND_MODULES = (
     "dyldcache.link.driver",
     "dyldcache.builder.command",
     "dyldcache.cache.describe",
+    "dyldcache.cache.images",
+    "dyldcache.cache.symbols",
+    "dyldcache.cache.extract",
     "dyldcache.cache.verify",
 )
 

@@ -2,8 +2,9 @@
 
 ``info`` reports what ``dyld_shared_cache_util -info`` does (UUID, platform, cache type,
 header size, mappings of every file with their slide info, subcaches, code signature, local
-symbols, dylibs trie); ``list`` prints one image per line. Both are plain functions returning
-plain data (:func:`cache_info`, :func:`cache_list`) with a text or ``--json`` rendering.
+symbols, dylibs trie); ``list`` prints one image per line (``--aliases``: and one line per alias
+the dylibs trie gives it). Both are plain functions returning plain data (:func:`cache_info`,
+:func:`cache_list`) with a text or ``--json`` rendering.
 """
 
 from __future__ import annotations
@@ -111,13 +112,15 @@ def cache_info(path: str) -> dict[str, Any]:
         }
 
 
-def cache_list(path: str) -> list[dict[str, Any]]:
-    """One dict per image, in image order: index, path, address and UUID.
+def cache_list(path: str, aliases: bool = False) -> list[dict[str, Any]]:
+    """One dict per image, in image order: index, path, address and UUID (and, with ``aliases``,
+    the other paths the dylibs trie gives the image).
 
     The UUID comes from the image text info when the cache has it, else from the image's LC_UUID.
     """
     with DyldCache.open(path) as cache:
         texts = {t.load_address: t for t in cache.image_text_infos}
+        paths = cache.image_paths() if aliases else None
         out = []
         for img in cache.images:
             text = texts.get(img.address)
@@ -127,6 +130,8 @@ def cache_list(path: str) -> list[dict[str, Any]]:
                 raw = cache.image_macho(img.index).uuid
                 uuid = uuid_string(raw) if raw else None
             out.append({"index": img.index, "path": img.path, "address": img.address, "uuid": uuid})
+            if paths is not None:
+                out[-1]["aliases"] = paths[img.index][1:]
         return out
 
 
@@ -194,7 +199,7 @@ def _run_info(args: argparse.Namespace) -> int:
 
 
 def _run_list(args: argparse.Namespace) -> int:
-    images = cache_list(args.cache)
+    images = cache_list(args.cache, args.aliases)
     if args.json:
         json.dump(json_safe(images), sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -206,6 +211,9 @@ def _run_list(args: argparse.Namespace) -> int:
         if args.uuid:
             line += f"<{img['uuid'] or '-'}> "
         sys.stdout.write(line + img["path"] + "\n")
+        # dyld_shared_cache_util -list prints every path of the image, with the same prefix
+        for alias in img.get("aliases", []):
+            sys.stdout.write(f"{line}{alias} -> {img['path']}\n")
     return 0
 
 
@@ -219,4 +227,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--json", action="store_true", help="machine-readable output (all fields)")
     p.add_argument("--uuid", action="store_true", help="show each image's UUID")
     p.add_argument("--vmaddr", action="store_true", help="show each image's load address")
+    p.add_argument(
+        "--aliases", action="store_true", help="also list the other paths of each image (dylibs trie)"
+    )
     p.set_defaults(func=_run_list)

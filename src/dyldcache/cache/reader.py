@@ -20,7 +20,7 @@ from typing import Self
 
 import numpy as np
 
-from ..errors import CacheFormatError, MachOFormatError
+from ..errors import CacheFormatError, MachOFormatError, UsageError
 from ..macho import constants as C
 from ..macho.file import MachOFile
 from ..macho.format import NLIST64_DTYPE, LoadCommandHeader, MachHeader64, SegmentCommand64
@@ -293,13 +293,18 @@ class CacheFile:
     def mapping_bytes(self, mapping: Mapping) -> memoryview:
         return self.data[mapping.file_offset : mapping.file_offset + mapping.size]
 
-    def slide_info(self, index: int) -> tuple[int, np.ndarray] | None:
-        """(version, CACHE_POINTER_DTYPE pointers) of mapping ``index``, or None if it has no slide info."""
+    def slide_info(self, index: int, null_links: bool = False) -> tuple[int, np.ndarray] | None:
+        """(version, CACHE_POINTER_DTYPE pointers) of mapping ``index``, or None if it has no slide info.
+
+        ``null_links`` also reports the chain links that hold a null pointer (target 0).
+        """
         m = self.mappings[index]
         if not m.slide_info_size:
             return None
         blob = self.data[m.slide_info_offset : m.slide_info_offset + m.slide_info_size]
-        return decode_slide_info(blob, self.mapping_bytes(m), m.address, self.path, m.slide_info_offset)
+        return decode_slide_info(
+            blob, self.mapping_bytes(m), m.address, self.path, m.slide_info_offset, null_links=null_links
+        )
 
     def slide_info_version(self, index: int) -> int | None:
         """The version word of mapping ``index``'s slide info (cheap: nothing is decoded)."""
@@ -551,8 +556,8 @@ class DyldCache:
             off += lc.cmdsize
         return None
 
-    def image_macho(self, index: int) -> MachOFile:
-        """Image ``index`` parsed as a Mach-O; its LINKEDIT offsets index the file holding __LINKEDIT."""
+    def _image_files(self, index: int) -> tuple[CacheFile, int, CacheFile, str]:
+        """(file holding the mach header, its offset there, file holding __LINKEDIT, display name)."""
         images = self.images
         if not 0 <= index < len(images):
             raise IndexError(f"image index {index} (the cache has {len(images)})")
@@ -566,7 +571,49 @@ class DyldCache:
             if found is None:
                 raise f.error(off, f"{name}: __LINKEDIT at {le_addr:#x} is not in any mapping")
             le_file = found[0]
+        return f, off, le_file, name
+
+    def image_macho(self, index: int) -> MachOFile:
+        """Image ``index`` parsed as a Mach-O; its LINKEDIT offsets index the file holding __LINKEDIT."""
+        f, off, le_file, name = self._image_files(index)
         return MachOFile(f.data, name, header_offset=off, linkedit=le_file.data, in_cache=True)
+
+    def linkedit_file(self, index: int) -> CacheFile:
+        """The file whose offsets image ``index``'s LINKEDIT load commands give."""
+        return self._image_files(index)[2]
+
+    # -- naming images -----------------------------------------------------------------------------
+
+    def image_paths(self) -> list[list[str]]:
+        """Per image: its install path, then its aliases from the dylibs trie (in byte order)."""
+        images = self.images
+        out = [[img.path] for img in images]
+        for path, index in sorted(self.dylibs_trie().items(), key=lambda kv: kv[0].encode()):
+            if path != images[index].path:
+                out[index].append(path)
+        return out
+
+    def find_image(self, name: str) -> int:
+        """The index of the image ``name`` names: an install path, an alias of the dylibs trie, or
+        (with no ``/``) a file name that belongs to one image only. UsageError otherwise."""
+        paths = self.image_paths()
+        exact = [i for i, names in enumerate(paths) if name in names]
+        if exact:
+            return exact[0]
+        if "/" not in name:
+            by_leaf = sorted(
+                {i for i, names in enumerate(paths) for p in names if p.rsplit("/", 1)[-1] == name}
+            )
+            if len(by_leaf) == 1:
+                return by_leaf[0]
+            if by_leaf:
+                which = ", ".join(paths[i][0] for i in by_leaf)
+                raise UsageError(
+                    f"{self.path}: '{name}' names {len(by_leaf)} images ({which}); give a full path"
+                )
+        raise UsageError(
+            f"{self.path}: no image '{name}' in the cache (give an install name, an alias or a file name)"
+        )
 
     # -- global tables -----------------------------------------------------------------------------
 

@@ -587,7 +587,7 @@ def _decode_v1(ctx: _Ctx, blob: memoryview, mapping: memoryview) -> np.ndarray:
     return _result(ctx, off, target)
 
 
-def _decode_v2(ctx: _Ctx, blob: memoryview, mapping: memoryview) -> np.ndarray:
+def _decode_v2(ctx: _Ctx, blob: memoryview, mapping: memoryview, null_links: bool) -> np.ndarray:
     h = _read_header(ctx, blob, SlideInfo2)
     _check_decode_page_size(ctx, h.page_size, h.page_starts_count)
     try:
@@ -650,9 +650,10 @@ def _decode_v2(ctx: _Ctx, blob: memoryview, mapping: memoryview) -> np.ndarray:
     off, raw = _walk(ctx, _words(mapping), begin, ends_, origin, lambda r: (r & mask) >> dshift)
     value = raw & ~mask
     keep = value != 0  # zero links are in the chain but never slid
-    value = value[keep]
-    target = (value & _U64(_LOW56)) + _U64(h.value_add)
-    return _result(ctx, off[keep], target, high8=(value >> _U64(56)).astype(np.uint8))
+    target = np.where(keep, (value & _U64(_LOW56)) + _U64(h.value_add), _U64(0))
+    if not null_links:
+        value, target, off = value[keep], target[keep], off[keep]
+    return _result(ctx, off, target, high8=(value >> _U64(56)).astype(np.uint8))
 
 
 def _decode_v3_or_v5(ctx: _Ctx, blob: memoryview, mapping: memoryview) -> np.ndarray:
@@ -719,13 +720,16 @@ def decode_slide_info(
     mapping_address: int,
     path: str,
     base_offset: int,
+    *,
+    null_links: bool = False,
 ) -> tuple[int, np.ndarray]:
     """Every pointer a slide info blob describes: (version, CACHE_POINTER_DTYPE array by offset).
 
     ``blob`` is the slide info (at file offset ``base_offset`` of ``path``), ``mapping_bytes``
     the mapping it describes, which starts at ``mapping_address``. The chains are walked in the
     raw bytes; every chain must stay inside its page and the mapping and may not overlap
-    another. Zero-valued v2 links (never slid) are not reported. Problems raise
+    another. Zero-valued v2 links (never slid) are reported (with target 0) only with
+    ``null_links``: whoever rewrites the chains as plain pointers must clear them too. Problems raise
     :class:`CacheFormatError` at an absolute file offset inside the blob.
     """
     blob_mv = _byte_view(blob)
@@ -739,7 +743,7 @@ def decode_slide_info(
     if version == 1:
         return 1, _decode_v1(ctx, blob_mv, mapping)
     if version == 2:
-        return 2, _decode_v2(ctx, blob_mv, mapping)
+        return 2, _decode_v2(ctx, blob_mv, mapping, null_links)
     if version in (3, 5):
         return version, _decode_v3_or_v5(ctx, blob_mv, mapping)
     raise CacheFormatError(path, base_offset, f"unsupported slide info version {version}")
