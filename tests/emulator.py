@@ -130,6 +130,17 @@ class Machine:
         r = self.call(fn, *args) & 0xFFFFFFFF
         return r - (1 << 32) if r & 0x80000000 else r
 
+    def call_double(self, fn: int, *args: float) -> float:
+        """Call a C function of ``double`` arguments returning ``double`` (the first arguments go
+        in XMM0.. on x86_64, D0.. on arm64, as both ABIs say)."""
+        arm = self.arch.startswith("arm64")
+        regs = [A.UC_ARM64_REG_D0 + i if arm else X.UC_X86_REG_XMM0 + i for i in range(len(args))]
+        for reg, value in zip(regs, args, strict=True):
+            self.mu.reg_write(reg, struct.unpack("<Q", struct.pack("<d", value))[0])
+        self.call(fn)
+        raw = self.mu.reg_read(A.UC_ARM64_REG_D0 if arm else X.UC_X86_REG_XMM0)
+        return float(struct.unpack("<d", struct.pack("<Q", int(raw) & 0xFFFFFFFFFFFFFFFF))[0])
+
 
 # ---------------------------------------------------------------------------------------------
 # standalone dylibs, loaded with LIEF

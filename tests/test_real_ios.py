@@ -29,6 +29,7 @@ from typing import Any
 import objdump
 import pytest
 import yaml
+from apple_rules import apple_verdicts, dependencies, headers, id_name, machos
 from cache_fixtures import RawCache, RawFile, input_symtab
 from conftest import python_module, run_cli, shared_path, time_limit
 from standins import (
@@ -45,31 +46,6 @@ from dyldcache.builder.pipeline import BuildOptions, BuildResult, build_cache
 ROOT = ("data", "real", "ios14.4-arm64-procursus", "procursus")
 ARCH = "arm64"
 
-#: cache-format.md §8.1 rule 1 (copied from the format notes on purpose, not imported from the
-#: builder: the builder's list is part of what this file checks)
-SHARED_CACHE_PREFIXES = (
-    "/usr/lib/",
-    "/System/Library/",
-    "/System/iOSSupport/usr/lib/",
-    "/System/iOSSupport/System/Library/",
-    "/Library/Apple/usr/lib/",
-    "/Library/Apple/System/Library/",
-    "/System/DriverKit/",
-    "/System/Cryptexes/OS/usr/lib/",
-    "/System/Cryptexes/OS/System/Library/",
-    "/System/Cryptexes/OS/System/iOSSupport/usr/lib/",
-    "/System/Cryptexes/OS/System/iOSSupport/System/Library/",
-    "/System/ExclaveKit/usr/lib/",
-    "/System/ExclaveKit/System/Library/",
-)
-#: rule 7: skipped without a word
-SILENTLY_SKIPPED = ("/usr/lib/libobjc-trampolines.dylib", "/usr/lib/libffi-trampolines.dylib")
-_DYLIB_COMMANDS = {
-    "LC_LOAD_DYLIB": False,
-    "LC_REEXPORT_DYLIB": False,
-    "LC_LOAD_UPWARD_DYLIB": False,
-    "LC_LOAD_WEAK_DYLIB": True,
-}
 #: from the issue: Procursus libraries with a two-level namespace, and Apple's own, that must be
 #: placed once their dependencies exist
 PROCURSUS_PLACED = (
@@ -135,57 +111,33 @@ def ios(tmp_path_factory: pytest.TempPathFactory) -> IosBuild:
 
 
 def _headers(paths: list[Path]) -> dict[Path, objdump.PrivateHeaders]:
-    objdump.prefetch([(p, ("--private-headers",)) for p in paths])
-    return {p: objdump.private_headers(p) for p in paths}
-
-
-def _id_name(ph: objdump.PrivateHeaders) -> str | None:
-    ids = ph.commands_named("LC_ID_DYLIB")
-    return ids[0]["name"].rsplit(" (offset ", 1)[0] if ids else None
-
-
-def _dependencies(ph: objdump.PrivateHeaders) -> list[tuple[str, bool]]:
-    """(install name, weak) of every LC_*_DYLIB but LC_ID_DYLIB, in load-command order."""
-    return [
-        (c["name"].rsplit(" (offset ", 1)[0], _DYLIB_COMMANDS[c["cmd"]])
-        for c in ph.commands
-        if c.get("cmd") in _DYLIB_COMMANDS
-    ]
-
-
-def _machos(root: Path) -> list[Path]:
-    out = []
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            p = Path(dirpath) / name
-            if not p.is_symlink() and p.read_bytes()[:4] == b"\xcf\xfa\xed\xfe":
-                out.append(p)
-    return sorted(out)
+    heads = headers(paths, ARCH)
+    return {p: ph for p, ph in heads.items() if ph is not None}
 
 
 def test_standins_are_exactly_the_missing_libraries(ios: IosBuild) -> None:
     """A stand-in for every absolute dependency the source root lacks (libSystem's missing
     re-exports among them) and for nothing else; afterwards nothing is missing."""
-    heads = _headers(_machos(ios.source))
+    heads = _headers(machos(ios.source))
     wanted = {
         dep
         for ph in heads.values()
-        for dep, _weak in _dependencies(ph)
+        for dep, _weak in dependencies(ph)
         if dep.startswith("/")
         and not os.path.lexists(ios.source / dep.lstrip("/"))
         # a dependency is also there when some file has it as its install name
-        and dep not in {_id_name(h) for h in heads.values()}
+        and dep not in {id_name(h) for h in heads.values()}
     }
     made = {s.install_name for s in ios.standins}
     assert made == wanted
     libsystem = heads[ios.source / "usr/lib/libSystem.B.dylib"]
-    reexports = {d for d, _ in _dependencies(libsystem)}
+    reexports = {d for d, _ in dependencies(libsystem)}
     assert {"/usr/lib/system/libsystem_c.dylib", "/usr/lib/system/libsystem_kernel.dylib"} <= reexports & made
-    after = _headers(_machos(ios.root))
+    after = _headers(machos(ios.root))
     still = {
         dep
         for ph in after.values()
-        for dep, _ in _dependencies(ph)
+        for dep, _ in dependencies(ph)
         if dep.startswith("/") and not os.path.lexists(ios.file(dep))
     }
     assert not still
@@ -212,87 +164,8 @@ def test_standins_export_their_stubs(ios: IosBuild) -> None:
 # placement, by the rules
 
 
-@dataclass
-class Verdict:
-    path: str
-    #: None: placed; "": silently skipped; else the eviction reason
-    reason: str | None
-
-
-def apple_verdicts(root: Path) -> dict[str, Verdict]:
-    """Placement of every Mach-O file under ``root`` by cache-format.md §8.1 rules 1-9 and the
-    self-containment fixed point of §8.2, read through llvm-objdump."""
-    heads = _headers(_machos(root))
-    verdicts: dict[str, Verdict] = {}
-    deps_of: dict[str, list[tuple[str, bool]]] = {}
-    input_names = {n for n in (_id_name(ph) for ph in heads.values()) if n}
-    for host, ph in heads.items():
-        path = "/" + host.relative_to(root).as_posix()
-        install = _id_name(ph)
-        # a file is cached under its install name when that is a symlink in the root to it
-        link = root / install.lstrip("/") if install and install.startswith("/") else None
-        if link is not None and link.is_symlink() and link.resolve() == host.resolve():
-            path = install or path
-        cmds = {c.get("cmd") for c in ph.commands}
-        split = ph.commands_named("LC_SEGMENT_SPLIT_INFO")
-        deps = _dependencies(ph)
-        if path in SILENTLY_SKIPPED:
-            reason: str | None = ""
-        elif not path.startswith(SHARED_CACHE_PREFIXES):
-            reason = "path is not in a shared cache location"
-        elif ph.header[4] != "DYLIB":
-            reason = "Not MH_DYLIB"
-        elif install is None or not install.startswith("/"):
-            reason = "install name not an absolute path"
-        elif install != path:
-            reason = f"install name '{install}' does not match install path '{path}'"
-        elif "TWOLEVEL" not in ph.header[7:]:
-            reason = "Not built with two level namespaces"
-        elif not split or int(split[0]["datasize"]) == 0:
-            reason = "Missing split seg info"
-        elif not cmds & {"LC_DYLD_INFO_ONLY", "LC_DYLD_EXPORTS_TRIE"}:
-            reason = "Old binary, missing dyld info or exports trie"
-        else:
-            outside = [d for d, weak in deps if not weak and not d.startswith(SHARED_CACHE_PREFIXES)]
-            reason = (
-                f"Depends on dylib '{outside[0]}' which is not in a shared cache location"
-                if outside
-                else None
-            )
-        verdicts[path] = Verdict(path, reason)
-        deps_of[path] = deps
-    placed = {p for p, v in verdicts.items() if v.reason is None}
-    aliases = {
-        "/" + p.relative_to(root).as_posix(): "/" + p.resolve().relative_to(root.resolve()).as_posix()
-        for p in root.rglob("*")
-        if p.is_symlink()
-    }
-    changed = True
-    while changed:
-        changed = False
-        for path in sorted(placed):
-            for dep, weak in deps_of[path]:
-                if dep in placed or aliases.get(dep) in placed:
-                    continue
-                if weak and dep not in input_names:
-                    continue
-                if dep in input_names:
-                    why = (
-                        f"Depends on weak-linked dylib which was evicted: '{dep}'"
-                        if weak
-                        else f"Depends on dylib '{dep}' which was evicted from the cache"
-                    )
-                else:
-                    why = f"Could not find dependency '{dep}'"
-                verdicts[path] = Verdict(path, why)
-                placed.discard(path)
-                changed = True
-                break
-    return verdicts
-
-
 def test_placement_and_every_eviction_follow_the_rules(ios: IosBuild) -> None:
-    verdicts = apple_verdicts(ios.root)
+    verdicts = apple_verdicts(ios.root, ARCH, "ios")
     assert sorted(ios.result.dylibs) == sorted(p for p, v in verdicts.items() if v.reason is None)
     expected = {p: v.reason for p, v in verdicts.items() if v.reason}
     assert {e.path: e.reason for e in ios.result.evictions} == expected
