@@ -309,3 +309,54 @@ def copy_root(src: str | Path, dst: str | Path) -> Path:
     """A writable copy of a root (symlinks kept as symlinks)."""
     shutil.copytree(src, dst, symlinks=True)
     return Path(dst)
+
+
+def restore_link_texts(root: Path) -> dict[str, str]:
+    """Files whose whole content is a path (how the source stored symlinks) become symlinks again."""
+    made = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_symlink() or not p.is_file() or p.stat().st_size > 1024:
+            continue
+        text = p.read_bytes()
+        if b"\0" in text or (not text.endswith(b".dylib") and b"/" not in text):
+            continue
+        try:
+            target = text.decode("ascii")
+        except UnicodeDecodeError:
+            continue
+        if not target.startswith(("/", "../", "./")) and "/" not in target:
+            continue
+        p.unlink()
+        os.symlink(target, p)
+        made["/" + p.relative_to(root).as_posix()] = target
+    return made
+
+
+#: links every macOS 10.14 /usr/lib has (and ../shared's copy lost): alias -> target, relative
+MACOS_SYSTEM_ALIASES = {
+    "/usr/lib/libSystem.dylib": "libSystem.B.dylib",
+    "/usr/lib/libc.dylib": "libSystem.dylib",
+    "/usr/lib/libm.dylib": "libSystem.dylib",
+    "/usr/lib/libpthread.dylib": "libSystem.dylib",
+    "/usr/lib/libdl.dylib": "libSystem.B.dylib",
+    "/usr/lib/libz.dylib": "libz.1.dylib",
+}
+
+
+def prepare_macos_root(
+    source: Path, base: Path
+) -> tuple[Path, dict[str, str], list[tuple[str, str]], list[StandIn]]:
+    """The macOS 10.14 /usr/lib of ../shared as a root a build can take: copied to ``base/root``
+    (writable), its link texts turned back into links, the install-name links and the well-known
+    aliases restored, stand-ins for the missing libraries. Returns (root, link texts, install-name
+    links, stand-ins)."""
+    root = copy_root(source, base / "root")
+    for p in root.rglob("*"):
+        if not p.is_symlink():
+            p.chmod(p.stat().st_mode | 0o200)
+    texts = restore_link_texts(root)
+    links = recreate_install_name_links(root, "x86_64")
+    for alias, target in MACOS_SYSTEM_ALIASES.items():
+        os.symlink(target, root / alias.lstrip("/"))
+    standins = make_standins(root, "x86_64", "macos", base / "stubs", [STANDIN_OBJECTS["x86_64"]])
+    return root, texts, links, standins

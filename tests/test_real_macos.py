@@ -18,7 +18,6 @@ built too: the missing libobjc must take libSystem and everything above it out, 
 from __future__ import annotations
 
 import math
-import os
 import random
 import zlib
 from dataclasses import dataclass
@@ -30,21 +29,13 @@ from apple_rules import apple_verdicts, resolve_in_root
 from cache_fixtures import RawCache
 from conftest import python_module, run_cli, shared_path, time_limit
 from oracles import read_uleb, trie_lookup
-from standins import STANDIN_OBJECTS, StandIn, copy_root, make_standins, recreate_install_name_links
+from standins import MACOS_SYSTEM_ALIASES as SYSTEM_ALIASES
+from standins import StandIn, prepare_macos_root
 
 from dyldcache.builder.pipeline import BuildOptions, BuildResult, build_cache
 
 SOURCE = ("data", "real", "macos10.14-x86_64-usr-lib")
 ARCH = "x86_64"
-#: links every macOS 10.14 /usr/lib has (and the source lost): alias -> target, relative
-SYSTEM_ALIASES = {
-    "/usr/lib/libSystem.dylib": "libSystem.B.dylib",
-    "/usr/lib/libc.dylib": "libSystem.dylib",
-    "/usr/lib/libm.dylib": "libSystem.dylib",
-    "/usr/lib/libpthread.dylib": "libSystem.dylib",
-    "/usr/lib/libdl.dylib": "libSystem.B.dylib",
-    "/usr/lib/libz.dylib": "libz.1.dylib",
-}
 LIBZ = "/usr/lib/libz.1.dylib"
 LIBC = "/usr/lib/system/libsystem_c.dylib"
 LIBM = "/usr/lib/system/libsystem_m.dylib"
@@ -66,40 +57,11 @@ class MacBuild:
         return str(self.result.files[0])
 
 
-def restore_link_texts(root: Path) -> dict[str, str]:
-    """Files whose whole content is a path (how the source stored symlinks) become symlinks again."""
-    made = {}
-    for p in sorted(root.rglob("*")):
-        if p.is_symlink() or not p.is_file() or p.stat().st_size > 1024:
-            continue
-        text = p.read_bytes()
-        if b"\0" in text or (not text.endswith(b".dylib") and b"/" not in text):
-            continue
-        try:
-            target = text.decode("ascii")
-        except UnicodeDecodeError:
-            continue
-        if not target.startswith(("/", "../", "./")) and "/" not in target:
-            continue
-        p.unlink()
-        os.symlink(target, p)
-        made["/" + p.relative_to(root).as_posix()] = target
-    return made
-
-
 @pytest.fixture(scope="session")
 def mac(tmp_path_factory: pytest.TempPathFactory) -> MacBuild:
     source = shared_path(*SOURCE)
     base = tmp_path_factory.mktemp("real-macos")
-    root = copy_root(source, base / "root")
-    for p in root.rglob("*"):
-        if not p.is_symlink():
-            p.chmod(p.stat().st_mode | 0o200)
-    texts = restore_link_texts(root)
-    links = recreate_install_name_links(root, ARCH)
-    for alias, target in SYSTEM_ALIASES.items():
-        os.symlink(target, root / alias.lstrip("/"))
-    standins = make_standins(root, ARCH, "macos", base / "stubs", [STANDIN_OBJECTS[ARCH]])
+    root, texts, links, standins = prepare_macos_root(source, base)
     with time_limit(180):
         result = build_cache(BuildOptions(arch=ARCH, output_dir=str(base / "cache"), root=str(root)))
     return MacBuild(source, root, texts, links, standins, result)
