@@ -75,7 +75,8 @@ def main() -> int:
     started = min(result["build_process_seconds"])
     lines = [
         f"macOS 10.14 /usr/lib (x86_64): {input_bytes / MIB:.1f} MiB of input, {len(standins)} stand-ins; "
-        f"{result['dylibs']} placed, {result['evictions']} evicted; cache {best['output_bytes'] / MIB:.1f} MiB",
+        f"{result['dylibs']} placed, {result['evictions']} evicted; "
+        f"cache {best['output_bytes'] / MIB:.1f} MiB",
         f"  build:  fastest {b:.2f} s, median {median:.2f} s ({input_bytes / MIB / b:.1f} MiB/s); "
         f"with Python start-up {started:.2f} s",
         f"  cp -r:  fastest {c:.3f} s  -> the build takes {b / c:.0f}x cp -r",
