@@ -17,6 +17,7 @@ built too: the missing libobjc must take libSystem and everything above it out, 
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import zlib
@@ -26,7 +27,7 @@ from pathlib import Path
 import objdump
 import pytest
 from apple_rules import apple_verdicts, resolve_in_root
-from cache_fixtures import RawCache
+from cache_fixtures import RawCache, RawSegment
 from conftest import python_module, run_cli, shared_path, time_limit
 from oracles import read_uleb, trie_lookup
 from standins import MACOS_SYSTEM_ALIASES as SYSTEM_ALIASES
@@ -285,3 +286,159 @@ def test_libm_equals_pythons_math(running) -> None:  # type: ignore[no-untyped-d
     for name, args, want in cases:
         got = m.call_double(_fn(running, LIBM, name), *args)
         assert math.isclose(got, want, rel_tol=4e-16, abs_tol=0.0), (name, got, want)
+
+
+def _listing(mac: MacBuild, name: str) -> objdump.Listing:
+    path = (mac.root / name.lstrip("/")).resolve()
+    with path.open("rb") as f:
+        fat = f.read(4) == b"\xca\xfe\xba\xbe"
+    return objdump.listing(path, ARCH if fat else None)
+
+
+class Definitions:
+    """Where each symbol of each input lives in the cache, read from llvm-objdump's export tries
+    of the inputs (re-exports followed to the dylib llvm names) and the cache's segment table."""
+
+    def __init__(self, mac: MacBuild, raw: RawCache) -> None:
+        self.mac, self.raw = mac, raw
+        self.placed = set(mac.result.dylibs)
+
+    @functools.cache  # noqa: B019 - one instance per test
+    def listing(self, name: str) -> objdump.Listing:
+        return _listing(self.mac, name)
+
+    @functools.cache  # noqa: B019
+    def exports(self, name: str) -> dict[str, objdump.ObjExport]:
+        return {e.name: e for e in self.listing(name).exports()}
+
+    @functools.cache  # noqa: B019
+    def headers(self, name: str) -> objdump.PrivateHeaders:
+        return self.listing(name).private_headers()
+
+    @functools.cache  # noqa: B019
+    def deps(self, name: str) -> list[str]:
+        return [
+            c["name"].rsplit(" (offset ", 1)[0]
+            for c in self.headers(name).commands
+            if c.get("cmd")
+            in ("LC_LOAD_DYLIB", "LC_LOAD_WEAK_DYLIB", "LC_REEXPORT_DYLIB", "LC_LOAD_UPWARD_DYLIB")
+        ]
+
+    def dep_named(self, name: str, short: str) -> str:
+        """The dependency llvm-objdump calls ``short`` (resolved through the root's links), or
+        the image itself for ordinal 0 ("this-image")."""
+        if short == "this-image":
+            return name
+        dep = next((d for d in self.deps(name) if objdump.short_name_matches(d, short)), None)
+        assert dep is not None, (name, short, self.deps(name))
+        return dep if dep in self.placed else resolve_in_root(self.mac.root, dep) or dep
+
+    @functools.cache  # noqa: B019
+    def cached_segments(self, name: str) -> list[RawSegment]:
+        return self.raw.segments(name)
+
+    def to_cache(self, name: str, address: int) -> int:
+        segs = zip(self.headers(name).segments, self.cached_segments(name), strict=True)
+        for seg_in, seg_cached in segs:
+            if seg_in.vmaddr <= address < seg_in.vmaddr + seg_in.vmsize:
+                return address - seg_in.vmaddr + seg_cached.vmaddr
+        raise AssertionError(f"{name}: {address:#x} is in no segment")
+
+    def find(self, name: str, symbol: str, *, reexports: bool = True) -> int | None:
+        """``symbol`` as ``name`` exports it: its own entry, then (unless only itself is asked)
+        what it re-exports, as dyld searches."""
+        if name not in self.placed:
+            return None
+        e = self.exports(name).get(symbol)
+        if e is not None:
+            if e.address is None:
+                return self.find(self.dep_named(name, e.reexport_from or ""), e.import_name or symbol)
+            if "absolute" in e.attributes:
+                return e.address
+            return self.to_cache(name, e.address)
+        if reexports:
+            for c in self.headers(name).commands_named("LC_REEXPORT_DYLIB"):
+                dep = c["name"].rsplit(" (offset ", 1)[0]
+                if dep not in self.placed:
+                    dep = resolve_in_root(self.mac.root, dep) or dep
+                found = self.find(dep, symbol)
+                if found is not None:
+                    return found
+        return None
+
+
+def test_every_bind_of_every_real_dylib_holds_its_definition(mac: MacBuild, running) -> None:  # type: ignore[no-untyped-def]
+    """For every placed input, every bind, lazy bind and weak bind that llvm-objdump lists holds,
+    in the cache after the emulator's slide, the address of the definition dyld would pick:
+    through re-exported libraries (libSystem's parts), to stub-and-resolver stubs, missing weak
+    imports null, and weak definitions coalesced to libc++ first, then the image itself
+    (cache-format.md §8.2)."""
+    raw = RawCache(mac.main)
+    defs = Definitions(mac, raw)
+    hosts = {n: (mac.root / n.lstrip("/")).resolve() for n in mac.result.dylibs}
+    objdump.prefetch([(h, objdump.listing_flags(ARCH)) for h in hosts.values()])
+    m, slide = running.machine, running.slide
+    counts = {"bind": 0, "lazy": 0, "weak/libc++": 0, "weak/self": 0, "weak import": 0}
+    for name in hosts:
+        tables = defs.listing(name).tables()
+        for row in objdump.parse_bind_table(tables):
+            want = defs.find(defs.dep_named(name, row.dylib), row.symbol)
+            got = m.read_u64(defs.to_cache(name, row.address) + slide)
+            if want is None:
+                assert row.weak_import and got == 0, (name, row.symbol)
+                counts["weak import"] += 1
+                continue
+            assert got == want + row.addend + slide, (name, row.symbol)
+            counts["bind"] += 1
+        for _seg, _sect, address, dylib, symbol in objdump.parse_lazy_bind_table(tables):
+            want = defs.find(defs.dep_named(name, dylib), symbol)
+            got = m.read_u64(defs.to_cache(name, address) + slide)
+            assert want is not None and got == want + slide, (name, symbol)
+            counts["lazy"] += 1
+        for _seg, _sect, address, addend, symbol in objdump.parse_weak_bind_table(tables):
+            if address is None:
+                continue
+            want = defs.find("/usr/lib/libc++.1.dylib", symbol, reexports=False)
+            where = "weak/libc++"
+            if want is None:
+                want, where = defs.find(name, symbol, reexports=False), "weak/self"
+            if want is None:
+                continue
+            assert m.read_u64(defs.to_cache(name, address) + slide) == want + addend + slide, (name, symbol)
+            counts[where] += 1
+    assert counts["bind"] > 5000 and counts["lazy"] > 10000, counts
+    assert counts["weak/libc++"] > 50 and counts["weak/self"] > 10, counts
+
+
+def test_thread_local_variables_bind_to_the_tlv_bootstrap(mac: MacBuild, running) -> None:  # type: ignore[no-untyped-def]
+    """libCRFSuite's __thread_vars descriptors: the thunk word binds to libdyld's
+    _tlv_bootstrap, the key word stays 0, the offset word stays what the input holds."""
+    name = "/usr/lib/libCRFSuite.dylib"
+    assert name in mac.result.dylibs
+    raw = RawCache(mac.main)
+    defs = Definitions(mac, raw)
+    sect = next(s for s in defs.headers(name).sections if s.sectname == "__thread_vars")
+    bootstrap = defs.find("/usr/lib/system/libdyld.dylib", "__tlv_bootstrap")
+    assert bootstrap is not None
+    data = (mac.root / name.lstrip("/")).resolve().read_bytes()
+    fat_offset = _slice_offset(data, ARCH)
+    m, slide = running.machine, running.slide
+    assert sect.size and sect.size % 24 == 0
+    for at in range(sect.addr, sect.addr + sect.size, 24):
+        cached = defs.to_cache(name, at) + slide
+        assert m.read_u64(cached) == bootstrap + slide
+        assert m.read_u64(cached + 8) == 0
+        file_at = fat_offset + sect.offset + (at - sect.addr)
+        assert m.read_u64(cached + 16) == int.from_bytes(data[file_at + 16 : file_at + 24], "little")
+
+
+def _slice_offset(data: bytes, arch: str) -> int:
+    """File offset of ``arch``'s slice in a fat file (fat.h, big-endian), 0 for a thin file."""
+    if data[:4] != b"\xca\xfe\xba\xbe":
+        return 0
+    cpu = {"x86_64": 0x01000007, "arm64": 0x0100000C}[arch]
+    for i in range(int.from_bytes(data[4:8], "big")):
+        rec = data[8 + 20 * i : 28 + 20 * i]
+        if int.from_bytes(rec[0:4], "big") == cpu and int.from_bytes(rec[4:8], "big") & 0xFF == 3:
+            return int.from_bytes(rec[8:12], "big")
+    raise AssertionError(f"no {arch} slice")
