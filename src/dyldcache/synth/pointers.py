@@ -2,9 +2,9 @@
 
 ld64 writes a POINTER_64 (THREADED_POINTER_64 on arm64e) entry for each pointer whose target is
 in the image, wherever it lies: the builder takes the target's slide from it. Those are the
-rebases (their target is known as linked) and the binds that resolve to the image itself
-(weak definitions it exports, looked up by coalescing; ordinal 0 = self): their target is the
-symbol's address, found in the exports trie, plus the addend. Pointers to other images need no
+rebases (their target is known as linked) and the binds to a symbol the image exports itself
+(weak definitions looked up by coalescing, flat-namespace lookups, ordinal 0 = self): their
+target is the symbol's address, found in the exports trie, plus the addend. Pointers to other images need no
 entry. 32-bit pointers refuse the image (no 64-bit cache carries them).
 """
 
@@ -18,8 +18,10 @@ from ..macho.fixups import FIXUP_FLAG_32BIT, FixupKind
 from ..macho.split_seg import SPLIT_SEG_DTYPE
 from .image_map import ImageMap
 
-#: library ordinals that look the symbol up in this image first (self, weak definitions)
-_SELF_ORDINALS = (0, -3)
+#: library ordinals whose symbol this image may define: self (0), flat namespace (-2), weak
+#: definition lookup (-3). The builder ignores bind-encoded pointers when it applies the entries,
+#: so these only mirror what ld64 writes
+_SELF_ORDINALS = (0, -2, -3)
 
 
 def pointer_entries(image: MachOFile, imap: ImageMap) -> np.ndarray:
