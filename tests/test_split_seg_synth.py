@@ -138,14 +138,28 @@ def test_ld64_x86_64_v1_is_covered() -> None:
 # against our linker's split seg info
 
 
+#: (arch, fixups, split seg version, lazy binding) of every fixture set our linker makes
+FIXTURE_SETS = (
+    [(a, f, 2, False) for a, f in CONFIGS]
+    + [("x86_64", "chained", 1, False), ("x86_64", "opcodes", 1, False)]
+    + [("arm64", "opcodes", 2, True), ("x86_64", "opcodes", 2, True), ("x86_64", "opcodes", 1, True)]
+)
+
+
 @MODES
 @pytest.mark.parametrize(
-    ("arch", "fixups", "version"),
-    [(a, f, 2) for a, f in CONFIGS] + [("x86_64", "chained", 1), ("x86_64", "opcodes", 1)],
-    ids=[f"{a}-{f}-v2" for a, f in CONFIGS] + ["x86_64-chained-v1", "x86_64-opcodes-v1"],
+    ("arch", "fixups", "version", "lazy"),
+    FIXTURE_SETS,
+    ids=[f"{a}-{f}-v{v}" + ("-lazy" if lazy else "") for a, f, v, lazy in FIXTURE_SETS],
 )
-def test_fixture_dylibs_are_covered(arch: str, fixups: str, version: int, keep: bool) -> None:
-    linked_set = linked(arch, fixups) if version == 2 else linked(arch, fixups, split_seg=version)
+def test_fixture_dylibs_are_covered(arch: str, fixups: str, version: int, lazy: bool, keep: bool) -> None:
+    # called as the other tests call them, so that each set is linked once per session
+    if lazy:
+        linked_set = linked(arch, fixups, split_seg=version, lazy=True)
+    elif version == 1:
+        linked_set = linked(arch, fixups, split_seg=1)
+    else:
+        linked_set = linked(arch, fixups)
     required = 0
     for name, path in linked_set.items():
         entries = synthesize_split_seg(open_macho(path), keep_page_offsets=keep)
