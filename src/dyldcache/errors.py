@@ -74,3 +74,31 @@ class NothingPlacedError(BuildError):
     def __init__(self, message: str, evictions: list[object]) -> None:
         super().__init__(message)
         self.evictions = evictions
+
+
+class SplitSegSynthesisError(DyldCacheError):
+    """Split seg info cannot be derived for a dylib that has none (see ``dyldcache.synth``).
+
+    Names the file, the section (``"__TEXT,__text"``), the offset in that section and why; the
+    builder turns it into an eviction reason. Never a guess: a dylib that raises this is not
+    placed.
+    """
+
+    def __init__(self, path: str, section: str | None, offset: int | None, message: str) -> None:
+        self.path = path
+        self.section = section
+        self.offset = offset
+        self.message = message
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = ""
+        if self.section is not None:
+            where = f"{self.section}" + (f"+{self.offset:#x}" if self.offset is not None else "") + ": "
+        return f"{self.path}: {where}{self.message}"
+
+    def __reduce__(
+        self,
+    ) -> tuple[type[SplitSegSynthesisError], tuple[str, str | None, int | None, str]]:
+        # keep the four fields when the error crosses a process boundary
+        return (type(self), (self.path, self.section, self.offset, self.message))

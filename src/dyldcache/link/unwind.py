@@ -72,7 +72,7 @@ class CIE:
     personality: PointerField | None
 
 
-def _encoded_size(encoding: int) -> int:
+def encoded_size(encoding: int) -> int:
     fmt = encoding & 0x0F
     if fmt in (0x00, 0x04, 0x0C):
         return 8
@@ -83,8 +83,8 @@ def _encoded_size(encoding: int) -> int:
     raise LinkError(f"unsupported DWARF pointer encoding {encoding:#x} in __eh_frame")
 
 
-def _read_encoded(data: bytes, pos: int, encoding: int) -> PointerField:
-    size = _encoded_size(encoding)
+def read_encoded(data: bytes, pos: int, encoding: int) -> PointerField:
+    size = encoded_size(encoding)
     signed = (encoding & 0x0F) in (0x0A, 0x0B, 0x0C) or (encoding & 0x70) == DW_EH_PE_pcrel
     value = int.from_bytes(data[pos : pos + size], "little", signed=signed)
     return PointerField(pos, size, encoding, value)
@@ -134,7 +134,7 @@ def parse_eh_frame(data: bytes, where: str) -> tuple[dict[int, CIE], list[FDE]]:
                 for ch in aug[1:]:
                     if ch == "P":
                         penc = data[pos]
-                        personality = _read_encoded(data, pos + 1, penc)
+                        personality = read_encoded(data, pos + 1, penc)
                         pos += 1 + personality.size
                     elif ch == "L":
                         lsda_enc = data[pos]
@@ -152,15 +152,15 @@ def parse_eh_frame(data: bytes, where: str) -> tuple[dict[int, CIE], list[FDE]]:
             cie = cies.get(cie_off)
             if cie is None:
                 raise LinkError(f"{where}: FDE at {start:#x} refers to no CIE")
-            pc_begin = _read_encoded(data, pos, cie.fde_encoding)
+            pc_begin = read_encoded(data, pos, cie.fde_encoding)
             pos += pc_begin.size
-            pc_range = int.from_bytes(data[pos : pos + _encoded_size(cie.fde_encoding & 0x0F)], "little")
-            pos += _encoded_size(cie.fde_encoding & 0x0F)
+            pc_range = int.from_bytes(data[pos : pos + encoded_size(cie.fde_encoding & 0x0F)], "little")
+            pos += encoded_size(cie.fde_encoding & 0x0F)
             lsda = None
             if cie.augmentation.startswith("z"):
                 _, pos = _uleb(data, pos)
                 if "L" in cie.augmentation and cie.lsda_encoding != DW_EH_PE_omit:
-                    lsda = _read_encoded(data, pos, cie.lsda_encoding)
+                    lsda = read_encoded(data, pos, cie.lsda_encoding)
             fdes.append(FDE(start, cie_off, pc_begin, pc_range, lsda))
         pos = end
     return cies, fdes
