@@ -6,7 +6,9 @@ Seeds come from the example dylibs, ../shared/data and Apple's caches (targets.s
 input that breaks a target's contract (see targets.py) is written to fuzz/corpus/<target>/
 (named by its SHA-256), where the test suite replays it; the campaign goes on after it. The
 process exits 1 when it found a new crasher, 0 otherwise. With --runs and --seed a campaign is
-deterministic, which is how the test suite runs a short slice of each target.
+deterministic, which is how the test suite runs a short slice of each target. A long campaign
+(--seconds above --chunk) runs as a series of fuzzer processes sharing one corpus, because a process
+grows with every input atheris instruments.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import argparse
 import hashlib
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
+import time
 import traceback
 from pathlib import Path
 
@@ -46,14 +50,27 @@ def main() -> int:
     ap.add_argument(
         "--crashers", type=Path, default=None, help="where new crashers go (default fuzz/corpus/TARGET)"
     )
+    ap.add_argument(
+        "--chunk",
+        type=int,
+        default=300,
+        help="a campaign longer than this runs as a series of fuzzer processes of this many seconds "
+        "sharing one corpus (atheris' instrumentation grows a process by ~0.4 MB per input)",
+    )
+    ap.add_argument("--corpus", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     out = args.crashers or targets.CORPUS / args.target
     out.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f"dyldcache-fuzz-{args.target}-"))
     limit = MAX_LEN[args.target]
-    for seed in targets.seeds(args.target):
-        data = seed.read_bytes()[:limit]
-        (work / hashlib.sha256(data).hexdigest()[:16]).write_bytes(data)
+    if args.corpus is None:
+        work = Path(tempfile.mkdtemp(prefix=f"dyldcache-fuzz-{args.target}-"))
+        for seed in targets.seeds(args.target):
+            data = seed.read_bytes()[:limit]
+            (work / hashlib.sha256(data).hexdigest()[:16]).write_bytes(data)
+        if args.seconds > args.chunk:
+            return _campaign(args, work, out)
+    else:
+        work = args.corpus
     found: list[str] = []
 
     def one_input(data: bytes) -> None:
@@ -74,6 +91,7 @@ def main() -> int:
         f"-seed={args.seed}",
         f"-runs={args.runs}",
         "-print_final_stats=1",
+        "-rss_limit_mb=4096",
     ]
     if args.seconds:
         libfuzzer.append(f"-max_total_time={args.seconds}")
@@ -83,12 +101,32 @@ def main() -> int:
     except SystemExit:
         pass
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if args.corpus is None:
+            shutil.rmtree(work, ignore_errors=True)
         for root in targets._ROOTS.values():
             shutil.rmtree(root, ignore_errors=True)
         print(f"{args.target}: {len(found)} new crasher(s) in {out}", file=sys.stderr)
         os._exit(1 if found else 0)
     return 0
+
+
+def _campaign(args: argparse.Namespace, work: Path, out: Path) -> int:
+    """Run the fuzzer in processes of ``--chunk`` seconds on one corpus until ``--seconds`` pass."""
+    deadline = time.monotonic() + args.seconds
+    before = set(os.listdir(out))
+    chunk = 0
+    try:
+        while (left := int(deadline - time.monotonic())) > 5:
+            chunk += 1
+            seed = args.seed + chunk if args.seed else 0
+            cmd = [sys.executable, str(Path(__file__).resolve()), args.target, "--corpus", str(work)]
+            cmd += ["--seconds", str(min(left, args.chunk)), "--seed", str(seed), "--crashers", str(out)]
+            subprocess.run(cmd, check=False)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    new = sorted(set(os.listdir(out)) - before)
+    print(f"{args.target}: {chunk} fuzzer processes, {len(new)} new crasher(s) in {out}", file=sys.stderr)
+    return 1 if new else 0
 
 
 if __name__ == "__main__":
