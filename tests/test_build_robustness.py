@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,34 @@ def test_a_rebuild_removes_files_the_new_cache_does_not_own(
         ]
     )
     assert verify_cache(single.files[0]) == []
+
+
+@pytest.mark.parametrize("arch", ["arm64", "arm64e", "x86_64"])
+def test_a_rebase_target_outside_the_image_evicts_it(
+    cache_factory: CacheFactory, tmp_path: Path, arch: str
+) -> None:
+    """A 1-byte change in a chained rebase's target (the fuzz finding): the pointer would leave the
+    dylib, so it is evicted in phase 1 on every arch, and the rest builds and verifies."""
+    from dyldcache.macho.fixups import FixupKind
+
+    root = tmp_path / "root"
+    shutil.copytree(cache_factory.root(arch, "ios" if arch == "arm64e" else "macos"), root, symlinks=True)
+    victim = root / "usr" / "lib" / "libfxa.dylib"
+    data = bytearray(victim.read_bytes())
+    image = open_macho(victim)
+    rebase = next(r for r in image.fixups.records if r["kind"] == FixupKind.REBASE)
+    seg = image.segment_for_address(int(rebase["address"]))
+    assert seg is not None
+    at = seg.fileoff + int(rebase["address"]) - seg.vmaddr
+    del image
+    data[at + 3] ^= 0x40  # bit 30 of the target: far past the image in every 64-bit format
+    victim.write_bytes(bytes(data))
+    platform = "ios" if arch == "arm64e" else "macos"
+    result = build_cache(
+        BuildOptions(arch=arch, platform=platform, output_dir=str(tmp_path / "out"), root=str(root), jobs=1)
+    )
+    reasons = {e.path: e.reason for e in result.evictions}
+    assert "/usr/lib/libfxa.dylib" in reasons
+    assert "rebase target" in reasons["/usr/lib/libfxa.dylib"]
+    assert "outside the dylib's segments" in reasons["/usr/lib/libfxa.dylib"]
+    assert verify_cache(result.files[0]) == []

@@ -16,6 +16,7 @@ from ..macho.exports_trie import Export, TrieShape
 from ..macho.file import MachOFile, Segment
 from ..macho.fixups import FixupKind
 from .config import MACH_HEADER_ALIGNMENT, CacheConfig
+from .eligibility import segment_content_size
 from .inputs import CacheInput
 from .layout import Chunk, ChunkKind, RegionKind
 
@@ -138,12 +139,7 @@ def categorize_segments(ci: CacheInput, config: CacheConfig) -> list[DylibSegmen
     const_ok: bool | None = None
     out = []
     for seg in image.segments:
-        if seg.sections:
-            end = max(s.addr + s.size for s in seg.sections)
-            size = end - seg.vmaddr
-        else:
-            size = seg.vmsize
-        size = max(size, 0)
+        size = segment_content_size(seg)
         kind: ChunkKind | None
         prot = seg.initprot
         if seg.name == "__LINKEDIT":

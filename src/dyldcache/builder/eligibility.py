@@ -12,7 +12,7 @@ import itertools
 import numpy as np
 
 from ..macho import constants as C
-from ..macho.file import MachOFile
+from ..macho.file import MachOFile, Segment
 from ..macho.fixups import FixupKind
 from ..macho.split_seg import unsupported_v1_entry, unsupported_v2_entry
 from .config import CacheConfig
@@ -183,16 +183,21 @@ def _check_fixups(image: MachOFile, config: CacheConfig) -> str | None:
             return "authenticated bind addend too large for the patch table (>= 2^5)"
     # dyld-1162 checks this on x86_64 only; every arch needs it here, since the cache has no
     # mapping for a target outside the image and the pointer would point at another dylib's bytes
+    # (the cache keeps of each segment only the span of its sections: a target in the rest of
+    # the segment's VM, or one past it, would point at whatever the cache puts there)
     rebases = records[(records["kind"] == FixupKind.REBASE) | (records["kind"] == FixupKind.AUTH_REBASE)]
     if len(rebases):
-        lo = min(s.vmaddr for s in image.segments)
-        hi = max(s.vmaddr + s.vmsize for s in image.segments)
-        bad = np.flatnonzero((rebases["target"] < lo) | (rebases["target"] > hi))
+        targets = rebases["target"]
+        inside = np.zeros(len(targets), dtype=bool)
+        for seg in image.segments:
+            if seg.name != "__LINKEDIT":
+                inside |= (targets >= seg.vmaddr) & (targets <= seg.vmaddr + segment_content_size(seg))
+        bad = np.flatnonzero(~inside)
         if len(bad):
             k = int(bad[0])
             return (
-                f"rebase target {int(rebases['target'][k]):#x} at {int(rebases['address'][k]):#x} is outside "
-                f"the dylib's own address range {lo:#x}-{hi:#x}"
+                f"rebase target {int(targets[k]):#x} at {int(rebases['address'][k]):#x} is outside the "
+                "dylib's segments (as the cache keeps them)"
             )
     if config.arch.name == "x86_64":
         addrs = records["address"]
@@ -201,6 +206,14 @@ def _check_fixups(image: MachOFile, config: CacheConfig) -> str | None:
         if np.any((addrs & np.uint64(0xFFF)) == 0xFFC):
             return "pointer fixup crosses a 4 KiB page"
     return None
+
+
+def segment_content_size(seg: Segment) -> int:
+    """The part of a segment the cache keeps: up to the end of its last section (its whole VM
+    size when it has none)."""
+    if seg.sections:
+        return max(0, max(s.addr + s.size for s in seg.sections) - seg.vmaddr)
+    return seg.vmsize
 
 
 def _check_structure(image: MachOFile) -> str | None:
@@ -236,7 +249,7 @@ def _check_structure(image: MachOFile) -> str | None:
         addrs = recs["address"]
         inside = np.zeros(len(recs), dtype=bool)
         for s in writable:
-            inside |= (addrs >= s.vmaddr) & (addrs + 8 <= s.vmaddr + s.vmsize)
+            inside |= (addrs >= s.vmaddr) & (addrs + 8 <= s.vmaddr + segment_content_size(s))
         bad = np.flatnonzero(~inside)
         if len(bad):
             at = int(addrs[bad[0]])
