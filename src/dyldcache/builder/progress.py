@@ -65,20 +65,29 @@ class TerminalProgress(BuildProgress):
 
     def __init__(self, stream: TextIO, on_committed: Callable[[], None] | None = None) -> None:
         super().__init__(on_committed)
+        self._stream = stream
+        self._bar: Any = None  # drawn from the first phase on
+        self._attempt = 1
+
+    def _new_bar(self) -> Any:
         from tqdm import tqdm  # only when a terminal shows it
 
         tqdm.monitor_interval = 0  # no monitor thread: signals stay with the main thread
-        self._bar: Any = tqdm(
+        return tqdm(
             total=None,
-            file=stream,
+            file=self._stream,
             leave=False,
             dynamic_ncols=True,
             mininterval=0.1,
             bar_format=self.WITHOUT_TOTAL,
+            delay=1e-9,  # nothing is drawn before the first phase sets the text
         )
-        self._attempt = 1
 
     def phase(self, name: str) -> None:
+        if self._bar is None:
+            self._bar = self._new_bar()
+        elif self._bar.total:
+            self._bar.refresh()  # the last count of the phase that ends
         if name in PHASES:
             desc = f"[{list(PHASES).index(name) + 1}/{len(PHASES)}] {PHASES[name]}"
         else:
@@ -86,20 +95,22 @@ class TerminalProgress(BuildProgress):
         if self._attempt > 1:
             desc += f" (attempt {self._attempt})"
         self._bar.bar_format = self.WITHOUT_TOTAL
-        self._bar.reset(total=None)
-        self._bar.set_description_str(desc, refresh=True)
+        self._bar.set_description_str(desc, refresh=False)
+        self._bar.reset(total=float("inf"))  # no count until expect(); redraws
 
     def expect(self, total: int, unit: str) -> None:
         self._bar.bar_format = self.WITH_TOTAL
         self._bar.unit = unit
         self._bar.reset(total=total)
-        self._bar.refresh()
 
     def advance(self, steps: int = 1) -> None:
         self._bar.update(steps)
+        if self._bar.n == self._bar.total:
+            self._bar.refresh()
 
     def retry(self, evicted: int) -> None:
         self._attempt += 1
 
     def close(self) -> None:
-        self._bar.close()
+        if self._bar is not None:
+            self._bar.close()
