@@ -108,7 +108,14 @@ def test_sigint_at_any_moment_leaves_the_earlier_cache(
         status, err, took = _interrupted_build(_build_cmd(out, corpus, jobs), delay)
         left = snapshot(out)
         where = f"SIGINT after {delay:.2f} s (build takes {duration:.2f} s), status {status}: {err!r}"
-        assert "Traceback" not in err and "Exception ignored" not in err, where
+        outcomes.append(status)
+        assert "Exception ignored" not in err, where
+        if "Traceback" in err:
+            # only Python's own start-up (site, runpy), before the first line of dyldcache runs,
+            # is out of reach: Python prints that traceback itself and exits with 1 or by the signal
+            assert str(REPO / "src") not in err and status in (1, -signal.SIGINT), where
+            assert left == old, where
+            continue
         assert took < PROMPT, f"{where}: took {took:.2f} s to end"
         if status == 130:
             assert err.strip().endswith("interrupted"), where
@@ -121,7 +128,6 @@ def test_sigint_at_any_moment_leaves_the_earlier_cache(
             assert status == 0, where
             assert left == new, f"{where}: the build says it succeeded"
         assert not any(n.startswith(STAGING_PREFIX) or ".tmp" in n for n in left), where
-        outcomes.append(status)
     # the signals well inside the build's own time did interrupt it
     assert outcomes[2:10].count(130) >= 6, list(zip(delays, outcomes, strict=True))
 

@@ -8,15 +8,15 @@ The Python API is what the command line uses::
     with DyldCache.open(result.files[0]) as cache:
         print([image.path for image in cache.images])
 
-Every name below is importable from ``dyldcache`` itself; each is loaded on first use, so that
-``import dyldcache`` stays cheap (the command line starts fast, and a Ctrl-C during start-up
-finds it already able to answer).
+Every name below is importable from ``dyldcache`` itself; each is loaded on first use. This
+module imports nothing at all when it runs, so that ``python -m dyldcache`` reaches the command
+line's own Ctrl-C handling (``__main__.py``, ``cli.py``) as soon as Python has started.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+#: true for type checkers only (the name is what they look for); no ``typing`` import at run time
+TYPE_CHECKING = False
 
 __version__ = "0.1.0"
 
@@ -105,6 +105,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from .builder.inputs import Eviction
     from .builder.pipeline import BuildOptions, BuildResult, build_cache
     from .builder.progress import BuildProgress
@@ -139,6 +141,8 @@ def __getattr__(name: str) -> Any:
     where = _EXPORTS.get(name)
     if where is None:
         raise AttributeError(f"module 'dyldcache' has no attribute {name!r}")
+    import importlib
+
     module, _, attribute = where.partition(":")
     value = getattr(importlib.import_module(module), attribute or name)
     globals()[name] = value

@@ -13,21 +13,17 @@ output folder as it was.
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import importlib
-import io
-import json
-import os
 import sys
-from collections.abc import Iterator, Sequence
-from typing import Any, TextIO, cast
 
-from . import __version__
 from .errors import DyldCacheError
-from .fileio import OutputError
-from .interrupts import interrupts_deferred, program_interrupts
-from .names import ESCAPE_HANDLER, json_safe
+
+# Nothing else is imported when this module loads (the console script imports it first, and
+# a Ctrl-C can only be answered once main runs): the rest is imported inside main.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
+    from typing import Any, TextIO
 
 #: modules that contribute subcommands, in the order they are listed by --help
 COMMAND_MODULES = (
@@ -55,11 +51,20 @@ def add_json_option(parser: argparse.ArgumentParser, help: str = "machine-readab
 
 def print_json(doc: Any) -> None:
     """A command's ``--json`` document on standard output (names that are not UTF-8 as \\xNN)."""
+    import json
+
+    from .names import json_safe
+
     json.dump(json_safe(doc), sys.stdout, indent=2)
     sys.stdout.write("\n")
 
 
 def make_parser() -> argparse.ArgumentParser:
+    import argparse
+    import importlib
+
+    from . import __version__
+
     parser = argparse.ArgumentParser(
         prog="dyldcache",
         description="Build and inspect dyld shared caches (dyld-1162 format) on any OS.",
@@ -72,12 +77,8 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class StdoutError(OutputError):
-    """Standard output could not be written (a full disk; a closed pipe is not an error)."""
-
-
 class _CheckedOutput:
-    """Standard output while a command runs: a write that fails (a full disk) is an OutputError,
+    """Standard output while a command runs: a write that fails (a full disk) is a StdoutError,
     one line and exit status 1, instead of a traceback."""
 
     def __init__(self, stream: TextIO) -> None:
@@ -89,7 +90,7 @@ class _CheckedOutput:
         except BrokenPipeError:
             raise
         except OSError as exc:
-            raise StdoutError(f"standard output: cannot write: {exc.strerror}", exc.errno) from None
+            raise _stdout_error(exc) from None
 
     def flush(self) -> None:
         try:
@@ -97,29 +98,30 @@ class _CheckedOutput:
         except BrokenPipeError:
             raise
         except OSError as exc:
-            raise StdoutError(f"standard output: cannot write: {exc.strerror}", exc.errno) from None
+            raise _stdout_error(exc) from None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
 
 
-@contextlib.contextmanager
-def _checked_stdout() -> Iterator[None]:
-    original = sys.stdout
-    sys.stdout = cast(TextIO, _CheckedOutput(original))
-    try:
-        yield
-    finally:
-        sys.stdout = original
+def _stdout_error(exc: OSError) -> DyldCacheError:
+    from .fileio import StdoutError
+
+    return StdoutError(f"standard output: cannot write: {exc.strerror}", exc.errno)
 
 
 def _silence_stdout() -> None:
     """After a write to standard output failed, send what is still buffered nowhere, so that
     Python's own last flush does not complain."""
-    with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
+    import io
+    import os
+
+    try:
         fd = os.open(os.devnull, os.O_WRONLY)
         os.dup2(fd, sys.stdout.fileno())
         os.close(fd)
+    except (OSError, ValueError, io.UnsupportedOperation):
+        pass
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -130,34 +132,53 @@ def main(argv: Sequence[str] | None = None) -> int:
     command into a traceback or a misleading status. With an ``argv`` list (tests, embedding),
     the previous SIGINT handler is restored when the command returns.
     """
-    command = "dyldcache"
-    with program_interrupts(keep=argv is None):
-        try:
-            for stream in (sys.stdout, sys.stderr):
-                # a name that is not UTF-8 prints as \xNN instead of failing the whole command
-                if isinstance(stream, io.TextIOWrapper):
-                    stream.reconfigure(errors=ESCAPE_HANDLER)
-            # a Ctrl-C while the command modules load (numpy among them) waits until they are
-            # loaded: cut short, a C extension's initialisation can turn it into another error
-            with interrupts_deferred():
-                parser = make_parser()
-            args = parser.parse_args(argv)
-            command = f"dyldcache {args.command}"
-            with _checked_stdout():
-                status: int = args.func(args)
-                sys.stdout.flush()
-        except DyldCacheError as exc:
-            if isinstance(exc, StdoutError):
-                _silence_stdout()
-            print(f"{command}: error: {exc}", file=sys.stderr)
-            return exc.exit_status
-        except KeyboardInterrupt:
-            print(f"{command}: interrupted", file=sys.stderr)
-            return EXIT_STATUS["interrupted"]
-        except BrokenPipeError:
+    command = ["dyldcache"]
+    try:
+        from .interrupts import program_interrupts
+
+        with program_interrupts(keep=argv is None):
+            return _run(argv, command)
+    except KeyboardInterrupt:
+        print(f"{command[-1]}: interrupted", file=sys.stderr)
+        return EXIT_STATUS["interrupted"]
+
+
+def _run(argv: Sequence[str] | None, command: list[str]) -> int:
+    from .interrupts import interrupts_deferred
+
+    # a Ctrl-C while the modules load (numpy among them) waits until they are loaded: cut
+    # short, a C extension's initialisation can turn it into another error
+    with interrupts_deferred():
+        import io
+
+        from .fileio import StdoutError
+        from .names import ESCAPE_HANDLER
+
+        parser = make_parser()
+    for stream in (sys.stdout, sys.stderr):
+        # a name that is not UTF-8 prints as \xNN instead of failing the whole command
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors=ESCAPE_HANDLER)
+    args = parser.parse_args(argv)
+    command.append(f"dyldcache {args.command}")
+    original = sys.stdout
+    sys.stdout = _CheckedOutput(original)
+    try:
+        status: int = args.func(args)
+        sys.stdout.flush()
+    except DyldCacheError as exc:
+        sys.stdout = original
+        if isinstance(exc, StdoutError):
             _silence_stdout()
-            return EXIT_STATUS["ok"]
-        return status
+        print(f"{command[-1]}: error: {exc}", file=sys.stderr)
+        return exc.exit_status
+    except BrokenPipeError:
+        sys.stdout = original
+        _silence_stdout()
+        return EXIT_STATUS["ok"]
+    finally:
+        sys.stdout = original
+    return status
 
 
 if __name__ == "__main__":

@@ -34,6 +34,10 @@ class OutputError(DyldCacheError):
         return cls(f"{what}: cannot write: {exc.strerror or exc}", exc.errno)
 
 
+class StdoutError(OutputError):
+    """Standard output could not be written (a full disk; a closed pipe is not an error)."""
+
+
 def temporary_name(path: str) -> str:
     folder = os.path.dirname(os.path.abspath(path))
     return os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")

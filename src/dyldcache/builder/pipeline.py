@@ -863,11 +863,15 @@ class DylibFailures(BuildError):
 
 
 def build_cache(options: BuildOptions) -> BuildResult:
-    """Build a cache (Python API of ``dyldcache build``).
+    """Build a cache (Python API of ``dyldcache build``); see BuildOptions and BuildResult.
 
     A dylib that fails in a later phase (a split seg reference that cannot reach its target in
     this layout, a pointer slide info cannot express, ...) is evicted with that reason and the
     cache is laid out again without it, as Apple's builder does when a cache overflows.
+
+    Raises a DyldCacheError for anything a user can cause (NothingPlacedError when no input
+    can be placed, with every reason). On any error, and on KeyboardInterrupt, the output
+    folder is left as it was: worker processes are stopped and nothing is left behind.
     """
     excluded: dict[str, str] = {}
     while True:
