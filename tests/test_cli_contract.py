@@ -436,6 +436,12 @@ def test_example_keep_dylibs(tmp_path: Path, capsys: pytest.CaptureFixture[str])
         capsys, ["build", "--arch", "arm64", "-o", str(tmp_path / "p"), "--keep-dylibs", str(keep)]
     )
     assert status == 2 and "use it with --example" in err
+    # again into the same folder: fine; into a folder with other files: refused (they would be cached)
+    status, _, err = _main(capsys, argv)
+    assert status == 0, err
+    (keep / "notes.txt").write_text("mine")
+    status, _, err = _main(capsys, argv)
+    assert status == 2 and "holds other files (notes.txt)" in err
 
 
 # ---------------------------------------------------------------------------------------------

@@ -99,6 +99,16 @@ def _build_example(args: argparse.Namespace, progress: BuildProgress) -> int:
             os.makedirs(args.keep_dylibs, exist_ok=True)
         except OSError as exc:
             raise OutputError(f"--keep-dylibs {args.keep_dylibs}: {exc.strerror}", exc.errno) from None
+        # the folder is the build's root: anything else in it would go into the cache too
+        ours = {d.install_name for d in EXAMPLE_DYLIBS}
+        for dirpath, _dirs, names in os.walk(args.keep_dylibs):
+            for name in names:
+                inside = "/" + os.path.relpath(os.path.join(dirpath, name), args.keep_dylibs)
+                if inside.replace(os.sep, "/") not in ours:
+                    raise UsageError(
+                        f"--keep-dylibs {args.keep_dylibs}: holds other files ({inside.lstrip('/')}); "
+                        "give a new or empty folder"
+                    )
         link_examples(args.arch, args.keep_dylibs, platform=args.platform, on_linked=progress.advance)
         args.root = args.keep_dylibs
         return _build(args, progress)
