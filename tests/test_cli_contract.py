@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 from cache_fixtures import CacheFactory, RawCache
-from conftest import REPO
+from conftest import REPO, cli_env
 
 from dyldcache.examples import EXAMPLE_DYLIBS, OBJ_DIR
 
@@ -221,7 +221,7 @@ def test_status_1_when_the_command_fails(
 def test_status_1_when_standard_output_cannot_be_written(case: Case, command: str) -> None:
     if not os.path.exists("/dev/full"):
         pytest.skip("no /dev/full")
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    env = cli_env()
     with open("/dev/full", "w") as full:
         proc = subprocess.run(
             [sys.executable, "-m", "dyldcache", *ROWS[command][0](case)],
@@ -276,7 +276,7 @@ sys.exit(status)
 def test_status_130_when_interrupted(case: Case, command: str) -> None:
     marker = MARKERS.get(command, lambda c: c.cache)(case)
     argv = ROWS[command][0](case)
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    env = cli_env()
     proc = subprocess.run(
         [sys.executable, "-c", DRIVER, marker, *argv], capture_output=True, text=True, env=env, timeout=120
     )
@@ -467,7 +467,7 @@ def test_the_readme_api_example_runs(tmp_path: Path) -> None:
     section = readme.split("## Python API", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.S)
     assert code is not None
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    env = cli_env()
     proc = subprocess.run(
         [sys.executable, "-c", code.group(1)],
         cwd=tmp_path,

@@ -19,7 +19,7 @@ import termios
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import cli_env
 
 from dyldcache.builder.progress import EXTRA_STEPS, PHASES
 
@@ -35,10 +35,6 @@ DYLD_PHASES = [
 ]
 
 
-def _env() -> dict[str, str]:
-    return dict(os.environ, PYTHONPATH=str(REPO / "src"))
-
-
 def _build_on_a_terminal(*args: str) -> tuple[int, str, str]:
     """``dyldcache build ARGS`` with a pseudo-terminal of 120x24 as standard error; returns
     (status, standard output, what the terminal received)."""
@@ -49,7 +45,7 @@ def _build_on_a_terminal(*args: str) -> tuple[int, str, str]:
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=slave,
-        env=_env(),
+        env=cli_env(),
     )
     os.close(slave)
     received = b""
@@ -123,7 +119,7 @@ def test_no_display_without_a_terminal(tmp_path: Path) -> None:
         ],
         capture_output=True,
         text=True,
-        env=_env(),
+        env=cli_env(),
         timeout=120,
     )
     assert proc.returncode == 0

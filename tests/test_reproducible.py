@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from cache_fixtures import CacheFactory, RawFile, snapshot
-from conftest import REPO
+from conftest import cli_env
 
 from dyldcache.builder.pipeline import BuildOptions, build_cache
 
@@ -31,7 +31,7 @@ EPOCH = 1_700_000_000
 
 
 def _build(root: Path, out: Path, *extra: str, epoch: str | None = None) -> None:
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    env = cli_env()
     env.pop("SOURCE_DATE_EPOCH", None)
     if epoch is not None:
         env["SOURCE_DATE_EPOCH"] = epoch
@@ -115,7 +115,7 @@ def test_source_date_epoch_makes_copies_identical(copies: tuple[Path, Path], tmp
 
 
 def test_a_bad_source_date_epoch_is_a_usage_error(copies: tuple[Path, Path], tmp_path: Path) -> None:
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), SOURCE_DATE_EPOCH="yesterday")
+    env = cli_env(SOURCE_DATE_EPOCH="yesterday")
     proc = subprocess.run(
         [
             sys.executable,
@@ -141,23 +141,9 @@ def test_a_bad_source_date_epoch_is_a_usage_error(copies: tuple[Path, Path], tmp
     )
 
 
-def test_workers_do_not_change_a_byte(tmp_path: Path) -> None:
-    """-j 1 and -j 2 on a 30-dylib corpus (enough for both worker pools to run)."""
-    root = tmp_path / "root"
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
-    cmd = [
-        sys.executable,
-        str(REPO / "benchmarks" / "make_corpus.py"),
-        "--arch",
-        "arm64",
-        "--root",
-        str(root),
-    ]
-    cmd += ["--count", "30", "--seed", "11", "--jobs", "2", "--quiet"]
-    gen = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
-    assert gen.returncode == 0, gen.stderr
+def test_workers_do_not_change_a_byte(generated_corpus: Path, tmp_path: Path) -> None:
+    """-j 1 and -j 2 on an 80-dylib corpus (enough for both worker pools to run)."""
     for jobs in (1, 2):
-        build_cache(
-            BuildOptions(arch="arm64", output_dir=str(tmp_path / f"j{jobs}"), root=str(root), jobs=jobs)
-        )
+        out = str(tmp_path / f"j{jobs}")
+        build_cache(BuildOptions(arch="arm64", output_dir=out, root=str(generated_corpus), jobs=jobs))
     assert snapshot(tmp_path / "j1") == snapshot(tmp_path / "j2")
