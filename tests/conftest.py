@@ -30,10 +30,17 @@ EXAMPLES = REPO / "src" / "dyldcache" / "examples"
 REQUIRE_ORACLES = os.environ.get("DYLDCACHE_REQUIRE_ORACLES") == "1"
 
 
-def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """``python -m dyldcache ARGS`` in a real process, with this checkout's sources first."""
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment for a child Python that runs this checkout's sources (``extra`` added)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO / "src"), env.get("PYTHONPATH", "")) if p)
+    env.update(extra)
+    return env
+
+
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """``python -m dyldcache ARGS`` in a real process, with this checkout's sources first."""
+    env = cli_env()
     return subprocess.run(
         [sys.executable, "-m", "dyldcache", *args],
         capture_output=True,
@@ -107,3 +114,17 @@ def cache_factory(tmp_path_factory: pytest.TempPathFactory) -> CacheFactory:
     from cache_fixtures import CacheFactory
 
     return CacheFactory(tmp_path_factory.mktemp("caches"))
+
+
+@pytest.fixture(scope="session")
+def generated_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A root of 80 dylibs from benchmarks/make_corpus.py (arm64, about 9 MiB): big enough for
+    both worker pools to run and for a build to last a second or so, small enough to make in a
+    few seconds."""
+    root = tmp_path_factory.mktemp("generated-corpus") / "root"
+    env = cli_env()
+    cmd = [sys.executable, str(REPO / "benchmarks" / "make_corpus.py"), "--arch", "arm64"]
+    cmd += ["--root", str(root), "--count", "80", "--scale", "0.5", "--seed", "3", "--jobs", "2", "--quiet"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return root

@@ -1,5 +1,11 @@
+"""``python -m dyldcache``: the command line (dyldcache.cli)."""
+
 import sys
 
-from .cli import main
+try:
+    from .cli import main
+except KeyboardInterrupt:  # a Ctrl-C while Python is still loading the program
+    sys.stderr.write("dyldcache: interrupted\n")
+    sys.exit(130)
 
 sys.exit(main())

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
 import tempfile
 
+from ..cache.format import uuid_string
+from ..cli import add_json_option, print_json
 from ..errors import NothingPlacedError, UsageError
-from ..names import json_safe
+from ..fileio import OutputError
+from ..interrupts import current_program_interrupts
 from .inputs import Eviction
 from .pipeline import BuildOptions, build_cache
+from .progress import BuildProgress, TerminalProgress
 
 
 def _size(text: str) -> int:
@@ -31,22 +35,90 @@ def _size(text: str) -> int:
     return value
 
 
+def _whole_number(text: str, what: str, low: int, high: int, hint: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+    if not low <= value < high:
+        raise argparse.ArgumentTypeError(f"{value}: {hint}")
+    return value
+
+
+def _jobs(text: str) -> int:
+    return _whole_number(
+        text, "a number of workers", 0, 1 << 16, "give 0 (one worker per core), 1 (none) or more"
+    )
+
+
+def _epoch(text: str) -> int:
+    return _whole_number(text, "a time in seconds since 1970", 0, 1 << 64, "not a time in seconds since 1970")
+
+
+def _default_epoch() -> int | None:
+    """SOURCE_DATE_EPOCH from the environment (https://reproducible-builds.org/specs/source-date-epoch/)."""
+    text = os.environ.get("SOURCE_DATE_EPOCH")
+    if text is None or text.strip() == "":
+        return None
+    try:
+        return _epoch(text.strip())
+    except argparse.ArgumentTypeError as exc:
+        raise UsageError(f"SOURCE_DATE_EPOCH: {exc}") from None
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
 def _run(args: argparse.Namespace) -> int:
-    if args.example:
-        if args.root is not None or args.dylib_list is not None or args.paths:
-            raise UsageError("--example builds the bundled example; it takes no other inputs")
-        from ..examples import link_examples
+    if args.keep_dylibs is not None and not args.example:
+        raise UsageError("--keep-dylibs keeps the example's dylibs: use it with --example")
+    show = sys.stderr.isatty() and not args.quiet and not args.json
+    interrupts = current_program_interrupts()
+    on_committed = interrupts.finish if interrupts is not None else None
+    progress = TerminalProgress(sys.stderr, on_committed) if show else BuildProgress(on_committed)
+    try:
+        if args.example:
+            if args.root is not None or args.dylib_list is not None or args.paths:
+                raise UsageError("--example builds the bundled example; it takes no other inputs")
+            return _build_example(args, progress)
+        if args.root is None and args.dylib_list is None and not args.paths:
+            raise UsageError("give --root, --dylib-list or dylib paths (or --example)")
+        return _build(args, progress)
+    finally:
+        progress.close()
 
-        with tempfile.TemporaryDirectory(prefix="dyldcache-example-root-") as root:
-            link_examples(args.arch, root, platform=args.platform)
-            args.root = root
-            return _build(args)
-    if args.root is None and args.dylib_list is None and not args.paths:
-        raise UsageError("give --root, --dylib-list or dylib paths (or --example)")
-    return _build(args)
+
+def _build_example(args: argparse.Namespace, progress: BuildProgress) -> int:
+    from ..examples import EXAMPLE_DYLIBS, link_examples
+
+    progress.phase("link_examples")
+    progress.expect(len(EXAMPLE_DYLIBS), "dylibs")
+    if args.keep_dylibs is not None:
+        try:
+            os.makedirs(args.keep_dylibs, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"--keep-dylibs {args.keep_dylibs}: {exc.strerror}", exc.errno) from None
+        # the folder is the build's root: anything else in it would go into the cache too
+        ours = {d.install_name for d in EXAMPLE_DYLIBS}
+        for dirpath, _dirs, names in os.walk(args.keep_dylibs):
+            for name in names:
+                inside = "/" + os.path.relpath(os.path.join(dirpath, name), args.keep_dylibs)
+                if inside.replace(os.sep, "/") not in ours:
+                    raise UsageError(
+                        f"--keep-dylibs {args.keep_dylibs}: holds other files ({inside.lstrip('/')}); "
+                        "give a new or empty folder"
+                    )
+        link_examples(args.arch, args.keep_dylibs, platform=args.platform, on_linked=progress.advance)
+        args.root = args.keep_dylibs
+        return _build(args, progress)
+    with tempfile.TemporaryDirectory(prefix="dyldcache-example-root-") as root:
+        link_examples(args.arch, root, platform=args.platform, on_linked=progress.advance)
+        args.root = root
+        return _build(args, progress)
 
 
-def _build(args: argparse.Namespace) -> int:
+def _build(args: argparse.Namespace, progress: BuildProgress) -> int:
     options = BuildOptions(
         arch=args.arch,
         platform=args.platform,
@@ -59,32 +131,28 @@ def _build(args: argparse.Namespace) -> int:
         unmap_locals=False if args.no_unmap_locals else None,
         jobs=args.jobs,
         time_passes=args.time_passes,
-        progress=not args.quiet,
+        progress=progress,
         apple_rules=args.apple_rules,
+        source_date_epoch=args.source_date_epoch if args.source_date_epoch is not None else _default_epoch(),
     )
     try:
         result = build_cache(options)
     except NothingPlacedError as exc:
+        progress.close()
         # every reason is printed before the one-line error, and machines get them as JSON too
         for e in exc.evictions:
             print(f"warning: {e}", file=sys.stderr)
         if args.json:
-            json.dump(
-                json_safe(
-                    {
-                        "error": str(exc),
-                        "evictions": [
-                            {"path": e.path, "reason": e.reason}
-                            for e in exc.evictions
-                            if isinstance(e, Eviction)
-                        ],
-                    }
-                ),
-                sys.stdout,
-                indent=2,
+            print_json(
+                {
+                    "error": str(exc),
+                    "evictions": [
+                        {"path": e.path, "reason": e.reason} for e in exc.evictions if isinstance(e, Eviction)
+                    ],
+                }
             )
-            sys.stdout.write("\n")
         raise
+    progress.close()
     for e in result.evictions:
         print(f"warning: {e}", file=sys.stderr)
     for w in result.warnings:
@@ -94,27 +162,22 @@ def _build(args: argparse.Namespace) -> int:
     if args.time_passes:
         print(result.timer.report(), file=sys.stderr)
     if args.json:
-        json.dump(
-            json_safe(
-                {
-                    "files": result.files,
-                    "map": result.map_path,
-                    "json_map": result.json_map_path,
-                    "uuid": result.uuid.hex(),
-                    "dylibs": result.dylibs,
-                    "evictions": [{"path": e.path, "reason": e.reason} for e in result.evictions],
-                    "warnings": result.warnings,
-                    "removed": result.removed,
-                }
-            ),
-            sys.stdout,
-            indent=2,
+        print_json(
+            {
+                "files": result.files,
+                "map": result.map_path,
+                "json_map": result.json_map_path,
+                "uuid": uuid_string(result.uuid),
+                "dylibs": result.dylibs,
+                "evictions": [{"path": e.path, "reason": e.reason} for e in result.evictions],
+                "warnings": result.warnings,
+                "removed": result.removed,
+            }
         )
-        sys.stdout.write("\n")
     elif not args.quiet:
         print(
-            f"built {result.files[0]} ({len(result.dylibs)} dylibs, {len(result.files)} files, "
-            f"{len(result.evictions)} evicted)"
+            f"built {result.files[0]} ({_plural(len(result.dylibs), 'dylib')}, "
+            f"{_plural(len(result.files), 'file')}, {len(result.evictions)} evicted)"
         )
     return 0
 
@@ -133,6 +196,11 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         action="store_true",
         help="build the example that ships with dyldcache (links its libraries first)",
     )
+    p.add_argument(
+        "--keep-dylibs",
+        metavar="DIR",
+        help="with --example: link the example dylibs into DIR (each at its install path) and keep them",
+    )
     p.add_argument("--root", metavar="DIR", help="root filesystem: paths inside it are install paths")
     p.add_argument(
         "--dylib-list", metavar="FILE", help="file listing the dylibs (paths inside --root if given)"
@@ -150,9 +218,18 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         action="store_true",
         help="apply Apple's OS-build eligibility policy exactly as dyld-1162 does",
     )
-    p.add_argument("-j", "--jobs", type=int, default=0, help="worker processes (default: one per core)")
+    p.add_argument(
+        "-j", "--jobs", type=_jobs, default=0, help="worker processes (default 0: one per core; 1: none)"
+    )
+    p.add_argument(
+        "--source-date-epoch",
+        type=_epoch,
+        metavar="SECONDS",
+        help="record SECONDS as every input's mtime and 0 as its inode (macOS caches), so that copies "
+        "of the same files build the same bytes (default: $SOURCE_DATE_EPOCH if set)",
+    )
     p.add_argument("--time-passes", action="store_true", help="print per-phase times and peak memory")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    add_json_option(p, "print the result as JSON (no progress display)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress display and no summary line")
     p.add_argument("paths", nargs="*", metavar="PATH", help="dylibs (placed at their install names)")
     p.set_defaults(func=_run)

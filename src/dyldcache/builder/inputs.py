@@ -8,11 +8,9 @@ wording; a malformed file is evicted with the reader's error, never a traceback.
 
 from __future__ import annotations
 
-import multiprocessing
 import re
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 from ..errors import FormatError
@@ -24,6 +22,7 @@ from .config import CacheConfig
 from .eligibility import SILENT_SKIPS, check_eligibility, is_eligible_path
 from .input_files import InputFile, RootFS
 from .symbol_resolution import ExportIndex
+from .workers import run_tasks
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,31 +209,20 @@ def _check_linkedit_tables(image: MachOFile) -> None:
     image.data_in_code  # noqa: B018
 
 
-_EXAMINE_STATE: tuple[list[InputFile], CacheConfig, dict[str, str]] | None = None
-
-
-def _examine_index(i: int) -> _Examined:
-    assert _EXAMINE_STATE is not None
-    files, config, aliases = _EXAMINE_STATE
-    return _examine(files[i], config, aliases)
-
-
 def _examine_all(
-    files: list[InputFile], config: CacheConfig, aliases: dict[str, str], jobs: int
+    files: list[InputFile],
+    config: CacheConfig,
+    aliases: dict[str, str],
+    jobs: int,
+    on_examined: Callable[[], None] | None = None,
 ) -> list[_Examined]:
     """Examine every file, in worker processes when there are enough of them."""
-    global _EXAMINE_STATE
-    if jobs <= 1 or len(files) < 16 or "fork" not in multiprocessing.get_all_start_methods():
-        return [_examine(f, config, aliases) for f in files]
-    _EXAMINE_STATE = (files, config, aliases)
-    try:
-        ctx = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-            return list(
-                pool.map(_examine_index, range(len(files)), chunksize=max(1, len(files) // (jobs * 8)))
-            )
-    finally:
-        _EXAMINE_STATE = None
+    return run_tasks(
+        lambda i: _examine(files[i], config, aliases),
+        len(files),
+        jobs if len(files) >= 16 else 1,
+        on_result=on_examined,
+    )
 
 
 def calculate_inputs(
@@ -245,12 +233,14 @@ def calculate_inputs(
     jobs: int = 1,
     excluded: dict[str, str] | None = None,
     root: RootFS | None = None,
+    on_examined: Callable[[], None] | None = None,
 ) -> Inputs:
     """Parse every input once, evict what cannot go into the cache, order the rest.
 
     ``excluded`` (path -> reason) are dylibs a later phase of an earlier attempt failed on:
     they are evicted with that reason. ``root`` resolves dependency paths through the root's
-    symlinks (a dependency may name a cache dylib through a symlinked folder).
+    symlinks (a dependency may name a cache dylib through a symlinked folder). ``on_examined``
+    is called once per input file examined (progress).
     """
     excluded = excluded or {}
     evictions: list[Eviction] = []
@@ -258,7 +248,7 @@ def calculate_inputs(
     input_names: set[str] = set()
     #: file path -> the install name it is cached under, where the two differ
     renamed: dict[str, str] = {}
-    for f, ex in zip(files, _examine_all(files, config, aliases, jobs), strict=True):
+    for f, ex in zip(files, _examine_all(files, config, aliases, jobs, on_examined), strict=True):
         if ex.install_name:
             input_names.add(ex.install_name)
         if ex.reason == "":

@@ -15,12 +15,15 @@ import mmap
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 
-from ..errors import UsageError
 from ..fileio import OutputError
+from ..interrupts import interrupts_deferred
 
 #: prefix of the staging folders (a crashed build's can be recognised and removed)
 STAGING_PREFIX = ".dyldcache-staging-"
+#: prefix, in the staging folder, of the links to the files a commit replaces
+BACKUP_PREFIX = "earlier."
 
 
 class OutputSet:
@@ -32,7 +35,9 @@ class OutputSet:
             os.makedirs(folder, exist_ok=True)
             self.staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=folder)
         except OSError as exc:
-            raise UsageError(f"{folder}: cannot create the output folder: {exc.strerror}") from None
+            raise OutputError(
+                f"{folder}: cannot write in the output folder: {exc.strerror}", exc.errno
+            ) from None
         self.names: list[str] = []
         self._maps: list[mmap.mmap] = []
 
@@ -53,7 +58,7 @@ class OutputSet:
             finally:
                 os.close(fd)
         except OSError as exc:
-            raise OutputError(f"{self.final(name)}: cannot create: {exc.strerror}") from None
+            raise OutputError.from_os_error(self.final(name), exc) from None
         self.names.append(name)
         self._maps.append(mm)
         return mm
@@ -63,7 +68,7 @@ class OutputSet:
             with open(self.staged(name), "wb") as f:
                 f.write(data)
         except OSError as exc:
-            raise OutputError(f"{self.final(name)}: cannot write: {exc.strerror}") from None
+            raise OutputError.from_os_error(self.final(name), exc) from None
         self.names.append(name)
 
     def close_maps(self) -> None:
@@ -73,8 +78,16 @@ class OutputSet:
             mm.close()
         self._maps.clear()
 
-    def commit(self, order: list[str] | None = None) -> list[str]:
-        """Move every file into place (in ``order``, then the rest); returns the stale files removed."""
+    def commit(
+        self, order: list[str] | None = None, on_committed: Callable[[], None] | None = None
+    ) -> list[str]:
+        """Move every file into place (in ``order``, then the rest); returns the stale files removed.
+
+        The renames are the one step a Ctrl-C does not cut short: one that comes during them
+        puts the earlier files back (hard links to them are kept in the staging folder until
+        the renames are done) before it ends the build. ``on_committed`` is called once the new
+        files are in place, before a Ctrl-C that came later is delivered.
+        """
         self.close_maps()
         names = list(order or []) + [n for n in self.names if n not in (order or [])]
         try:
@@ -84,11 +97,61 @@ class OutputSet:
                     os.fsync(fd)
                 finally:
                     os.close(fd)
-            for name in names:
-                os.replace(self.staged(name), self.final(name))
         except OSError as exc:
-            raise OutputError(f"cannot write the cache files: {exc.strerror}") from None
-        self._remove_staging()
+            raise OutputError(
+                f"{self.folder}: cannot move the cache files into place: {exc.strerror}", exc.errno
+            ) from None
+        stale: list[str] = []
+        with interrupts_deferred() as deferral:
+            kept = self._keep_earlier(names)
+            moved: list[str] = []
+            try:
+                for name in names:
+                    os.replace(self.staged(name), self.final(name))
+                    moved.append(name)
+            except OSError as exc:
+                self._put_back(moved, kept)
+                raise OutputError(
+                    f"{self.folder}: cannot move the cache files into place: {exc.strerror}", exc.errno
+                ) from None
+            rolled_back = deferral.pending
+            if rolled_back:
+                self._put_back(moved, kept)
+            else:
+                self._remove_staging()
+                stale = self._remove_stale(names)
+                if on_committed is not None:
+                    on_committed()
+        if rolled_back:  # the handler in place did not end the build: it must not look committed
+            raise KeyboardInterrupt
+        return stale
+
+    def _keep_earlier(self, names: list[str]) -> dict[str, str | None]:
+        """Hard links, in the staging folder, to the files the commit is about to replace (None
+        where the filesystem has no hard links: that earlier file cannot be put back)."""
+        kept: dict[str, str | None] = {}
+        for name in names:
+            backup = os.path.join(self.staging, BACKUP_PREFIX + name)
+            try:
+                os.link(self.final(name), backup)
+                kept[name] = backup
+            except FileNotFoundError:
+                pass
+            except OSError:
+                kept[name] = None
+        return kept
+
+    def _put_back(self, moved: list[str], kept: dict[str, str | None]) -> None:
+        """Undo the renames done so far: the earlier files return, new ones without one go."""
+        for name in moved:
+            backup = kept.get(name, "")
+            with contextlib.suppress(OSError):
+                if backup:
+                    os.replace(backup, self.final(name))
+                elif backup == "":
+                    os.unlink(self.final(name))
+
+    def _remove_stale(self, names: list[str]) -> list[str]:
         stale = []
         for name in sorted(os.listdir(self.folder)):
             if name in names or not (name == self.main_name or name.startswith(self.main_name + ".")):

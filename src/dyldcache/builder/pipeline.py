@@ -10,12 +10,11 @@ them is complete.
 
 from __future__ import annotations
 
-import multiprocessing
+import contextlib
 import os
 import re
-import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,6 +35,7 @@ from ..cache.slide_info import (
 )
 from ..cache.verify import verify_cache
 from ..errors import BuildError, DyldCacheError, NothingPlacedError, UsageError
+from ..interrupts import interrupts_deferred
 from ..macho import constants as C
 from ..macho.exports_trie import write_trie
 from ..macho.format import NLIST64_DTYPE
@@ -67,38 +67,78 @@ from .map_file import json_map, text_map
 from .objc import LIBOBJC, ObjCChunks, add_objc_chunks, emit_objc
 from .output import OutputSet
 from .patch_table import PatchTable
+from .progress import BuildProgress
 from .timing import Timer
+from .workers import run_tasks
 
 _DATA_REGIONS = (RegionKind.DATA_CONST, RegionKind.DATA, RegionKind.AUTH, RegionKind.AUTH_CONST)
 
 
 @dataclass(slots=True)
 class BuildOptions:
+    """What to build (the options of ``dyldcache build``).
+
+    The inputs are ``root`` (a root filesystem: the files under it are placed at their paths
+    inside it, its symlinks become aliases), ``dylib_list`` (a file naming the dylibs, one a
+    line; paths inside ``root`` when it is given, else host paths) and ``paths`` (dylibs given
+    by host path, placed at their own install names). At least one is needed.
+    """
+
+    #: "arm64", "arm64e" or "x86_64"
     arch: str
+    #: folder for the cache files (created if needed); files of an earlier cache of the same
+    #: name that the new one does not own are removed
     output_dir: str
+    #: "macos" or "ios"
     platform: str = "macos"
     root: str | None = None
     dylib_list: str | None = None
     paths: list[str] = field(default_factory=list)
+    #: an order file: install names, one a line (the others follow in input order)
     order_file: str | None = None
+    #: start a new subcache when __TEXT would pass this many bytes (default: the platform's)
     subcache_text_limit: int | None = None
+    #: move local symbols to the .symbols file (default: the platform's choice; iOS does)
     unmap_locals: bool | None = None
+    #: worker processes (0: one per core; 1: none)
     jobs: int = 0
+    #: time each phase (BuildResult.timer)
     time_passes: bool = False
-    progress: bool = False
+    #: hooks told how far the build has got (see builder/progress.py); None: nothing is told
+    progress: BuildProgress | None = None
     #: Apple's OS-build policy rules as well as the format's (dyld-1162's exact eligibility)
     apple_rules: bool = False
+    #: record this time (seconds since 1970) as every input's mtime, and 0 as its inode, in the
+    #: image infos of caches whose dylibs stay on disk (macOS), instead of the files' own: the
+    #: output then depends only on the input bytes, names and options (reproducible builds'
+    #: SOURCE_DATE_EPOCH). dyld compares these fields with the files on disk to tell whether
+    #: a file was replaced after the cache was built
+    source_date_epoch: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.jobs < 0:
+            raise UsageError(f"jobs must be 0 (one per core) or more, not {self.jobs}")
+        if self.source_date_epoch is not None and not 0 <= self.source_date_epoch < 1 << 64:
+            raise UsageError(f"source date epoch {self.source_date_epoch} is not a 64-bit time")
 
 
 @dataclass(slots=True)
 class BuildResult:
+    """What a build wrote (the result of :func:`build_cache`)."""
+
+    #: the cache files, main file first (then the subcaches, then the .symbols file)
     files: list[str]
+    #: the text map (.map) and the JSON map (.json) beside the main file
     map_path: str
     json_map_path: str
+    #: the main file's UUID (16 bytes; ``dyldcache.cache.format.uuid_string`` prints it)
     uuid: bytes
+    #: install names of the cached dylibs, in cache order
     dylibs: list[str]
+    #: inputs left out of the cache, each with the reason (in Apple's wording)
     evictions: list[Eviction]
     warnings: list[str]
+    #: phase times (filled when BuildOptions.time_passes)
     timer: Timer
     #: files of an earlier cache of the same name (old subcaches, .symbols) removed after the commit
     removed: list[str] = field(default_factory=list)
@@ -111,15 +151,6 @@ class _DylibOutcome:
     warnings: list[str]
     error: str | None
     seconds: dict[str, float]
-
-
-# state shared with forked workers (set before the pool starts, read-only afterwards)
-_STATE: CacheBuilder | None = None
-
-
-def _run_one(index: int) -> _DylibOutcome:
-    assert _STATE is not None
-    return _STATE.dylib_passes(index)
 
 
 class CacheBuilder:
@@ -135,6 +166,7 @@ class CacheBuilder:
             options.apple_rules,
         )
         self.timer = Timer()
+        self.progress = options.progress or BuildProgress()
         self.warnings: list[str] = []
         self.inputs: Inputs | None = None
         self.dylibs: list[CacheDylib] = []
@@ -165,21 +197,27 @@ class CacheBuilder:
 
     # ------------------------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _phase(self, name: str) -> Iterator[None]:
+        self.progress.phase(name)
+        with self.timer.phase(name):
+            yield
+
     def build(self) -> BuildResult:
         try:
-            with self.timer.phase("calculate_inputs"):
+            with self._phase("calculate_inputs"):
                 self.calculate_inputs()
-            with self.timer.phase("estimate_global_optimizations"):
+            with self._phase("estimate_global_optimizations"):
                 self.estimate_global_optimizations()
-            with self.timer.phase("create_subcaches"):
+            with self._phase("create_subcaches"):
                 self.create_subcaches()
-            with self.timer.phase("pre_dylib_emit"):
+            with self._phase("pre_dylib_emit"):
                 self.pre_dylib_emit()
-            with self.timer.phase("run_dylib_passes"):
+            with self._phase("run_dylib_passes"):
                 self.run_dylib_passes()
-            with self.timer.phase("post_dylib_emit"):
+            with self._phase("post_dylib_emit"):
                 self.post_dylib_emit()
-            with self.timer.phase("finalize"):
+            with self._phase("finalize"):
                 uuid = self.finalize()
         except BaseException:
             self._discard()
@@ -217,10 +255,15 @@ class CacheBuilder:
             files, aliases, warns, root = files_from_root(o.root, dylib_list)
             self.warnings += warns
         elif dylib_list is not None:
-            files = files_from_paths(dylib_list)
+            try:
+                files = files_from_paths(dylib_list)
+            except UsageError as exc:
+                raise UsageError(
+                    f"--dylib-list {o.dylib_list}: {exc} (without --root, its entries are host paths)"
+                ) from None
         files += files_from_paths(o.paths)
         if not files:
-            raise UsageError("no input files (give --root, --dylib-list or dylib paths)")
+            raise UsageError(self._no_inputs_message(dylib_list))
         order = None
         if o.order_file is not None:
             try:
@@ -228,8 +271,14 @@ class CacheBuilder:
                     order = [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
             except OSError as exc:
                 raise UsageError(f"--dylib-order {o.order_file}: {exc.strerror}") from None
+        if o.source_date_epoch is not None:
+            for input_file in files:
+                input_file.mtime, input_file.inode = o.source_date_epoch, 0
         jobs = self.options.jobs or (os.cpu_count() or 1)
-        self.inputs = calculate_inputs(files, aliases, self.config, order, jobs, self.excluded, root)
+        self.progress.expect(len(files), "files")
+        self.inputs = calculate_inputs(
+            files, aliases, self.config, order, jobs, self.excluded, root, self.progress.advance
+        )
         if not self.inputs.dylibs:
             evictions = self.inputs.evictions
             detail = f" ({eviction_summary(evictions)})" if evictions else ""
@@ -243,6 +292,22 @@ class CacheBuilder:
                     target = by_name.get(self.inputs.aliases[path])
                 d.dependents.append((target, kind))
             d.segments = categorize_segments(d.input, self.config)
+
+    def _no_inputs_message(self, dylib_list: list[str] | None) -> str:
+        """Why the inputs given hold no file to examine, and what to do."""
+        o = self.options
+        first = f" (first: {self.warnings[0]})" if self.warnings else ""
+        if dylib_list is not None:
+            if not dylib_list:
+                return f"--dylib-list {o.dylib_list}: lists no dylibs (one path a line)"
+            under = f" under --root {o.root}" if o.root is not None else ""
+            return (
+                f"--dylib-list {o.dylib_list}: none of its {len(dylib_list)} entries is a file{under}"
+                f"{first}; entries are paths inside the root"
+            )
+        if o.root is not None:
+            return f"--root {o.root}: holds no Mach-O file (dylibs are found at their install paths in it)"
+        return "no inputs: give --root, --dylib-list or dylib paths"
 
     # -- phase 2 --------------------------------------------------------------------------------
 
@@ -403,7 +468,8 @@ class CacheBuilder:
     def pre_dylib_emit(self) -> None:
         """Inputs: the layout. Outputs: the output files, sized and mapped (zero-filled)."""
         main_name = f"dyld_shared_cache_{self.config.arch.name}"
-        self.output = OutputSet(self.options.output_dir, main_name)
+        with interrupts_deferred():  # the staging folder is removed by _discard once it is known
+            self.output = OutputSet(self.options.output_dir, main_name)
         for i, sub in enumerate(self.subcaches):
             mm = self.output.create(main_name + sub.suffix, sub.file_size)
             self.final_paths.append(self.output.final(main_name + sub.suffix))
@@ -474,32 +540,10 @@ class CacheBuilder:
 
     def run_dylib_passes(self) -> None:
         """Inputs: subcaches, buffers. Outputs: dylibs copied, adjusted, bound, LINKEDIT written."""
-        global _STATE
         n = len(self.dylibs)
         jobs = self.options.jobs or (os.cpu_count() or 1)
-        outcomes: list[_DylibOutcome] = []
-        progress = self.options.progress and sys.stderr.isatty()
-        use_pool = jobs > 1 and n >= 8 and "fork" in multiprocessing.get_all_start_methods()
-        if use_pool:
-            _STATE = self
-            try:
-                ctx = multiprocessing.get_context("fork")
-                with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-                    for k, outcome in enumerate(
-                        pool.map(_run_one, range(n), chunksize=max(1, n // (jobs * 8)))
-                    ):
-                        outcomes.append(outcome)
-                        if progress:
-                            _progress(k + 1, n)
-            finally:
-                _STATE = None
-        else:
-            for k in range(n):
-                outcomes.append(self.dylib_passes(k))
-                if progress:
-                    _progress(k + 1, n)
-        if progress:
-            sys.stderr.write("\n")
+        self.progress.expect(n, "dylibs")
+        outcomes = run_tasks(self.dylib_passes, n, jobs if n >= 8 else 1, on_result=self.progress.advance)
         failures = {self.dylibs[o.index].install_name: o.error for o in outcomes if o.error is not None}
         for o in outcomes:
             self.warnings += o.warnings
@@ -698,7 +742,7 @@ class CacheBuilder:
         self._check_own_output()
         # subcaches before the main file that names them; the maps last
         cache_files = [main + s.suffix for s in self.subcaches]
-        self.removed = self.output.commit(cache_files[1:] + cache_files[:1])
+        self.removed = self.output.commit(cache_files[1:] + cache_files[:1], self.progress.committed)
         return uuids[0]
 
     def _check_own_output(self) -> None:
@@ -764,13 +808,6 @@ class CacheBuilder:
             self.output.discard()
 
 
-def _progress(done: int, total: int) -> None:
-    width = 40
-    filled = width * done // total
-    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} dylibs")
-    sys.stderr.flush()
-
-
 def encode_slide_info(cfg: CacheConfig, mapping: memoryview, pointers: np.ndarray) -> bytes:
     """Chain ``pointers`` (CACHE_POINTER_DTYPE, sorted) into ``mapping`` in the config's format."""
     if cfg.slide_info_version == 2:
@@ -826,11 +863,15 @@ class DylibFailures(BuildError):
 
 
 def build_cache(options: BuildOptions) -> BuildResult:
-    """Build a cache (Python API of ``dyldcache build``).
+    """Build a cache (Python API of ``dyldcache build``); see BuildOptions and BuildResult.
 
     A dylib that fails in a later phase (a split seg reference that cannot reach its target in
     this layout, a pointer slide info cannot express, ...) is evicted with that reason and the
     cache is laid out again without it, as Apple's builder does when a cache overflows.
+
+    Raises a DyldCacheError for anything a user can cause (NothingPlacedError when no input
+    can be placed, with every reason). On any error, and on KeyboardInterrupt, the output
+    folder is left as it was: worker processes are stopped and nothing is left behind.
     """
     excluded: dict[str, str] = {}
     while True:
@@ -841,3 +882,5 @@ def build_cache(options: BuildOptions) -> BuildResult:
             if not new:
                 raise BuildError(f"internal: evicting failed dylibs did not help: {exc}") from None
             excluded.update(new)
+            if options.progress is not None:
+                options.progress.retry(len(new))

@@ -10,12 +10,11 @@ the dylibs trie gives it). Both are plain functions returning plain data (:func:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
+from ..cli import add_json_option, print_json
 from ..macho import constants as C
-from ..names import json_safe
 from .format import CACHE_TYPE_NAMES, uuid_string
 from .reader import CacheFile, DyldCache
 
@@ -139,7 +138,7 @@ def _print_info(d: dict[str, Any]) -> None:
     w = sys.stdout.write
     w(f"path:           {d['path']}\n")
     w(f"uuid:           {d['uuid']}\n")
-    w(f"arch:           {d['arch']} (magic {d['magic']!r})\n")
+    w(f"arch:           {d['arch']} (magic '{d['magic']}')\n")
     w(f"platform:       {d['platform_name']} ({d['platform']})\n")
     sub = "" if d["cache_sub_type"] is None else f", subtype {d['cache_sub_type']}"
     w(f"cache type:     {d['cache_type_name']} ({d['cache_type']}){sub}\n")
@@ -191,8 +190,7 @@ def _print_info(d: dict[str, Any]) -> None:
 def _run_info(args: argparse.Namespace) -> int:
     d = cache_info(args.cache)
     if args.json:
-        json.dump(json_safe(d), sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        print_json(d)
     else:
         _print_info(d)
     return 0
@@ -201,8 +199,7 @@ def _run_info(args: argparse.Namespace) -> int:
 def _run_list(args: argparse.Namespace) -> int:
     images = cache_list(args.cache, args.aliases)
     if args.json:
-        json.dump(json_safe(images), sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        print_json(images)
         return 0
     for img in images:
         line = ""
@@ -220,11 +217,11 @@ def _run_list(args: argparse.Namespace) -> int:
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("info", help="describe a dyld shared cache (header, mappings, subcaches)")
     p.add_argument("cache", help="the main cache file (subcaches and .symbols are found next to it)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json_option(p)
     p.set_defaults(func=_run_info)
     p = subparsers.add_parser("list", help="list the images of a dyld shared cache")
     p.add_argument("cache", help="the main cache file")
-    p.add_argument("--json", action="store_true", help="machine-readable output (all fields)")
+    add_json_option(p, "machine-readable output (all fields)")
     p.add_argument("--uuid", action="store_true", help="show each image's UUID")
     p.add_argument("--vmaddr", action="store_true", help="show each image's load address")
     p.add_argument(

@@ -26,16 +26,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..errors import CacheFormatError, UsageError
+from ..cli import add_json_option, print_json
+from ..errors import CacheFormatError
+from ..fileio import OutputError, write_atomically
 from ..macho import constants as C
 from ..macho.file import MachOFile, Segment
 from ..macho.format import (
@@ -47,6 +47,7 @@ from ..macho.format import (
     SegmentCommand64,
     SymtabCommand,
 )
+from ..names import printable
 from .reader import CacheFile, DyldCache, Mapping
 from .symtab import REDACTED, CacheSymtabs
 
@@ -393,23 +394,10 @@ def output_path(outdir: str, install_name: str, cache_path: str) -> str:
     """Where ``install_name`` goes under ``outdir``; CacheFormatError if it would leave it."""
     rel = os.path.normpath(install_name.lstrip("/"))
     if not install_name or rel.startswith("..") or os.path.isabs(rel) or rel == ".":
-        raise CacheFormatError(cache_path, None, f"image path {install_name!r} would leave the output folder")
+        raise CacheFormatError(
+            cache_path, None, f"image path '{printable(install_name)}' would leave the output folder"
+        )
     return os.path.join(outdir, rel)
-
-
-def _write_atomic(path: str, data: bytes) -> None:
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".extract-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def extract(cache_path: str, outdir: str, names: list[str] | None = None) -> list[Extracted]:
@@ -423,9 +411,10 @@ def extract(cache_path: str, outdir: str, names: list[str] | None = None) -> lis
         for i, target in targets:
             data = extractor.image_bytes(i)
             try:
-                _write_atomic(target, data)
+                os.makedirs(os.path.dirname(target), exist_ok=True)
             except OSError as exc:
-                raise UsageError(f"cannot write {target}: {exc.strerror}") from None
+                raise OutputError.from_os_error(target, exc) from None
+            write_atomically(target, data)
             done.append(Extracted(cache.images[i].path, target, len(data)))
         return done
 
@@ -434,8 +423,7 @@ def _run(args: argparse.Namespace) -> int:
     done = extract(args.cache, args.outdir, args.path or None)
     if args.json:
         doc: dict[str, Any] = {"outdir": args.outdir, "images": [dataclasses.asdict(e) for e in done]}
-        json.dump(doc, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        print_json(doc)
     else:
         sys.stdout.write(f"extracted {len(done)} image{'s' if len(done) != 1 else ''} into {args.outdir}\n")
     return 0
@@ -450,5 +438,5 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument(
         "path", nargs="*", help="images to extract (install name, alias or file name; default: all)"
     )
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json_option(p)
     p.set_defaults(func=_run)

@@ -97,6 +97,27 @@ def cache_magic(arch: str) -> bytes:
     return MAGIC_PREFIX + raw.rjust(width, b" ") + b"\0"
 
 
+#: first four bytes of Mach-O files (thin 64/32-bit little-endian, fat big-endian)
+_MACHO_STARTS = (b"\xcf\xfa\xed\xfe", b"\xce\xfa\xed\xfe", b"\xca\xfe\xba\xbe", b"\xca\xfe\xba\xbf")
+
+
+def show_bytes(raw: bytes) -> str:
+    """Bytes for an error message: quoted text when they are printable ASCII (trailing NULs
+    dropped), else hex (``cf fa ed fe``), never Python's ``b'...'``."""
+    text = raw.rstrip(b"\0")
+    if text and all(0x20 <= c < 0x7F for c in text):
+        return "'" + text.decode("ascii") + "'"
+    return raw.hex(" ") if raw else "nothing"
+
+
+def not_a_cache_message(magic: bytes) -> str:
+    """Why a file is not a dyld shared cache, and what it may be instead."""
+    hint = ""
+    if magic[:4] in _MACHO_STARTS:
+        hint = "; it is a Mach-O file: 'dyldcache macho' describes it"
+    return f"not a dyld shared cache: it starts with {show_bytes(magic[:16])}, not 'dyld_v1'{hint}"
+
+
 def magic_arch(magic: bytes) -> str | None:
     """The arch named by a cache magic, or None if it is not one."""
     if not magic.startswith(MAGIC_PREFIX):
@@ -275,7 +296,7 @@ class CacheHeader(Record):
         size = len(buf) - offset
         magic = bytes(buf[offset : offset + 16]) if size > 0 else b""
         if len(magic) >= len(MAGIC_PREFIX) and not magic.startswith(MAGIC_PREFIX):
-            raise CacheFormatError(path, offset, f"not a dyld shared cache (magic {magic[:15]!r})")
+            raise CacheFormatError(path, offset, not_a_cache_message(magic))
         if size < 0x18:
             raise CacheFormatError(
                 path, offset, f"file is too small for a dyld cache header ({max(size, 0)} bytes)"

@@ -11,10 +11,10 @@ image's); ``dependents`` lists the dylibs an image loads, as ``dyld_shared_cache
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
+from ..cli import add_json_option, print_json
 from ..macho import constants as C
 from ..macho.describe import _print_text as print_macho_text
 from ..macho.describe import describe_image
@@ -97,15 +97,10 @@ def cache_dependents(path: str, name: str) -> dict[str, Any]:
         }
 
 
-def _dump(doc: Any) -> None:
-    json.dump(doc, sys.stdout, indent=2)
-    sys.stdout.write("\n")
-
-
 def _run_image(args: argparse.Namespace) -> int:
     d = describe_cache_image(args.cache, args.path)
     if args.json:
-        _dump(d)
+        print_json(d)
         return 0
     aliases = f", aliases {', '.join(d['aliases'])}" if d["aliases"] else ""
     sys.stdout.write(f"image {d['index']} at {d['address']:#x}{aliases}\n")
@@ -126,7 +121,7 @@ def _export_text(e: dict[str, Any]) -> str:
 def _run_exports(args: argparse.Namespace) -> int:
     exports = cache_exports(args.cache, args.path)
     if args.json:
-        _dump(exports)
+        print_json(exports)
         return 0
     for e in exports:
         # dyld_shared_cache_util -exports prefixes each line with the image when listing them all
@@ -138,7 +133,7 @@ def _run_exports(args: argparse.Namespace) -> int:
 def _run_dependents(args: argparse.Namespace) -> int:
     d = cache_dependents(args.cache, args.path)
     if args.json:
-        _dump(d)
+        print_json(d)
         return 0
 
     def line(path: str, kind: str | None, rec: dict[str, Any]) -> str:
@@ -162,16 +157,16 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p = subparsers.add_parser("image", help="describe one image of a cache, as 'macho' does a file")
     p.add_argument("cache", help="the main cache file")
     p.add_argument("path", help=where)
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json_option(p)
     p.set_defaults(func=_run_image)
     p = subparsers.add_parser("exports", help="list the exports of a cache's images, at cache addresses")
     p.add_argument("cache", help="the main cache file")
     p.add_argument("path", nargs="?", help=f"{where} (default: every image)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json_option(p)
     p.set_defaults(func=_run_exports)
     p = subparsers.add_parser("dependents", help="list the dylibs a cache image loads")
     p.add_argument("cache", help="the main cache file")
     p.add_argument("path", help=where)
     p.add_argument("--versions", action="store_true", help="show compatibility and current versions")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json_option(p)
     p.set_defaults(func=_run_dependents)

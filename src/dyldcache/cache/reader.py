@@ -25,6 +25,7 @@ from ..macho import constants as C
 from ..macho.file import MachOFile
 from ..macho.format import NLIST64_DTYPE, LoadCommandHeader, MachHeader64, SegmentCommand64
 from ..macho.leb128 import uleb_decode
+from ..names import printable
 from .format import (
     DEVELOPMENT_SUFFIX,
     SYMBOLS_SUFFIX,
@@ -39,6 +40,7 @@ from .format import (
     SubcacheEntry,
     SubcacheEntryV1,
     mapping_name,
+    show_bytes,
     uuid_string,
 )
 from .slide_info import decode_slide_info
@@ -411,7 +413,7 @@ class DyldCache:
                 e = SubcacheEntry.unpack_from(main.data, at)
                 suffix, uuid, vm_offset = e.suffix, e.uuid, e.cache_vm_offset
                 if not suffix or "/" in suffix:
-                    raise main.error(at + 24, f"subcache {i} has file suffix {suffix!r}")
+                    raise main.error(at + 24, f"subcache {i} has file suffix '{printable(suffix)}'")
             else:
                 e1 = SubcacheEntryV1.unpack_from(main.data, at)
                 suffix, uuid, vm_offset = f".{i + 1}", e1.uuid, e1.cache_vm_offset
@@ -421,7 +423,9 @@ class DyldCache:
     @staticmethod
     def _check_member(main: CacheFile, member: CacheFile, uuid: bytes, at: int, what: str) -> None:
         if member.header.magic != main.header.magic:
-            raise member.error(0, f"{what} magic {member.header.magic!r} differs from the main file's")
+            raise member.error(
+                0, f"{what} magic {show_bytes(member.header.magic)} differs from the main file's"
+            )
         if member.header.uuid != uuid:
             raise main.error(
                 at,
@@ -637,10 +641,10 @@ class DyldCache:
             try:
                 index, _ = uleb_decode(payload)
             except ValueError as exc:
-                raise CacheFormatError(f.path, off, f"dylibs trie entry {name!r}: {exc}") from None
+                raise CacheFormatError(f.path, off, f"dylibs trie entry '{printable(name)}': {exc}") from None
             if index >= count:
                 raise CacheFormatError(
-                    f.path, off, f"dylibs trie entry {name!r} names image {index} of {count}"
+                    f.path, off, f"dylibs trie entry '{printable(name)}' names image {index} of {count}"
                 )
             out[name] = index
         return out

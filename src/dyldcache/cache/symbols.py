@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from ..cli import add_json_option, print_json
 from ..errors import MachOFormatError, UsageError
 from ..macho import constants as C
 from ..macho.exports_trie import Export, encode_name, read_exports
@@ -329,12 +329,16 @@ def parse_address(text: str) -> int:
 
 
 def addresses_to_symbols(path: str, addresses: list[int]) -> list[Location]:
+    """Where each unslid cache address is (``dyldcache a2s``): file, mapping, image, segment,
+    section and the nearest symbol at or before it; ``image`` is None outside every image."""
     with DyldCache.open(path) as cache:
         index = SymbolIndex(cache)
         return [index.locate(a) for a in addresses]
 
 
 def symbols_to_addresses(path: str, names: list[str]) -> dict[str, list[Definition]]:
+    """Every image that exports or defines each symbol name, with the address (``dyldcache
+    s2a``); an empty list for a name no image has."""
     with DyldCache.open(path) as cache:
         index = SymbolIndex(cache)
         return {name: index.definitions(name) for name in names}
@@ -364,8 +368,7 @@ def _run_a2s(args: argparse.Namespace) -> int:
     addresses = [parse_address(a) for a in args.address]
     found = addresses_to_symbols(args.cache, addresses)
     if args.json:
-        json.dump([dataclasses.asdict(loc) for loc in found], sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        print_json([dataclasses.asdict(loc) for loc in found])
     else:
         for loc in found:
             sys.stdout.write(_location_text(loc) + "\n")
@@ -376,8 +379,7 @@ def _run_s2a(args: argparse.Namespace) -> int:
     found = symbols_to_addresses(args.cache, args.symbol)
     if args.json:
         doc: dict[str, Any] = {name: [dataclasses.asdict(d) for d in defs] for name, defs in found.items()}
-        json.dump(doc, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        print_json(doc)
     else:
         for defs in found.values():
             for d in defs:
@@ -392,10 +394,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p = subparsers.add_parser("a2s", help="name the image and symbol at cache addresses")
     p.add_argument("cache", help="the main cache file")
     p.add_argument("address", nargs="+", help="unslid cache VM address, in hex (0x...)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json_option(p)
     p.set_defaults(func=_run_a2s)
     p = subparsers.add_parser("s2a", help="list the images that export or define symbols, with addresses")
     p.add_argument("cache", help="the main cache file")
     p.add_argument("symbol", nargs="+", help="symbol name as in the symbol table (_malloc)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json_option(p)
     p.set_defaults(func=_run_s2a)

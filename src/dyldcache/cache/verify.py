@@ -5,7 +5,9 @@ hash), that the UUID is the one derived from the code directory (``docs/cache-fo
 and that the mappings are laid out as dyld's preflight requires (§12.1). For the whole
 cache: the subcache UUIDs in the main header, every slide-info chain (inside its page and
 region, every value pointing into the cache), and every image's segments inside a mapping.
-Each problem is one line naming the file and what is wrong.
+Each problem is one line naming the file and what is wrong (exit status 1). A file that is
+not a cache at all (unreadable, another kind of file, too short for a header) is bad input,
+as for ``info`` and ``list``: one error line and exit status 2.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import argparse
 import functools
 import hashlib
 import itertools
-import json
 import os
 import re
 import sys
@@ -23,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
+from ..cli import add_json_option, print_json
 from ..errors import CacheFormatError, DyldCacheError, UsageError
-from ..names import json_safe
 from . import code_signature as cs
-from .format import CacheHeader, uuid_string
+from .format import HEADER_SIZE, CacheHeader, uuid_string
 from .reader import CacheFile, DyldCache
 
 _R, _RW, _RX = 1, 3, 5
@@ -183,15 +184,28 @@ def _check_images(cache: DyldCache) -> list[str]:
     return out
 
 
+def _check_is_a_cache(path: str) -> None:
+    """CacheFormatError when ``path`` cannot be read as a cache at all (the same errors as
+    ``info``): unreadable, not a regular file, not a cache's magic, too short for a header."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(HEADER_SIZE)
+    except OSError as exc:
+        raise CacheFormatError(path, None, f"cannot read: {exc.strerror}") from None
+    CacheHeader.read_any(head, path)
+
+
 def verify_cache(path: str, *, signatures: bool = True) -> list[str]:
     """Every problem found in the cache at ``path`` (empty when it is consistent).
 
-    A file that cannot be opened at all is a UsageError; a cache whose structure stops the
-    reader (bad subcache UUID, mapping outside its file...) is reported as a problem. Without
-    ``signatures`` the page hashes are not checked (the builder's own quick check).
+    A path that does not exist is a UsageError, and a file that is not a cache at all a
+    CacheFormatError; a cache whose structure stops the reader (bad subcache UUID, mapping
+    outside its file...) is reported as a problem. Without ``signatures`` the page hashes are
+    not checked (the builder's own quick check).
     """
     if not os.path.exists(path):
         raise UsageError(f"{path}: no such file")
+    _check_is_a_cache(path)
     try:
         cache = DyldCache.open(path)
     except CacheFormatError as exc:
@@ -220,13 +234,15 @@ def _run(args: argparse.Namespace) -> int:
     problems = verify_cache(args.cache)
     if args.json:
         doc: dict[str, Any] = {"cache": args.cache, "ok": not problems, "problems": problems}
-        json.dump(json_safe(doc), sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        print_json(doc)
     else:
         for p in problems:
             print(p)
         if not problems:
             print(f"{args.cache}: ok")
+    if problems:
+        count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+        print(f"dyldcache verify: {args.cache}: {count} (listed on standard output)", file=sys.stderr)
     return 1 if problems else 0
 
 
@@ -235,5 +251,5 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "verify", help="check a cache's signatures, UUIDs, mappings, slide info, images"
     )
     p.add_argument("cache", help="the main cache file")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json_option(p)
     p.set_defaults(func=_run)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +80,7 @@ def link_examples(
     names: tuple[str, ...] | None = None,
     split_seg_version: int = 2,
     lazy_binding: bool = False,
+    on_linked: Callable[[], None] | None = None,
 ) -> list[str]:
     """Link the examples into ``root`` (a root filesystem: each dylib at its install name).
 
@@ -86,8 +88,8 @@ def link_examples(
     gains an LC_LOAD_WEAK_DYLIB on a dylib that never exists. ``split_seg_version=1`` (x86_64)
     links as ld64 does by default there: split seg v1 and no __DATA_CONST. ``lazy_binding``
     (opcode fixups) calls imports through __stub_helper as ld64 did before chained fixups; every
-    dylib then also links libSystem, whose dyld_stub_binder the helpers jump to. Returns the
-    written paths.
+    dylib then also links libSystem, whose dyld_stub_binder the helpers jump to.
+    ``on_linked`` is called after each dylib is written (progress). Returns the written paths.
     """
     if arch not in ARCHS:
         raise UsageError(f"no example objects for {arch!r} (have {', '.join(ARCHS)})")
@@ -128,4 +130,6 @@ def link_examples(
                 )
             )
             written[d.name] = out
+            if on_linked is not None:
+                on_linked()
     return list(written.values())

@@ -74,6 +74,8 @@ LINKEDIT_ALIGN = 8
 
 @dataclass(slots=True)
 class LinkInput:
+    """One input of a link: an object file (.o), a dylib or a .tbd stub to link against."""
+
     path: str
     #: for dylibs: "load", "weak", "reexport" or "upward"
     mode: str = "load"
@@ -81,6 +83,12 @@ class LinkInput:
 
 @dataclass(slots=True)
 class LinkOptions:
+    """What to link (the options of ``dyldcache link``): ``inputs`` (objects, and the dylibs or
+    .tbd stubs they link against) into the dylib ``output`` for ``arch`` ("arm64", "arm64e",
+    "x86_64"), named ``install_name``, with split seg info so that the cache builder can move
+    its segments. ``fixups`` is "chained" (the default) or "opcodes"; ``search_paths`` are where
+    dependencies named by install name are looked for."""
+
     arch: str
     output: str
     #: "" takes the stub library's install name
@@ -109,6 +117,8 @@ class LinkOptions:
 
 @dataclass(slots=True)
 class LinkResult:
+    """What a link wrote: the dylib's path, its LC_UUID, and the linker's warnings."""
+
     path: str
     uuid: bytes
     warnings: list[str]

@@ -7,11 +7,12 @@ entries by kind, and exports; every slice of a fat file unless ``--arch`` picks 
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
 from typing import Any
 
-from ..names import json_safe
+from ..cli import add_json_option, print_json
+from ..errors import MachOFormatError
 from . import constants as C
 from .fat import is_fat, parse_fat
 from .file import MachOFile, MappedFile, format_version, parse_macho
@@ -137,6 +138,8 @@ def describe_image(image: MachOFile) -> dict[str, Any]:
 
 def describe_file(path: str, arch: str | None = None) -> list[dict[str, Any]]:
     """One description per selected slice (all slices of a fat file when ``arch`` is None)."""
+    if os.path.isdir(path):
+        raise MachOFormatError(path, None, "is a directory, not a Mach-O file")
     mapped = MappedFile(path)
     if is_fat(mapped.data) and arch is None:
         slices = parse_fat(mapped.data, path)
@@ -193,8 +196,7 @@ def _print_text(d: dict[str, Any]) -> None:
 def _run(args: argparse.Namespace) -> int:
     descs = describe_file(args.file, args.arch)
     if args.json:
-        json.dump(json_safe(descs if len(descs) > 1 else descs[0]), sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        print_json(descs if len(descs) > 1 else descs[0])
     else:
         for d in descs:
             _print_text(d)
@@ -207,5 +209,5 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     p.add_argument("file", help="a Mach-O file (thin or fat)")
     p.add_argument("--arch", help="slice of a fat file to describe (default: all)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json_option(p)
     p.set_defaults(func=_run)
