@@ -294,6 +294,8 @@ class CacheSpec:
     #: opcode fixups with lazy binding (__la_symbol_ptr + __stub_helper), as ld64 linked before
     #: chained fixups
     lazy: bool = False
+    #: dyld-1162's eligibility exactly (--apple-rules): the evictions roots test Apple's rules
+    apple_rules: bool = False
 
     @property
     def slide_version(self) -> int:
@@ -308,8 +310,8 @@ CACHES: dict[str, CacheSpec] = {
     "x86_64": CacheSpec("x86_64"),
     "arm64-opcodes": CacheSpec("arm64", fixups="opcodes"),
     "x86_64-opcodes": CacheSpec("x86_64", fixups="opcodes"),
-    "arm64-evictions": CacheSpec("arm64", root="evictions"),
-    "x86_64-evictions": CacheSpec("x86_64", root="evictions"),
+    "arm64-evictions": CacheSpec("arm64", root="evictions", apple_rules=True),
+    "x86_64-evictions": CacheSpec("x86_64", root="evictions", apple_rules=True),
     "arm64-ios": CacheSpec("arm64", "ios"),
     "arm64e-ios": CacheSpec("arm64e", "ios"),
     "arm64e-macos": CacheSpec("arm64e", "macos"),
@@ -331,7 +333,7 @@ EVICTION_CASES = {
     "missing_dependency": "/usr/lib/libfxorphan.dylib",
     # (b) install name outside the shared cache locations, installed at another path
     "install_name_mismatch": "/usr/lib/libfxopt.dylib",
-    # (b') installed outside the shared cache locations
+    # (b') installed outside the shared cache locations (Apple's rules only)
     "ineligible_path": "/opt/lib/libfxopt.dylib",
     # (c) a copy of libfxa with a load command's cmdsize patched
     "corrupt_load_command": "/usr/lib/libfxcorrupt.dylib",
@@ -545,6 +547,7 @@ class CacheFactory:
                 subcache_text_limit=spec.subcache_text_limit,
                 unmap_locals=spec.unmap_locals,
                 jobs=1,
+                apple_rules=spec.apple_rules,
             )
         )
         built = Built(key, spec, root, out, result)

@@ -61,6 +61,7 @@ def _build(args: argparse.Namespace) -> int:
         time_passes=args.time_passes,
         progress=not args.quiet,
         apple_rules=args.apple_rules,
+        install_name_map=args.install_name_map,
     )
     try:
         result = build_cache(options)
@@ -114,7 +115,9 @@ def _build(args: argparse.Namespace) -> int:
     elif not args.quiet:
         print(
             f"built {result.files[0]} ({len(result.dylibs)} dylibs, {len(result.files)} files, "
-            f"{len(result.evictions)} evicted)"
+            f"{len(result.evictions)} evicted"
+            + (f", {len(result.synthesized)} with synthesized split seg info" if result.synthesized else "")
+            + ")"
         )
     return 0
 
@@ -148,7 +151,13 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument(
         "--apple-rules",
         action="store_true",
-        help="apply Apple's OS-build eligibility policy exactly as dyld-1162 does",
+        help="apply Apple's OS-build eligibility policy exactly as dyld-1162 does: only /usr/lib, "
+        "/System/Library, ... paths, absolute install names, split seg info from the linker",
+    )
+    p.add_argument(
+        "--install-name-map",
+        metavar="FILE",
+        help="install-name renames, one 'OLD -> NEW' per line (a folder when both end with '/')",
     )
     p.add_argument("-j", "--jobs", type=int, default=0, help="worker processes (default: one per core)")
     p.add_argument("--time-passes", action="store_true", help="print per-phase times and peak memory")

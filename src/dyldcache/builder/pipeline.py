@@ -10,6 +10,7 @@ them is complete.
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import re
@@ -49,6 +50,7 @@ from .dylib_emit import LinkeditPlacement, copy_segments, rewrite_load_commands,
 from .headers import MainHeaderInfo, header_size, write_header
 from .input_files import InputFile, files_from_paths, files_from_root
 from .inputs import Eviction, Inputs, calculate_inputs, eviction_summary, internal_error_reason
+from .install_names import read_install_name_map
 from .layout import (
     Chunk,
     ChunkKind,
@@ -88,6 +90,8 @@ class BuildOptions:
     progress: bool = False
     #: Apple's OS-build policy rules as well as the format's (dyld-1162's exact eligibility)
     apple_rules: bool = False
+    #: a file of 'OLD -> NEW' install-name renames (builder/install_names.py)
+    install_name_map: str | None = None
 
 
 @dataclass(slots=True)
@@ -102,6 +106,8 @@ class BuildResult:
     timer: Timer
     #: files of an earlier cache of the same name (old subcaches, .symbols) removed after the commit
     removed: list[str] = field(default_factory=list)
+    #: install names of the placed dylibs whose split seg info was synthesized
+    synthesized: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -134,6 +140,9 @@ class CacheBuilder:
             options.unmap_locals,
             options.apple_rules,
         )
+        if options.install_name_map is not None:
+            names = read_install_name_map(options.install_name_map)
+            self.config = dataclasses.replace(self.config, install_names=names)
         self.timer = Timer()
         self.warnings: list[str] = []
         self.inputs: Inputs | None = None
@@ -196,6 +205,7 @@ class CacheBuilder:
             self.warnings,
             self.timer,
             self.removed,
+            [d.install_name for d in self.dylibs if d.input.synthesized_split_seg],
         )
 
     # -- phase 1 --------------------------------------------------------------------------------
@@ -230,6 +240,7 @@ class CacheBuilder:
                 raise UsageError(f"--dylib-order {o.order_file}: {exc.strerror}") from None
         jobs = self.options.jobs or (os.cpu_count() or 1)
         self.inputs = calculate_inputs(files, aliases, self.config, order, jobs, self.excluded, root)
+        self.warnings += self.inputs.warnings
         if not self.inputs.dylibs:
             evictions = self.inputs.evictions
             detail = f" ({eviction_summary(evictions)})" if evictions else ""
