@@ -569,9 +569,13 @@ class CacheFactory:
         return self._gates[key]
 
     def random_slide(self, main_path: str) -> int:
-        """A random non-zero slide, a 16 KiB multiple no larger than the header's maxSlide."""
-        max_slide = RawFile(main_path).field("maxSlide")
-        return int(self.rng.randrange(1, max(2, max_slide // 0x4000)) * 0x4000)
+        return random_slide(main_path, self.rng)
+
+
+def random_slide(main_path: str, rng: random.Random | None = None) -> int:
+    """A random non-zero slide, a 16 KiB multiple no larger than the header's maxSlide."""
+    max_slide = RawFile(main_path).field("maxSlide")
+    return int((rng or random.Random()).randrange(1, max(2, max_slide // 0x4000)) * 0x4000)
 
 
 # ---------------------------------------------------------------------------------------------

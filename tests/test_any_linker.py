@@ -13,7 +13,6 @@ evicted with a reason naming the section and offset, checked against llvm-objdum
 from __future__ import annotations
 
 import json
-import random
 import re
 import shutil
 import subprocess
@@ -23,7 +22,7 @@ from typing import Any
 
 import objdump
 import pytest
-from cache_fixtures import RawCache, RawFile, emulate_calls, input_segments
+from cache_fixtures import RawCache, emulate_calls, input_segments, random_slide
 from conftest import FIXTURES, python_module, run_cli, tool
 
 from dyldcache.builder.pipeline import BuildOptions, BuildResult, build_cache
@@ -129,8 +128,7 @@ def test_every_fixture_call_matches_native_at_a_random_slide(lld: LldBuild) -> N
     python_module("unicorn")
     tool("gcc")
     tool("objcopy")
-    max_slide = RawFile(lld.main).field("maxSlide")
-    slide = random.Random().randrange(1, max(2, max_slide // 0x4000)) * 0x4000
+    slide = random_slide(lld.main)
     run = emulate_calls(lld.main, lld.arch, slide)
     assert run.calls >= 40
     assert run.mismatches == {}, f"slide {slide:#x}"

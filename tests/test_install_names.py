@@ -13,7 +13,6 @@ The fixtures' code then runs at a random slide against gcc's results.
 from __future__ import annotations
 
 import json
-import random
 import shutil
 import struct
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import objdump
 import pytest
-from cache_fixtures import RawCache, RawFile, emulate_calls
+from cache_fixtures import RawCache, emulate_calls, random_slide
 from conftest import FIXTURES, python_module, run_cli, tool
 
 from dyldcache.builder.install_names import parse_install_name_map
@@ -143,8 +142,7 @@ def test_fixture_calls_match_native_at_a_random_slide(built: Built) -> None:
     python_module("unicorn")
     tool("gcc")
     tool("objcopy")
-    max_slide = RawFile(built.main).field("maxSlide")
-    slide = random.Random().randrange(1, max(2, max_slide // 0x4000)) * 0x4000
+    slide = random_slide(built.main)
     run = emulate_calls(built.main, "arm64", slide, PLACES)
     assert run.calls >= 30
     assert run.mismatches == {}, f"slide {slide:#x}"
