@@ -38,7 +38,7 @@ WHEELS: tuple[tuple[str, str, str], ...] = (
 #: scipy's .dylibs/libgfortran, libquadmath and special/libsf_error_state (22 MB download)
 CHAINED_WHEELS: tuple[tuple[str, str, str], ...] = (("scipy", "1.15.3", "macosx_14_0_arm64"),)
 #: the wheels whose bundled dylibs tests/test_wheel_caches.py puts into caches, per arch: eight
-#: projects, 71 arm64 and 70 x86_64 MH_DYLIBs (about 75 MB of downloads in all), every one linked
+#: projects, 58 MH_DYLIBs per arch (about 60 MB of downloads in all), every one linked
 #: by Apple's ld64 or ld-prime without split seg info (their install names are outside
 #: /usr/lib), with @loader_path and @rpath loads and delocate's /DLC/ install names; pyzmq's
 #: are universal2 (fat) files
