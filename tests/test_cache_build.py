@@ -240,7 +240,9 @@ def test_evictions_are_reported_and_the_rest_builds(cache_factory: CacheFactory,
 
 def test_evictions_on_the_command_line(cache_factory: CacheFactory, tmp_path: Path) -> None:
     api = cache_factory.build("arm64-evictions")
-    proc = run_cli("build", "--arch", "arm64", "-o", str(tmp_path / "out"), "--root", api.root)
+    proc = run_cli(
+        "build", "--arch", "arm64", "--apple-rules", "-o", str(tmp_path / "out"), "--root", api.root
+    )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stderr.replace("\r", "\n").splitlines()
     for e in api.result.evictions:

@@ -37,6 +37,33 @@ WHEELS: tuple[tuple[str, str, str], ...] = (
 #: wheels built for macOS 14 whose bundled dylibs use LC_DYLD_CHAINED_FIXUPS (pointer format 6):
 #: scipy's .dylibs/libgfortran, libquadmath and special/libsf_error_state (22 MB download)
 CHAINED_WHEELS: tuple[tuple[str, str, str], ...] = (("scipy", "1.15.3", "macosx_14_0_arm64"),)
+#: the wheels whose bundled dylibs tests/test_wheel_caches.py puts into caches, per arch: eight
+#: projects, 58 MH_DYLIBs per arch (about 60 MB of downloads in all), every one linked
+#: by Apple's ld64 or ld-prime without split seg info (their install names are outside
+#: /usr/lib), with @loader_path and @rpath loads and delocate's /DLC/ install names; pyzmq's
+#: are universal2 (fat) files
+CACHE_WHEELS: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "arm64": (
+        ("pillow", "11.3.0", "macosx_11_0_arm64"),  # 18: zlib-ng, libjpeg, libpng, libwebp, lzma, tiff, ...
+        ("pycurl", "7.49.0", "macosx_11_0_arm64"),  # 15: libcurl, OpenSSL 3, nghttp2/3, ssh2, brotli, idn2
+        ("psycopg2-binary", "2.9.13", "macosx_11_0_arm64"),  # 10: libpq, OpenSSL 3, Kerberos, OpenLDAP
+        ("gmpy2", "2.3.2", "macosx_11_0_arm64"),  # 3: GMP, MPFR, MPC
+        ("h5py", "3.16.0", "macosx_11_0_arm64"),  # 3: HDF5 (LC_RPATH @loader_path/), zlib
+        ("tables", "3.11.1", "macosx_11_0_arm64"),  # 5: HDF5, blosc2 (an @rpath install name), lzo
+        ("shapely", "2.2.0", "macosx_11_0_arm64"),  # 2: GEOS (C++)
+        ("pyzmq", "27.3.0", "macosx_10_15_universal2"),  # 2: libzmq (C++), libsodium; fat
+    ),
+    "x86_64": (
+        ("pillow", "11.3.0", "macosx_10_10_x86_64"),
+        ("pycurl", "7.49.0", "macosx_10_9_x86_64"),
+        ("psycopg2-binary", "2.9.13", "macosx_10_9_x86_64"),
+        ("gmpy2", "2.3.2", "macosx_10_9_x86_64"),
+        ("h5py", "3.16.0", "macosx_10_9_x86_64"),
+        ("tables", "3.11.1", "macosx_10_9_x86_64"),
+        ("shapely", "2.2.0", "macosx_10_9_x86_64"),
+        ("pyzmq", "27.3.0", "macosx_10_15_universal2"),
+    ),
+}
 PYTHON_VERSION = "3.11"
 
 _MH_MAGIC_64 = b"\xcf\xfa\xed\xfe"
@@ -125,3 +152,12 @@ def macho_paths(wheels: tuple[tuple[str, str, str], ...] = WHEELS) -> list[Path]
     if not paths:
         _unavailable("the wheels hold no Mach-O images")
     return list(paths)
+
+
+def wheel_folders(wheels: tuple[tuple[str, str, str], ...]) -> list[Path]:
+    """The unpacked folder of each wheel, downloading it on first use (skips when offline)."""
+    try:
+        return [_fetch(project, version, platform) for project, version, platform in wheels]
+    except _Unavailable as exc:
+        _unavailable(str(exc))
+        raise AssertionError("unreachable") from exc

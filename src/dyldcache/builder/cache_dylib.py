@@ -15,6 +15,7 @@ from ..macho import constants as C
 from ..macho.exports_trie import Export, TrieShape
 from ..macho.file import MachOFile, Segment
 from ..macho.fixups import FixupKind
+from ..synth.synthesize import ADRP_PAGE
 from .config import MACH_HEADER_ALIGNMENT, CacheConfig
 from .eligibility import segment_content_size
 from .inputs import CacheInput
@@ -49,6 +50,9 @@ class DylibSegment:
     #: VM size in the cache: end of the last section (not page rounded)
     cache_size: int
     chunk: Chunk | None = None
+    #: placed at an address congruent to its input address modulo 4 KiB, so that no target's
+    #: offset in its ADRP page changes (dylibs whose split seg info is synthesized)
+    keeps_page_offsets: bool = False
 
     @property
     def cache_vmaddr(self) -> int:
@@ -134,7 +138,8 @@ def supports_data_const(image: MachOFile, install_name: str, exports: list[Expor
 def categorize_segments(ci: CacheInput, config: CacheConfig) -> list[DylibSegment]:
     """One DylibSegment per input segment, with the chunk kind that decides its region."""
     image = ci.image
-    split_v2 = image.split_seg_version == 2
+    info = image.split_seg  # the linker's, or synthesized (always v2)
+    split_v2 = info is not None and info.version == 2
     auth_regions = config.arch.uses_pointer_auth
     const_ok: bool | None = None
     out = []
@@ -173,7 +178,17 @@ def categorize_segments(ci: CacheInput, config: CacheConfig) -> list[DylibSegmen
                     kind = ChunkKind.DYLIB_DATA
         else:
             raise AssertionError(f"segment {seg.name} with protections {prot} passed eligibility")
-        out.append(DylibSegment(seg.index, seg.name, kind, seg, min(seg.filesize, size), size))
+        out.append(
+            DylibSegment(
+                seg.index,
+                seg.name,
+                kind,
+                seg,
+                min(seg.filesize, size),
+                size,
+                keeps_page_offsets=ci.synthesized_split_seg,
+            )
+        )
     return out
 
 
@@ -181,4 +196,8 @@ def segment_alignment(seg: DylibSegment) -> int:
     if seg.kind is ChunkKind.DYLIB_TEXT and seg.index == 0:
         return MACH_HEADER_ALIGNMENT
     align = max((1 << s.align for s in seg.input.sections), default=8)
+    if seg.keeps_page_offsets:
+        # input segments start on 4 KiB (synthesis checks it): 4 KiB alignment keeps every page
+        # offset, the promise synthesize_split_seg(keep_page_offsets=True) relies on
+        align = max(align, ADRP_PAGE)
     return max(align, 8)

@@ -134,6 +134,7 @@ def _build(args: argparse.Namespace, progress: BuildProgress) -> int:
         progress=progress,
         apple_rules=args.apple_rules,
         source_date_epoch=args.source_date_epoch if args.source_date_epoch is not None else _default_epoch(),
+        install_name_map=args.install_name_map,
     )
     try:
         result = build_cache(options)
@@ -177,7 +178,9 @@ def _build(args: argparse.Namespace, progress: BuildProgress) -> int:
     elif not args.quiet:
         print(
             f"built {result.files[0]} ({_plural(len(result.dylibs), 'dylib')}, "
-            f"{_plural(len(result.files), 'file')}, {len(result.evictions)} evicted)"
+            f"{_plural(len(result.files), 'file')}, {len(result.evictions)} evicted"
+            + (f", {len(result.synthesized)} with synthesized split seg info" if result.synthesized else "")
+            + ")"
         )
     return 0
 
@@ -216,7 +219,13 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument(
         "--apple-rules",
         action="store_true",
-        help="apply Apple's OS-build eligibility policy exactly as dyld-1162 does",
+        help="apply Apple's OS-build eligibility policy exactly as dyld-1162 does: only /usr/lib, "
+        "/System/Library, ... paths, absolute install names, split seg info from the linker",
+    )
+    p.add_argument(
+        "--install-name-map",
+        metavar="FILE",
+        help="install-name renames, one 'OLD -> NEW' per line (a folder when both end with '/')",
     )
     p.add_argument(
         "-j", "--jobs", type=_jobs, default=0, help="worker processes (default 0: one per core; 1: none)"

@@ -6,11 +6,12 @@ the xnu-10063 shared-region constants).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..arch import Arch, arch_named
 from ..errors import UsageError
 from ..macho import constants as C
+from .install_names import InstallNameMap
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -55,6 +56,8 @@ class CacheConfig:
     dylibs_expected_on_disk: bool
     #: apply Apple's OS-build policy rules too, not only what the format and dyld require
     apple_rules: bool = False
+    #: explicit install-name renames (--install-name-map)
+    install_names: InstallNameMap | None = field(default=None, compare=False)
 
     @property
     def arch_name(self) -> str:

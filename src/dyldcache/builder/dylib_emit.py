@@ -25,16 +25,7 @@ from ..macho.format import (
 from .cache_dylib import CacheDylib
 from .layout import Chunk, Region
 from .linkedit import DylibSymbols
-
-_REMOVED = frozenset(
-    {
-        C.LC_CODE_SIGNATURE,
-        C.LC_DYLIB_CODE_SIGN_DRS,
-        C.LC_DYLD_CHAINED_FIXUPS,
-        C.LC_SEGMENT_SPLIT_INFO,
-        C.LC_RPATH,
-    }
-)
+from .load_commands import DROPPED_COMMANDS, DYLIB_COMMANDS, dylib_command, dylib_command_names
 
 
 def copy_segments(dylib: CacheDylib, buf: np.ndarray) -> None:
@@ -114,12 +105,29 @@ def rewrite_load_commands(
         c = pieces.get(name)
         return (c.file_offset, c.size) if c is not None else (0, 0)
 
+    ci = dylib.input
+    refs = iter([image.id_dylib, *image.dylibs] if image.id_dylib is not None else image.dylibs)
+    loads = ci.load_names or [d.path for d in image.dylibs]
+    names = iter(dylib_command_names(image, dylib.install_name, loads))
     for lc in image.load_commands:
         raw = bytearray(old[lc.offset - image.header_offset : lc.offset - image.header_offset + lc.size])
         cmd = lc.cmd
-        if cmd in _REMOVED:
-            if cmd == C.LC_RPATH:
+        if cmd in DROPPED_COMMANDS:
+            # (an LC_RPATH that served @rpath loads did its work when the builder resolved them)
+            if cmd == C.LC_RPATH and not ci.rpaths_resolved:
                 warnings.append(f"dyld shared cache does not support LC_RPATH found in {dylib.install_name}")
+            continue
+        if cmd in DYLIB_COMMANDS:
+            name, ref = next(names), next(refs)
+            d = DylibCommand.unpack_from(raw, 0)
+            if cmd == C.LC_ID_DYLIB:
+                # timestamp 2, as the static linker sets in LC_LOAD_DYLIB
+                d = dataclasses.replace(d, timestamp=2)
+                d.pack_into(raw, 0)
+            if name != ref.path:  # made absolute or renamed (builder/install_names.py)
+                raw = bytearray(dylib_command(d, name))
+            out += raw
+            ncmds += 1
             continue
         if cmd == C.LC_SEGMENT_64:
             seg = next(seg_iter)
@@ -166,12 +174,6 @@ def rewrite_load_commands(
                     s.reserved2,
                     s.reserved3,
                 ).pack_into(raw, so)
-        elif cmd == C.LC_ID_DYLIB:
-            # timestamp 2, as the static linker sets in LC_LOAD_DYLIB
-            d = DylibCommand.unpack_from(raw, 0)
-            DylibCommand(
-                d.cmd, d.cmdsize, d.name_offset, 2, d.current_version, d.compatibility_version
-            ).pack_into(raw, 0)
         elif cmd == C.LC_SYMTAB:
             off, _ = piece("nlist")
             SymtabCommand(

@@ -3,6 +3,13 @@
 The rules are those of dyld-1162 (``docs/cache-format.md`` §8: ``canBePlacedInDyldCache`` and
 the builder's own filters), reported in Apple's wording, plus our own where a later phase
 relies on something Apple's builder asserts or trusts; those say why in their message.
+
+Some of Apple's rules are the policy of Apple's OS build, not limits of the format or of dyld:
+only paths under ``/usr/lib``, ``/System/Library``, ... may enter a cache (and, on macOS, not
+``/usr/local`` and a few others), no debug or profile variants, and split seg info must come
+from the linker. By default any path inside the root is eligible and a dylib without split seg
+info gets synthesized info (``dyldcache.synth``); ``CacheConfig.apple_rules`` (``--apple-rules``)
+applies all of them again.
 """
 
 from __future__ import annotations
@@ -70,6 +77,9 @@ def is_eligible_path(path: str) -> bool:
 
 
 def _excluded(path: str, config: CacheConfig) -> bool:
+    """Apple's per-platform exclusions (policy: applied with ``apple_rules`` only)."""
+    if not config.apple_rules:
+        return False
     if config.platform in (C.PLATFORM_MACOS, C.PLATFORM_MACCATALYST):
         return path.startswith(_MACOS_EXCLUDED_PREFIXES) or ".app/" in path or "HelloWorldMacHelper" in path
     return path in _EMBEDDED_EXCLUDED
@@ -86,11 +96,17 @@ def _platform_ok(image: MachOFile, config: CacheConfig) -> bool:
     return config.platform in platforms
 
 
-def check_eligibility(image: MachOFile, path: str, config: CacheConfig) -> str | None:
+def check_eligibility(
+    image: MachOFile, path: str, config: CacheConfig, install_name: str | None = None
+) -> str | None:
     """The reason ``image`` (installed at ``path``) cannot go into the cache, or None.
 
+    ``install_name``: the name it gets in the cache when that is not its own (renamed by the
+    install-name map, or its path in the root for a relative ``LC_ID_DYLIB``).
+
     Rules in the order of dyld-1162 (cache-format.md §8.1 and §8.2); the first that fails
-    is reported.
+    is reported. Without ``config.apple_rules`` a dylib without split seg info passes here: the
+    caller synthesizes it.
     """
     if image.filetype != C.MH_DYLIB:
         return "Not MH_DYLIB"
@@ -98,8 +114,8 @@ def check_eligibility(image: MachOFile, path: str, config: CacheConfig) -> str |
         config.arch.uses_pointer_auth != (image.arch == "arm64e")
     ):
         return f"arch {image.arch} is not {config.arch.name}"
-    install = image.install_name
-    if install is None:
+    install = install_name or image.install_name
+    if image.install_name is None or install is None:
         return "Missing LC_ID_DYLIB"
     if not install.startswith("/"):
         return "install name not an absolute path"
@@ -111,24 +127,28 @@ def check_eligibility(image: MachOFile, path: str, config: CacheConfig) -> str |
         return "path is excluded from the shared cache on this platform"
     if not image.flags & C.MH_TWOLEVEL:
         return "Not built with two level namespaces"
-    if path.endswith(_EXCLUDED_SUFFIXES):
+    if config.apple_rules and path.endswith(_EXCLUDED_SUFFIXES):
         return "Variant image (profile, debug, asan) not placed in the cache"
-    if image.split_seg_version is None:
+    if config.apple_rules and image.split_seg_version is None:
         return "Missing split seg info"
     if image.dyld_info_command is None and C.LC_DYLD_EXPORTS_TRIE not in image.linkedit_commands:
         return "Old binary, missing dyld info or exports trie"
     if not _platform_ok(image, config):
         built = ", ".join(bv.platform_name for bv in image.build_versions)
         return f"built for {built}, not {config.platform_name}"
-    for dep in image.dylibs:
-        if not dep.is_weak and not is_eligible_path(dep.path):
-            return f"Depends on dylib '{dep.path}' which is not in a shared cache location"
+    if config.apple_rules:
+        renames = config.install_names
+        for dep in image.dylibs:
+            name = (renames.rename(dep.path) if renames is not None else None) or dep.path
+            if not dep.is_weak and not is_eligible_path(name):
+                return f"Depends on dylib '{name}' which is not in a shared cache location"
     for sect in image.sections:
         if sect.type == C.S_INTERPOSING or (
             sect.sectname == "__interpose" and sect.segname.startswith(("__DATA", "__AUTH"))
         ):
             return "Has interposing tuples"
-    if config.arch.uses_pointer_auth and image.split_seg_version != 2:
+    # (synthesized info is v2)
+    if config.arch.uses_pointer_auth and image.split_seg_version == 1:
         return "arm64e dylibs require split seg info v2"
     if image.split_seg_version == 1:
         for seg in image.segments:

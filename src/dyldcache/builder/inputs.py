@@ -8,19 +8,24 @@ wording; a malformed file is evicted with the reader's error, never a traceback.
 
 from __future__ import annotations
 
+import os
+import posixpath
 import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..errors import FormatError
+from ..errors import FormatError, SplitSegSynthesisError
 from ..macho import constants as C
 from ..macho.fat import is_fat, parse_fat, thin_arch
 from ..macho.file import MachOFile, MappedFile, parse_macho
 from ..names import encode_name
+from ..synth import synthesized_split_seg_info
 from .config import CacheConfig
 from .eligibility import SILENT_SKIPS, check_eligibility, is_eligible_path
 from .input_files import InputFile, RootFS
+from .install_names import LOADER_PATH, is_relative_name, resolve_load
+from .load_commands import load_command_room_problem
 from .symbol_resolution import ExportIndex
 from .workers import run_tasks
 
@@ -66,10 +71,20 @@ class CacheInput:
     index: int = -1
     #: install names of dependencies: (path, kind) in ordinal order
     dependencies: list[tuple[str, str]] = field(default_factory=list)
+    #: the install name in the cache when it is not the image's own: renamed by the install-name
+    #: map, or the path in the root of a dylib whose LC_ID_DYLIB is relative (@rpath/...)
+    cache_name: str = ""
+    #: the names the cached LC_*_DYLIB commands carry, in ordinal order (relative and renamed
+    #: loads replaced by the install name of the dylib they reach)
+    load_names: list[str] = field(default_factory=list)
+    #: its split seg info was synthesized from its code and data (the input has none)
+    synthesized_split_seg: bool = False
+    #: its @rpath loads were resolved through its LC_RPATHs (which the cache drops)
+    rpaths_resolved: bool = False
 
     @property
     def install_name(self) -> str:
-        name = self.image.install_name
+        name = self.cache_name or self.image.install_name
         assert name is not None
         return name
 
@@ -96,6 +111,8 @@ class Inputs:
     aliases: dict[str, str]
     #: install names of dylibs that were handed to the builder, eligible or not
     input_install_names: set[str]
+    #: things the user should know that evicted nothing
+    warnings: list[str] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,11 +133,14 @@ class _Examined:
     """What one input file turned out to be (computed in a worker process)."""
 
     path: str
+    #: the install name in the cache (the image's own, renamed or made absolute)
     install_name: str | None
     #: eviction reason; "" for a silent skip; None when eligible
     reason: str | None
     #: decoded LINKEDIT of an eligible dylib, handed back to the parent's MachOFile
     decoded: dict[str, object] | None = None
+    #: its split seg info was synthesized (it is in ``decoded``)
+    synthesized: bool = False
 
 
 def _load(f: InputFile, config: CacheConfig) -> tuple[MappedFile, MachOFile] | str:
@@ -140,18 +160,29 @@ def _load(f: InputFile, config: CacheConfig) -> tuple[MappedFile, MachOFile] | s
         return f"malformed Mach-O: {exc}"
 
 
-def _placed_path(path: str, install_name: str | None, aliases: dict[str, str], config: CacheConfig) -> str:
+def _placed_path(path: str, install_name: str | None, aliases: dict[str, str]) -> str:
     """The path a file is cached under: its own, or its install name when that is a symlink in
-    the root that resolves to the file (dyld-1162 does this on macOS and for cryptex paths; we
-    do it everywhere unless Apple's rules are asked for, since a root installs a dylib under its
-    versioned file name with the install name as a symlink on every platform)."""
+    the root that resolves to the file. dyld-1162 does this on macOS and for cryptex paths; we do
+    it on every platform, Apple's rules or not, since a root installs a dylib under its versioned
+    file name with the install name as a symlink on every platform (the real-root tests rely on
+    it on iOS)."""
     if install_name is None or install_name == path or aliases.get(install_name) != path:
         return path
-    if config.apple_rules and not (
-        config.platform == C.PLATFORM_MACOS or path.startswith("/System/Cryptexes/OS/")
-    ):
-        return path
     return install_name
+
+
+def cache_install_name(image: MachOFile, f: InputFile, config: CacheConfig) -> str | None:
+    """The install name ``image`` gets in the cache: renamed by the install-name map, its path in
+    the root when its own is relative (not with Apple's rules), else its own."""
+    own = image.install_name
+    if own is None:
+        return None
+    renamed = config.install_names.rename(own) if config.install_names is not None else None
+    if renamed is not None:
+        return renamed
+    if is_relative_name(own) and f.path and not config.apple_rules:
+        return f.path
+    return own
 
 
 def _examine(f: InputFile, config: CacheConfig, aliases: dict[str, str]) -> _Examined:
@@ -159,16 +190,25 @@ def _examine(f: InputFile, config: CacheConfig, aliases: dict[str, str]) -> _Exa
     if isinstance(loaded, str):
         return _Examined(f.path or f.host_path, None, loaded)
     _, image = loaded
-    path = f.path or image.install_name or f.host_path
+    install = cache_install_name(image, f, config)
+    path = f.path or install or f.host_path
     if f.path:
-        path = _placed_path(path, image.install_name, aliases, config)
+        path = _placed_path(path, install, aliases)
     if path in SILENT_SKIPS:
-        return _Examined(path, image.install_name, "")
-    if not is_eligible_path(path):
-        return _Examined(path, image.install_name, "path is not in a shared cache location")
+        return _Examined(path, install, "")
+    if config.apple_rules and not is_eligible_path(path):
+        return _Examined(path, install, "path is not in a shared cache location")
     decoded: dict[str, object] | None = None
+    synthesized = False
     try:
-        reason = check_eligibility(image, path, config)
+        reason = check_eligibility(image, path, config, install)
+        if reason is None and image.split_seg_version is None:
+            # no split seg info from the linker (Apple's rules evicted it above): derive it
+            try:
+                image.__dict__["split_seg"] = synthesized_split_seg_info(image, keep_page_offsets=True)
+                synthesized = True
+            except SplitSegSynthesisError as exc:
+                reason = f"no split seg info, and it cannot be synthesized: {exc}"
         if reason is None:
             # the expensive decodes; they come back to the parent with the verdict
             decoded = {"fixups": image.fixups, "split_seg": image.split_seg, "exports": image.exports}
@@ -177,7 +217,7 @@ def _examine(f: InputFile, config: CacheConfig, aliases: dict[str, str]) -> _Exa
         reason, decoded = f"malformed Mach-O: {exc}", None
     except Exception as exc:  # a bug of ours on odd input: costs this dylib, not the build
         reason, decoded = internal_error_reason(exc), None
-    return _Examined(path, image.install_name, reason, decoded)
+    return _Examined(path, install, reason, decoded, synthesized and decoded is not None)
 
 
 def internal_error_reason(exc: BaseException) -> str:
@@ -244,13 +284,34 @@ def calculate_inputs(
     """
     excluded = excluded or {}
     evictions: list[Eviction] = []
+    warnings: list[str] = []
     candidates: dict[str, CacheInput] = {}
     input_names: set[str] = set()
     #: file path -> the install name it is cached under, where the two differ
     renamed: dict[str, str] = {}
+    #: install path of every file examined, eligible or not
+    examined: set[str] = set()
+    pending: list[tuple[InputFile, _Examined]] = []
     for f, ex in zip(files, _examine_all(files, config, aliases, jobs, on_examined), strict=True):
         if ex.install_name:
             input_names.add(ex.install_name)
+        if f.path:
+            examined.add(f.path)
+            if f.path != ex.path:
+                renamed[f.path] = ex.path
+        pending.append((f, ex))
+
+    def locate(candidate: str) -> str | None:
+        """The install path of the file a resolved load names, if there is one."""
+        if root is None:
+            plain = posixpath.normpath(candidate)
+            return plain if plain in input_names else None
+        found = root.resolve(candidate)
+        if found is None or not os.path.isfile(root.host(found)):
+            return None
+        return renamed.get(found, found)
+
+    for f, ex in pending:
         if ex.reason == "":
             continue
         if ex.reason is not None:
@@ -269,10 +330,14 @@ def calculate_inputs(
         mapped, image = loaded
         if ex.decoded is not None:
             image.__dict__.update(ex.decoded)  # fill the cached properties from the worker's decode
-        if f.path and f.path != ex.path:
-            renamed[f.path] = ex.path
         f.path = ex.path
-        ci = CacheInput(f, image, mapped, dependencies=[(d.path, d.kind) for d in image.dylibs])
+        ci = CacheInput(f, image, mapped, synthesized_split_seg=ex.synthesized)
+        if ex.install_name != image.install_name and ex.install_name is not None:
+            ci.cache_name = ex.install_name
+        problem = _resolve_dependencies(ci, config, locate)
+        if problem is not None:
+            evictions.append(Eviction(ex.path, problem))
+            continue
         candidates[f.path] = ci
 
     # aliases let a dependency name a cache dylib through a symlink
@@ -282,6 +347,9 @@ def calculate_inputs(
         target = aliases.get(name)
         if target is None and root is not None:
             target = root.resolve(name)
+        if target is None:
+            return None
+        target = renamed.get(target, target)
         return target if target in candidates else None
 
     def evict_unresolved_dependencies() -> None:
@@ -294,22 +362,24 @@ def calculate_inputs(
                 for dep, kind in ci.dependencies:
                     if resolve(dep) is not None:
                         continue
-                    if kind == "weak" and dep not in input_names:
+                    known = dep in input_names or dep in examined
+                    if kind == "weak" and not known:
                         continue  # a missing weak dylib is fine unless it exists but was rejected
                     if kind == "weak":
                         reason = f"Depends on weak-linked dylib which was evicted: '{dep}'"
                     else:
                         reason = f"Could not find dependency '{dep}'"
-                    if dep in input_names:
+                    if known:
                         reason = f"Depends on dylib '{dep}' which was evicted from the cache"
                     evictions.append(Eviction(path, reason))
                     del candidates[path]
                     changed = True
                     break
 
-    # every bind must resolve among what is left, and evicting a dylib can break another's binds
-    evict_unresolved_dependencies()
+    # every bind must resolve among what is left, and evicting a dylib can break another's binds;
+    # the cached load commands must fit where the input's are
     while True:
+        evict_unresolved_dependencies()
         names = sorted(candidates)
         at = {name: i for i, name in enumerate(names)}
         nodes = [_ResolutionNode(candidates[n], at, resolve) for n in names]
@@ -323,18 +393,86 @@ def calculate_inputs(
             if reason is not None:
                 unresolved.append(Eviction(name, reason))
         if not unresolved:
+            unresolved = _cramped_load_commands(candidates, resolve, warnings)
+        if not unresolved:
             break
         for e in unresolved:
             evictions.append(e)
             del candidates[e.path]
-        evict_unresolved_dependencies()
 
     rank = {name: i for i, name in enumerate(order_file or [])}
     dylibs = sorted(candidates.values(), key=lambda c: _sort_key(c.install_name, rank))
     for i, ci in enumerate(dylibs):
         ci.index = i
+        # later phases look dependencies up by the install names of the cache dylibs
+        ci.dependencies = [(resolve(dep) or dep, kind) for dep, kind in ci.dependencies]
     # a dylib cached under its install name keeps its file path, and the links to that file, as aliases
     links = {a: renamed.get(t, t) for a, t in aliases.items()}
     links.update({p: name for p, name in renamed.items() if name in candidates})
     cache_aliases = {a: t for a, t in sorted(links.items()) if t in candidates and a not in candidates}
-    return Inputs(dylibs, evictions, cache_aliases, input_names)
+    return Inputs(dylibs, evictions, cache_aliases, input_names, warnings)
+
+
+def _resolve_dependencies(
+    ci: CacheInput, config: CacheConfig, locate: Callable[[str], str | None]
+) -> str | None:
+    """Fill ``ci.dependencies``: each load's install path, relative names resolved and renames
+    applied (Apple's rules resolve nothing). Returns the eviction reason of a load that is not
+    weak and leads nowhere, or None."""
+    image = ci.image
+    renames = config.install_names
+    loader = ci.install_name
+    for dep in image.dylibs:
+        name = dep.path
+        renamed = renames.rename(name) if renames is not None else None
+        if renamed is not None:
+            name = renamed
+        elif is_relative_name(name) and not config.apple_rules:
+            found = resolve_load(name, loader, image.rpaths, locate)
+            if found.path is not None:
+                ci.rpaths_resolved |= dep.path.startswith("@rpath/")
+                name = found.path
+            elif not dep.is_weak:
+                return found.failure(dep.path)
+            # a weak load that leads nowhere is dropped, as dyld drops it
+        ci.dependencies.append((name, dep.kind))
+    return None
+
+
+def _cramped_load_commands(
+    candidates: dict[str, CacheInput], resolve: Callable[[str], str | None], warnings: list[str]
+) -> list[Eviction]:
+    """Set each candidate's cached load-command names; evict those whose load commands, with
+    the new names, no longer fit before the first section of __TEXT.
+
+    A resolved or renamed load is written as the absolute install name of the dylib it reaches.
+    Where those do not fit, it is written relative to the loading dylib's own cache path
+    (``@loader_path/../x.dylib``), which dyld resolves to the same cache dylib, and a warning
+    says so; a dylib whose commands do not fit even then is evicted."""
+    out = []
+    for path, ci in sorted(candidates.items()):
+        absolute: list[str] = []
+        relative: list[str] = []
+        folder = posixpath.dirname(ci.install_name)
+        for ref, (dep, _kind) in zip(ci.image.dylibs, ci.dependencies, strict=True):
+            target = resolve(dep)
+            if dep == ref.path or target is None:
+                absolute.append(ref.path)
+                relative.append(ref.path)
+            else:
+                absolute.append(target)
+                relative.append(f"{LOADER_PATH}/{posixpath.relpath(target, folder)}")
+        ci.load_names = absolute
+        problem = load_command_room_problem(ci.image, ci.install_name, absolute)
+        if problem is not None and load_command_room_problem(ci.image, ci.install_name, relative) is None:
+            ci.load_names = relative
+            warnings.append(
+                f"{path}: its resolved loads are written relative to it (@loader_path/...), as "
+                f"absolute paths {problem.removeprefix('its load commands with absolute paths ')}"
+            )
+            problem = None
+        if problem is not None:
+            out.append(
+                Eviction(path, problem + "; relative to the dylib (@loader_path/...) they do not fit either")
+            )
+    return out

@@ -48,6 +48,12 @@ def text_map(subcaches: list[SubCache], dylibs: list[CacheDylib]) -> str:
                 f"\t{seg.name:>16} 0x{seg.chunk.vm_addr:08X} -> 0x{seg.chunk.vm_addr + seg.cache_size:08X}"
             )
         lines.append("")
+    # not in Apple's map: what the builder derived rather than read
+    synthesized = [d.install_name for d in dylibs if d.input.synthesized_split_seg]
+    if synthesized:
+        lines.append(f"# split seg info synthesized (the input has none): {len(synthesized)} dylibs")
+        lines += [f"#\t{name}" for name in synthesized]
+        lines.append("")
     return "\n".join(lines) + "\n"
 
 
@@ -69,9 +75,17 @@ def json_map(
             for s in d.segments
             if s.chunk is not None
         ]
-        images.append(
-            {"path": d.install_name, "uuid": uuid_string(d.image.uuid or bytes(16)), "segments": segs}
-        )
+        image: dict[str, Any] = {
+            "path": d.install_name,
+            "uuid": uuid_string(d.image.uuid or bytes(16)),
+            "segments": segs,
+            # not in Apple's map: where the split seg info came from
+            "split-seg-info": "synthesized" if d.input.synthesized_split_seg else "linker",
+        }
+        if d.install_name != d.image.install_name:
+            # not in Apple's map: the input's own name, when the cache carries another
+            image["input-install-name"] = d.image.install_name
+        images.append(image)
     doc = {
         "base-address": f"0x{config.base_address:x}",
         "disposition": disposition,

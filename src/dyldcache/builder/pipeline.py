@@ -11,6 +11,7 @@ them is complete.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 import time
@@ -49,6 +50,7 @@ from .dylib_emit import LinkeditPlacement, copy_segments, rewrite_load_commands,
 from .headers import MainHeaderInfo, header_size, write_header
 from .input_files import InputFile, files_from_paths, files_from_root
 from .inputs import Eviction, Inputs, calculate_inputs, eviction_summary, internal_error_reason
+from .install_names import read_install_name_map
 from .layout import (
     Chunk,
     ChunkKind,
@@ -114,6 +116,8 @@ class BuildOptions:
     #: SOURCE_DATE_EPOCH). dyld compares these fields with the files on disk to tell whether
     #: a file was replaced after the cache was built
     source_date_epoch: int | None = None
+    #: a file of 'OLD -> NEW' install-name renames (builder/install_names.py)
+    install_name_map: str | None = None
 
     def __post_init__(self) -> None:
         if self.jobs < 0:
@@ -142,6 +146,8 @@ class BuildResult:
     timer: Timer
     #: files of an earlier cache of the same name (old subcaches, .symbols) removed after the commit
     removed: list[str] = field(default_factory=list)
+    #: install names of the placed dylibs whose split seg info was synthesized
+    synthesized: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -165,6 +171,9 @@ class CacheBuilder:
             options.unmap_locals,
             options.apple_rules,
         )
+        if options.install_name_map is not None:
+            names = read_install_name_map(options.install_name_map)
+            self.config = dataclasses.replace(self.config, install_names=names)
         self.timer = Timer()
         self.progress = options.progress or BuildProgress()
         self.warnings: list[str] = []
@@ -234,6 +243,7 @@ class CacheBuilder:
             self.warnings,
             self.timer,
             self.removed,
+            [d.install_name for d in self.dylibs if d.input.synthesized_split_seg],
         )
 
     # -- phase 1 --------------------------------------------------------------------------------
@@ -279,6 +289,7 @@ class CacheBuilder:
         self.inputs = calculate_inputs(
             files, aliases, self.config, order, jobs, self.excluded, root, self.progress.advance
         )
+        self.warnings += self.inputs.warnings
         if not self.inputs.dylibs:
             evictions = self.inputs.evictions
             detail = f" ({eviction_summary(evictions)})" if evictions else ""
