@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "dyldcache.cache.symbols",
     "dyldcache.cache.extract",
     "dyldcache.cache.verify",
+    "dyldcache.cache.objc_report",
 )
 
 
