@@ -202,6 +202,8 @@ FAST_FLAGS_MASK = 0x7
 CLASS_RO_HEAD = struct.Struct("<4I")
 CLASS_RO_POINTERS = 7
 CLASS_RO_NAME_WORD = 1
+CLASS_RO_METHODS_WORD = 2
+CLASS_RO_PROTOCOLS_WORD = 3
 RO_META = 1 << 0
 RO_ROOT = 1 << 1
 #: PointerUnion tag: the pointer is a relative_list_list_t, not a plain list

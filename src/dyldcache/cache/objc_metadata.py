@@ -36,8 +36,10 @@ from .objc_format import (
     BIG_METHOD_SIZE,
     CATEGORY_T_WORDS,
     CLASS_RO_HEAD,
+    CLASS_RO_METHODS_WORD,
     CLASS_RO_NAME_WORD,
     CLASS_RO_POINTERS,
+    CLASS_RO_PROTOCOLS_WORD,
     CLASS_T_BITS_WORD,
     CLASS_T_PREOPT_CACHE_WORD,
     CLASS_T_WORDS,
@@ -73,6 +75,8 @@ _U64 = np.uint64
 RELATIVE = "relative"
 POINTER = "pointer"
 _SWIFT_BITS = FAST_IS_SWIFT_LEGACY | FAST_IS_SWIFT_STABLE
+#: where class_ro_t's name pointer is
+_RO_NAME = CLASS_RO_HEAD.size + 8 * CLASS_RO_NAME_WORD
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,11 +197,11 @@ class ImageMetadata:
 
 
 def _grid(addresses: list[int] | np.ndarray | int, fields: int, stride: int = 8) -> np.ndarray:
-    """The addresses of ``fields`` consecutive fields of each record at ``addresses`` (flat).
-
-    The records must have been read already (so their addresses are mapped ones)."""
-    starts = np.asarray(addresses, dtype=np.int64).reshape(-1, 1)
-    return (starts + stride * np.arange(fields, dtype=np.int64)).reshape(-1)
+    """The addresses of ``fields`` consecutive fields of each record at ``addresses`` (flat uint64;
+    garbage wraps around and then lies in no mapping)."""
+    starts = as_addresses([addresses] if isinstance(addresses, int) else addresses).reshape(-1, 1)
+    out: np.ndarray = (starts + np.arange(fields, dtype=_U64) * _U64(stride)).reshape(-1)
+    return out
 
 
 @dataclass(slots=True)
@@ -239,7 +243,9 @@ class _MethodBatch:
         first = address + ENTSIZE_LIST.size
         body = self.meta.read(first, count * entsize, what)
         direct = small and bool(flags & RELATIVE_SELECTORS_ARE_DIRECT_FLAG)
-        fields = _grid(first + entsize * np.arange(count, dtype=np.int64), 3, entsize // 3).reshape(count, 3)
+        # the list was read, so its addresses are mapped ones (and fit in int64)
+        entries = first + entsize * np.arange(count, dtype=np.int64)
+        fields = _grid(entries, 3, entsize // 3).astype(np.int64).reshape(count, 3)
         if small:
             rel = np.frombuffer(body, "<i4").reshape(count, 3).astype(np.int64)
             base = self.meta.selector_base
@@ -308,13 +314,14 @@ class _MetadataReader:
         return [int(w) for w in self.words(_grid(address, fields), what).tolist()]
 
     def strings(self, addresses: np.ndarray | list[int], what: str) -> list[str]:
-        """C strings at ``addresses``; address 0 reads as ''."""
+        """C strings at ``addresses``; address 0 reads as ''. Each distinct address is read once
+        (uniqued selectors are shared by many methods)."""
         addrs = as_addresses(addresses)
-        nonzero = np.flatnonzero(addrs != 0)
-        out = [""] * addrs.size
-        for i, raw in zip(nonzero.tolist(), self.memory.cstrings(addrs[nonzero], what), strict=True):
-            out[i] = decode_name(raw)
-        return out
+        distinct, which = np.unique(addrs, return_inverse=True)
+        texts = [decode_name(raw) for raw in self.memory.cstrings(distinct[distinct != 0], what)]
+        if distinct.size and distinct[0] == 0:
+            texts.insert(0, "")
+        return [texts[k] for k in which.reshape(-1).tolist()]
 
     def string(self, address: int, what: str) -> str:
         return self.strings([address], what)[0]
@@ -340,40 +347,49 @@ class _MetadataReader:
         entries = self._lists_of_lists(pointer & ~LIST_OF_LISTS_TAG, "relative list of method lists")
         return [batch.add(at, index) for at, index in entries]
 
-    def protocol_names(self, pointer: int) -> list[str]:
-        """Names of the protocols of a protocol_list_t (or of a relative list of them)."""
-        if not pointer:
-            return []
-        if pointer & LIST_OF_LISTS_TAG:
-            heads = [at for at, _ in self._lists_of_lists(pointer & ~LIST_OF_LISTS_TAG, "protocol lists")]
-        else:
-            heads = [pointer]
-        protocols: list[int] = []
-        for head in heads:
-            what = f"protocol list at {head:#x}"
-            count = int(self.words([head], what)[0])  # pointer-sized, "by accident" (objc4)
-            if count > MAX_LIST_COUNT:
-                raise self.error(head, f"{what}: {count} protocols")
-            self.read(head + 8, 8 * count, what)
-            protocols += self.words(_grid(head + 8, count), what).tolist()
-        if not protocols:
-            return []
-        names = self.words(as_addresses(protocols) + _U64(8), "protocol names")
-        return self.strings(names, "protocol names")
+    def protocol_names(self, pointers: list[int]) -> list[list[str]]:
+        """For each protocol_list_t pointer (or tagged relative list of them, or 0): the names of
+        its protocols. Read in stages for all lists at once: counts, entries, names."""
+        heads: list[tuple[int, int]] = []  # (owner, protocol_list_t address)
+        for owner, pointer in enumerate(pointers):
+            if pointer & LIST_OF_LISTS_TAG:
+                lists = self._lists_of_lists(pointer & ~LIST_OF_LISTS_TAG, "relative list of protocol lists")
+                heads += [(owner, at) for at, _ in lists]
+            elif pointer:
+                heads.append((owner, pointer))
+        out: list[list[str]] = [[] for _ in pointers]
+        if not heads:
+            return out
+        # protocol_list_t: a pointer-sized count ("by accident", objc4), then the protocols
+        at = as_addresses([a for _, a in heads])
+        counts = self.words(at, "protocol lists")
+        if (counts > _U64(MAX_LIST_COUNT)).any():
+            bad = int(np.flatnonzero(counts > _U64(MAX_LIST_COUNT))[0])
+            where = int(at[bad])
+            raise self.error(where, f"protocol list at {where:#x}: {int(counts[bad])} protocols")
+        n = counts.astype(np.int64)
+        first = np.cumsum(n) - n
+        slots = np.arange(int(n.sum()), dtype=np.int64) - np.repeat(first, n)
+        refs = self.words(np.repeat(at + _U64(8), n) + _U64(8) * slots.astype(_U64), "protocol list entries")
+        names = self.strings(self.words(refs + _U64(8), "protocol names"), "protocol names")
+        owners = np.repeat([owner for owner, _ in heads], n).tolist()
+        for owner, name in zip(owners, names, strict=True):
+            out[owner].append(name)
+        return out
 
     def class_names(self, addresses: list[int]) -> list[str | None]:
-        """Names of the classes at ``addresses`` (None for 0 or unreadable ones), cached."""
+        """Names of the classes at ``addresses`` (None for 0, or where nothing readable is), cached."""
         todo = sorted({a for a in addresses if a and a not in self._class_names})
-        for a in todo:
-            self._class_names[a] = None
-            if not self.memory.contains(a, 8 * CLASS_T_WORDS):
-                continue
-            ro = int(self.words([a + 8 * CLASS_T_BITS_WORD], "class_t bits")[0]) & FAST_DATA_MASK
-            name_field = ro + CLASS_RO_HEAD.size + 8 * CLASS_RO_NAME_WORD
-            if self.memory.contains(name_field, 8):
-                name = int(self.words([name_field], "class_ro_t name")[0])
-                if self.memory.contains(name):
-                    self._class_names[a] = self.string(name, "class name")
+        self._class_names.update(dict.fromkeys(todo))
+        # class_t.bits -> class_ro_t -> its name field -> the name; drop what is not mapped
+        found = [a for a in todo if self.memory.contains(a, 8 * CLASS_T_WORDS)]
+        ros = self.words([a + 8 * CLASS_T_BITS_WORD for a in found], "class_t bits") & _U64(FAST_DATA_MASK)
+        fields = [(a, f) for a, f in zip(found, (ros + _U64(_RO_NAME)).tolist(), strict=True)]
+        fields = [(a, f) for a, f in fields if self.memory.contains(f, 8)]
+        names = self.words([f for _, f in fields], "class_ro_t names").tolist()
+        named = [(a, n) for (a, _), n in zip(fields, names, strict=True) if self.memory.contains(n)]
+        for (a, _), text in zip(named, self.strings([n for _, n in named], "class names"), strict=True):
+            self._class_names[a] = text
         return [self._class_names.get(a) if a else None for a in addresses]
 
     # -- IMP caches --------------------------------------------------------------------------------
@@ -477,33 +493,42 @@ class _MetadataReader:
     def _classes(
         self, index: int, addresses: list[int], batch: _MethodBatch
     ) -> list[tuple[ObjCClass, list[int]]]:
-        """Each class of the list, then its metaclass, with the positions of their method lists."""
-        out = []
-        for address in addresses:
-            words = self.record(address, CLASS_T_WORDS, f"class_t at {address:#x}")
-            meta_words = self.record(words[0], CLASS_T_WORDS, f"metaclass of {address:#x}")
-            supers = self.class_names([words[1], meta_words[1]])
-            out.append(self._one_class(index, address, words, supers[0], batch))
-            out.append(self._one_class(index, words[0], meta_words, supers[1], batch))
-        return out
+        """Each class of the list, then its metaclass, with the positions of their method lists.
 
-    def _one_class(
-        self, index: int, address: int, words: list[int], super_name: str | None, batch: _MethodBatch
-    ) -> tuple[ObjCClass, list[int]]:
-        bits = words[CLASS_T_BITS_WORD]
-        ro = bits & FAST_DATA_MASK
-        what = f"class_ro_t at {ro:#x}"
-        flags, start, size, _ = CLASS_RO_HEAD.unpack(self.read(ro, CLASS_RO_HEAD.size, what))
-        _layout, name, methods, protocols, *_ = self.record(ro + CLASS_RO_HEAD.size, CLASS_RO_POINTERS, what)
-        cls = ObjCClass(
-            address, self.string(name, "class name"), bool(flags & RO_META), index, words[0], words[1],
-            super_name if words[1] else None, ro, flags, start, size, bits & _SWIFT_BITS, [],
-            self.protocol_names(protocols),
-        )  # fmt: skip
-        preopt = words[CLASS_T_PREOPT_CACHE_WORD]
-        if preopt:
-            cls.imp_cache = self.imp_cache(address, preopt)
-        return cls, self.method_lists(methods, batch)
+        Read stage by stage for all of them at once: class_t, the metaclasses' class_t, the
+        class_ro_t heads and pointers, the names."""
+        n = len(addresses)
+        if not n:
+            return []
+        classes = self.words(_grid(addresses, CLASS_T_WORDS), "class_t").reshape(n, CLASS_T_WORDS)
+        metas = self.words(_grid(classes[:, 0], CLASS_T_WORDS), "metaclass").reshape(n, CLASS_T_WORDS)
+        where = np.empty(2 * n, dtype=_U64)
+        where[0::2], where[1::2] = as_addresses(addresses), classes[:, 0]
+        words = np.empty((2 * n, CLASS_T_WORDS), dtype=_U64)
+        words[0::2], words[1::2] = classes, metas
+        bits = words[:, CLASS_T_BITS_WORD]
+        ros = bits & _U64(FAST_DATA_MASK)
+        # class_ro_t starts with four u32 (flags, instanceStart, instanceSize, reserved): two words
+        heads = self.words(_grid(ros, 2), "class_ro_t").reshape(2 * n, 2)
+        ptrs = self.words(_grid(ros + _U64(CLASS_RO_HEAD.size), CLASS_RO_POINTERS), "class_ro_t")
+        ptrs = ptrs.reshape(2 * n, CLASS_RO_POINTERS)
+        names = self.strings(ptrs[:, CLASS_RO_NAME_WORD], "class names")
+        supers = self.class_names(words[:, 1].tolist())
+        protocols = self.protocol_names(ptrs[:, CLASS_RO_PROTOCOLS_WORD].tolist())
+        out = []
+        for i, address in enumerate(where.tolist()):
+            flags, start = int(heads[i, 0]) & 0xFFFFFFFF, int(heads[i, 0]) >> 32
+            w = [int(x) for x in words[i]]
+            cls = ObjCClass(
+                address, names[i], bool(flags & RO_META), index, w[0], w[1], supers[i] if w[1] else None,
+                int(ros[i]), flags, start, int(heads[i, 1]) & 0xFFFFFFFF, w[CLASS_T_BITS_WORD] & _SWIFT_BITS,
+                [], protocols[i],
+            )  # fmt: skip
+            preopt = w[CLASS_T_PREOPT_CACHE_WORD]
+            if preopt:
+                cls.imp_cache = self.imp_cache(address, preopt)
+            out.append((cls, self.method_lists(int(ptrs[i, CLASS_RO_METHODS_WORD]), batch)))
+        return out
 
     def _protocol(
         self, index: int, address: int, batch: _MethodBatch
@@ -512,7 +537,7 @@ class _MetadataReader:
         w = self.record(address, PROTOCOL_T_WORDS, what)
         _size, flags = PROTOCOL_T_SIZE_FLAGS.unpack(self.read(address + 8 * PROTOCOL_T_WORDS, 8, what))
         lists = [batch.add(p) if p else None for p in w[3:7]]
-        name, protocols = self.string(w[1], "protocol name"), self.protocol_names(w[2])
+        name, protocols = self.string(w[1], "protocol name"), self.protocol_names([w[2]])[0]
         return ObjCProtocol(address, name, index, flags, protocols, None, None, None, None), lists
 
     def _category(
@@ -523,7 +548,7 @@ class _MetadataReader:
         lists = (batch.add(w[2]) if w[2] else None, batch.add(w[3]) if w[3] else None)
         cat = ObjCCategory(
             address, self.string(w[0], "category name"), index, w[1], self.class_names([w[1]])[0], None, None,
-            self.protocol_names(w[4]),
+            self.protocol_names([w[4]])[0],
         )  # fmt: skip
         return cat, lists
 
