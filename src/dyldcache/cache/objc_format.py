@@ -52,8 +52,6 @@ IMAGE_INFO_SIGNED_CLASS_RO = 1 << 4
 IMAGE_INFO_IS_SIMULATED = 1 << 5
 IMAGE_INFO_HAS_CATEGORY_CLASS_PROPERTIES = 1 << 6
 IMAGE_INFO_OPTIMIZED_BY_DYLD_CLOSURE = 1 << 7
-IMAGE_INFO_SWIFT_UNSTABLE_SHIFT = 8
-IMAGE_INFO_SWIFT_STABLE_SHIFT = 16
 IMAGE_INFO_FLAG_NAMES = {
     IMAGE_INFO_DYLD_CATEGORIES_OPTIMIZED: "DyldCategoriesOptimized",
     IMAGE_INFO_SUPPORTS_GC: "SupportsGC",
@@ -196,7 +194,6 @@ CLASS_T_BITS_WORD = 4
 FAST_DATA_MASK = 0x00007FFFFFFFFFF8
 FAST_IS_SWIFT_LEGACY = 1 << 0
 FAST_IS_SWIFT_STABLE = 1 << 1
-FAST_FLAGS_MASK = 0x7
 #: class_ro_t: u32 flags, instanceStart, instanceSize, reserved; then 7 pointers: ivarLayout,
 #: name, baseMethods, baseProtocols, ivars, weakIvarLayout, baseProperties
 CLASS_RO_HEAD = struct.Struct("<4I")
@@ -205,7 +202,6 @@ CLASS_RO_NAME_WORD = 1
 CLASS_RO_METHODS_WORD = 2
 CLASS_RO_PROTOCOLS_WORD = 3
 RO_META = 1 << 0
-RO_ROOT = 1 << 1
 #: PointerUnion tag: the pointer is a relative_list_list_t, not a plain list
 LIST_OF_LISTS_TAG = 1
 #: method_list_t.entsizeAndFlags: the flag bits (FlagMask 0xffff0003) and two of them
@@ -226,10 +222,6 @@ MAX_LIST_COUNT = 1 << 20
 #: then (if size covers them) extendedMethodTypes, demangledName, classProperties
 PROTOCOL_T_WORDS = 8
 PROTOCOL_T_SIZE_FLAGS = struct.Struct("<II")
-PROTOCOL_T_CLASS_PROPERTIES_END = 8 * 8 + 8 + 3 * 8
 #: category_t: name, cls, instanceMethods, classMethods, protocols, instanceProperties,
 #: classProperties (present when the image info has HasCategoryClassProperties)
 CATEGORY_T_WORDS = 7
-#: property_t: name, attributes (two pointers); ivar_t: offset ptr, name, type, u32 alignment, u32 size
-PROPERTY_T_SIZE = 16
-IVAR_T_SIZE = 32
