@@ -32,6 +32,7 @@ sys.path.insert(0, str(HERE))
 with atheris.instrument_imports(include=["dyldcache"]):
     import dyldcache.builder.pipeline
     import dyldcache.cache.describe
+    import dyldcache.cache.objc_report
     import dyldcache.cache.verify
     import dyldcache.macho.describe  # noqa: F401
 

@@ -8,8 +8,8 @@ unexpected exception through) when the contract breaks:
 - ``builder``: the bytes replace one dylib (libfxa) of the example root; the build must succeed
   (that dylib is evicted or placed) or fail only because nothing at all could be placed; a cache
   it writes must pass ``verify``.
-- ``cache``: any bytes as a cache main file. ``info``, ``list``, ``verify`` and the inspection
-  reader calls may only report problems or raise FormatError/UsageError.
+- ``cache``: any bytes as a cache main file. ``info``, ``list``, ``verify``, ``objc`` and the
+  inspection reader calls may only report problems or raise FormatError/UsageError.
 
 The same functions replay the saved crashers in the test suite (tests/test_fuzz.py) and run
 under atheris in long campaigns (fuzz/run.py).
@@ -112,6 +112,7 @@ def builder(data: bytes, arch: str = "arm64") -> None:
 
 def cache(data: bytes) -> None:
     from dyldcache.cache.describe import cache_info, cache_list
+    from dyldcache.cache.objc_report import objc_report
     from dyldcache.cache.reader import DyldCache
     from dyldcache.cache.verify import verify_cache
 
@@ -122,6 +123,8 @@ def cache(data: bytes) -> None:
             lambda: cache_info(str(path)),
             lambda: cache_list(str(path)),
             lambda: verify_cache(str(path)),
+            # the ObjC tables and every image's ObjC metadata
+            lambda: objc_report(str(path), selectors=True, classes=True, protocols=True),
         ]
         for call in calls:
             with contextlib.suppress(FormatError, UsageError):

@@ -722,3 +722,127 @@ def object_compact_unwind(path: str | Path) -> list[CompactUnwindEntry]:
             )
         )
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# --objc-meta-data
+
+
+@dataclass
+class ObjcMethod:
+    #: pointer lists: (name address, name) and (types address, types); imp is None (llvm prints a
+    #: symbol). Relative lists: llvm prints each offset and its target truncated to 32 bits
+    name_address: int
+    name: str | None
+    types_address: int
+    imp_address: int | None
+
+
+@dataclass
+class ObjcClassPart:
+    """A class or its metaclass as ``--objc-meta-data`` prints it."""
+
+    isa: int
+    superclass: int
+    data: int
+    flags: int
+    instance_start: int
+    instance_size: int
+    name_address: int
+    base_methods: int
+    relative: bool = False
+    method_count: int = 0
+    methods: list[ObjcMethod] = field(default_factory=list)
+    base_protocols: int = 0
+    protocols: list[int] = field(default_factory=list)
+
+
+@dataclass
+class ObjcListing:
+    #: __objc_classlist: (class address, class, metaclass)
+    classes: list[tuple[int, ObjcClassPart, ObjcClassPart]]
+    #: the pointers of __objc_catlist and __objc_protolist
+    categories: list[int]
+    protocols: list[int]
+    image_info_flags: int | None
+
+
+_OBJC_FIELD = re.compile(
+    r"^ +(isa|superclass|data|flags|instanceStart|instanceSize|name|baseMethods|baseProtocols) (\S+)"
+)
+_OBJC_SECTION = re.compile(r"^Contents of \((\S+),(\S+)\) section")
+
+
+def _objc_part(lines: list[str]) -> ObjcClassPart:
+    values: dict[str, int] = {}
+    part = ObjcClassPart(0, 0, 0, 0, 0, 0, 0, 0)
+    in_methods = False
+    for line in lines:
+        m = _OBJC_FIELD.match(line)
+        if m and not line.startswith("\t"):
+            key, value = m.groups()
+            # only the first occurrence is the class_ro_t's (ivars and properties have names too)
+            if key not in values:
+                values[key] = int(value, 0)
+            in_methods = key == "baseMethods"
+            continue
+        if line.startswith("\t") and in_methods:
+            words = line.split()
+            if words[0] == "entsize":
+                part.relative = "(relative)" in line
+            elif words[0] == "count":
+                part.method_count = int(words[1])
+            elif words[0] == "name":
+                target = int(words[2].strip("()"), 16) if part.relative else int(words[1], 16)
+                text = None if part.relative or len(words) < 3 else words[2]
+                part.methods.append(ObjcMethod(target, text, 0, None))
+            elif words[0] == "types":
+                part.methods[-1].types_address = (
+                    int(words[2].strip("()"), 16) if part.relative else int(words[1], 16)
+                )
+            elif words[0] == "imp" and part.relative:
+                part.methods[-1].imp_address = int(words[2].strip("()"), 16)
+        elif line.startswith("\t") and "list[" in line and "(struct protocol_t *)" in line:
+            part.protocols.append(int(line.split()[1], 16))
+    part.isa, part.superclass, part.data = values["isa"], values["superclass"], values["data"]
+    part.flags, part.instance_start = values["flags"], values["instanceStart"]
+    part.instance_size, part.name_address = values["instanceSize"], values["name"]
+    part.base_methods, part.base_protocols = values["baseMethods"], values["baseProtocols"]
+    return part
+
+
+def objc_metadata(path: str | Path) -> ObjcListing:
+    """``--objc-meta-data``: the class list (each class with its metaclass), the category and
+    protocol lists, and the image info flags."""
+    text = run(path, "--objc-meta-data")
+    sections: dict[str, list[str]] = {}
+    current: list[str] = []
+    for line in text.splitlines():
+        m = _OBJC_SECTION.match(line)
+        if m:
+            current = sections.setdefault(m.group(2), [])
+        else:
+            current.append(line)
+    entry = re.compile(r"^[0-9a-f]{16} (0x[0-9a-f]+)")
+    classes = []
+    blocks: list[tuple[int, list[str]]] = []
+    for line in sections.get("__objc_classlist", []):
+        m = entry.match(line)
+        if m:
+            blocks.append((int(m.group(1), 16), []))
+        elif blocks:
+            blocks[-1][1].append(line)
+    for address, lines in blocks:
+        split = lines.index("Meta Class")
+        classes.append((address, _objc_part(lines[:split]), _objc_part(lines[split + 1 :])))
+
+    def pointers(name: str) -> list[int]:
+        return [int(m.group(1), 16) for line in sections.get(name, []) if (m := entry.match(line))]
+
+    flags = re.search(r"^\s+flags (0x[0-9a-f]+)", "\n".join(sections.get("__objc_imageinfo", [])), re.M)
+    return ObjcListing(
+        classes,
+        pointers("__objc_catlist"),
+        pointers("__objc_protolist"),
+        int(flags.group(1), 16) if flags else None,
+    )

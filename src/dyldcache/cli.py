@@ -35,6 +35,7 @@ COMMAND_MODULES = (
     "dyldcache.cache.symbols",
     "dyldcache.cache.extract",
     "dyldcache.cache.verify",
+    "dyldcache.cache.objc_report",
 )
 
 #: the exit statuses of every command
