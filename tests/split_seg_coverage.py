@@ -2,7 +2,7 @@
 
 For a dylib that has LC_SEGMENT_SPLIT_INFO, the synthesizer runs with the original ignored and
 its entries are compared with the original's, decoded by hand (``oracles.decode_split_seg_v2``,
-``test_split_seg_v1.decode_v1``) from the raw load command; sections and segments are read from
+``oracles.decode_split_seg_v1``) from the raw load command; sections and segments are read from
 the raw load commands too. Shared by tests/test_split_seg_synth.py and
 benchmarks/synth_split_seg.py.
 
@@ -143,7 +143,7 @@ def compare(data: bytes, entries: np.ndarray, *, keep_page_offsets: bool) -> Cov
                     cov.extras.append(f"kind {kind} at {lay.names[at[0]]}+{at[1]:#x} -> {target:#x}")
         return cov
 
-    from test_split_seg_v1 import decode_v1
+    from oracles import decode_split_seg_v1 as decode_v1
 
     cov = Coverage(1)
     v1 = {offset for kind, offset in decode_v1(raw) if kind == 1}
