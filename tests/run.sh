@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command (README, .ci/run): installs what the tests need on a fresh
-# Debian machine (Python, gcc and pip are assumed), then runs ruff, mypy and pytest.
+# Debian machine (Python, gcc and pip are assumed), then runs ruff, mypy, the import contracts
+# (import-linter, [tool.importlinter] in pyproject.toml) and pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,4 +21,5 @@ VENV=${DYLDCACHE_VENV:-.venv}
 export DYLDCACHE_REQUIRE_ORACLES=${DYLDCACHE_REQUIRE_ORACLES:-1}
 "$VENV/bin/ruff" check src tests benchmarks fuzz
 "$VENV/bin/mypy"
+"$VENV/bin/lint-imports" --no-cache --no-logo
 "$VENV/bin/python" -m pytest -q "$@"

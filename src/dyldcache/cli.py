@@ -45,21 +45,6 @@ EXIT_STATUS = {"ok": 0, "failed": 1, "usage": 2, "interrupted": 130}
 FORMAT_NOTE = "writes and reads the dyld-1162 shared cache format"
 
 
-def add_json_option(parser: argparse.ArgumentParser, help: str = "machine-readable output") -> None:
-    """The ``--json`` switch every command has (``print_json`` prints the document)."""
-    parser.add_argument("--json", action="store_true", help=help)
-
-
-def print_json(doc: Any) -> None:
-    """A command's ``--json`` document on standard output (names that are not UTF-8 as \\xNN)."""
-    import json
-
-    from .names import json_safe
-
-    json.dump(json_safe(doc), sys.stdout, indent=2)
-    sys.stdout.write("\n")
-
-
 def make_parser() -> argparse.ArgumentParser:
     import argparse
     import importlib

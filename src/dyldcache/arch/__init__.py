@@ -2,15 +2,24 @@
 
 Cache layout constants (base address, region sizes, slide info versions) are
 platform dependent and live in :mod:`dyldcache.builder.config`; this module holds
-what depends on the instruction set alone.
+what depends on the instruction set alone. The code each arch's linker writes (relocation
+appliers, stubs) is in :mod:`.arm64` and :mod:`.x86_64`, under the contracts of
+:mod:`.relocation` and :mod:`.stubs`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from ..errors import UsageError
 from ..macho import constants as C
+from ..macho.cpu import arch_name
+from . import arm64, x86_64
+from .relocation import RelocKind, RelocRule
+from .stubs import StubCode
+
+__all__ = ["ARCHS", "ARM64", "ARM64E", "X86_64", "Arch", "arch_for", "arch_name", "arch_named"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +40,16 @@ class Arch:
     stubs_section: str
     #: whether pointers may carry pointer-authentication data
     uses_pointer_auth: bool
+    #: the body of a stand-in function that nobody should call (a trap)
+    trap: bytes
+    #: compact unwind mode meaning "see the FDE in __eh_frame"
+    unwind_dwarf_mode: int
+    #: compact unwind modes whose rows ld64 never merges with their neighbours
+    unwind_unmerged_modes: frozenset[int]
+    #: how the linker applies each instruction relocation kind of this arch
+    relocations: Mapping[RelocKind, RelocRule] = field(compare=False)
+    #: the linker's stubs and stub helper
+    stubs: StubCode = field(compare=False)
 
     @property
     def is_arm64(self) -> bool:
@@ -51,6 +70,11 @@ ARM64 = Arch(
     stub_size=12,
     stubs_section="__stubs",
     uses_pointer_auth=False,
+    trap=arm64.TRAP.to_bytes(4, "little"),
+    unwind_dwarf_mode=C.UNWIND_ARM64_MODE_DWARF,
+    unwind_unmerged_modes=frozenset({C.UNWIND_ARM64_MODE_DWARF}),
+    relocations=arm64.RELOCATIONS,
+    stubs=arm64.STUBS,
 )
 ARM64E = Arch(
     name="arm64e",
@@ -62,6 +86,11 @@ ARM64E = Arch(
     stub_size=16,
     stubs_section="__auth_stubs",
     uses_pointer_auth=True,
+    trap=arm64.TRAP.to_bytes(4, "little"),
+    unwind_dwarf_mode=C.UNWIND_ARM64_MODE_DWARF,
+    unwind_unmerged_modes=frozenset({C.UNWIND_ARM64_MODE_DWARF}),
+    relocations=arm64.RELOCATIONS,
+    stubs=arm64.STUBS,
 )
 X86_64 = Arch(
     name="x86_64",
@@ -73,6 +102,11 @@ X86_64 = Arch(
     stub_size=6,
     stubs_section="__stubs",
     uses_pointer_auth=False,
+    trap=x86_64.TRAP,
+    unwind_dwarf_mode=C.UNWIND_X86_64_MODE_DWARF,
+    unwind_unmerged_modes=frozenset({C.UNWIND_X86_64_MODE_DWARF, C.UNWIND_X86_64_MODE_STACK_IND}),
+    relocations=x86_64.RELOCATIONS,
+    stubs=x86_64.STUBS,
 )
 
 ARCHS: dict[str, Arch] = {a.name: a for a in (ARM64, ARM64E, X86_64)}
@@ -83,26 +117,6 @@ def arch_named(name: str) -> Arch:
         return ARCHS[name]
     except KeyError:
         raise UsageError(f"unsupported architecture {name!r} (expected one of {', '.join(ARCHS)})") from None
-
-
-def arch_name(cputype: int, cpusubtype: int) -> str:
-    """Apple's name for a (cputype, cpusubtype) pair, e.g. 'arm64e'; unknown pairs get a hex name."""
-    sub = cpusubtype & ~C.CPU_SUBTYPE_MASK
-    if cputype == C.CPU_TYPE_ARM64:
-        return {
-            C.CPU_SUBTYPE_ARM64_ALL: "arm64",
-            C.CPU_SUBTYPE_ARM64_V8: "arm64v8",
-            C.CPU_SUBTYPE_ARM64E: "arm64e",
-        }.get(sub, f"arm64-{sub:#x}")
-    if cputype == C.CPU_TYPE_X86_64:
-        return "x86_64h" if sub == C.CPU_SUBTYPE_X86_64_H else "x86_64"
-    if cputype == C.CPU_TYPE_ARM64_32:
-        return "arm64_32"
-    if cputype == C.CPU_TYPE_X86:
-        return "i386"
-    if cputype == C.CPU_TYPE_ARM:
-        return "arm"
-    return f"cpu{cputype:#x}-{sub:#x}"
 
 
 def arch_for(cputype: int, cpusubtype: int) -> Arch | None:

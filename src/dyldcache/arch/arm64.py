@@ -1,10 +1,18 @@
 """arm64 instruction fields the linker writes and the cache builder adjusts
-(ADRP, ADD/LDR/STR imm12, B/BL), and the stub templates ld64 uses.
+(ADRP, ADD/LDR/STR imm12, B/BL), the stub templates ld64 uses, and the linker's relocation
+appliers for arm64 and arm64e.
 
-All functions are pure: they take and return 32-bit instruction words.
+The instruction functions are pure: they take and return 32-bit instruction words.
 """
 
 from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+
+from ..macho import constants as C
+from .relocation import RelocKind, RelocRule, Via
+from .stubs import HelperTarget, StubCode
 
 NOP = 0xD503201F
 #: brk #1: the body of a stand-in function that nobody should call (dyldcache link -stub_library)
@@ -136,3 +144,64 @@ def stub_helper_header_words(addr: int, dyld_private: int, binder_slot: int) -> 
 def stub_helper_entry_words(addr: int, header: int, lazy_bind_offset: int) -> tuple[int, ...]:
     ldr, b = STUB_HELPER_ENTRY
     return (ldr, set_branch26(b, addr + 4, header), lazy_bind_offset & 0xFFFFFFFF)
+
+
+# --- the linker's view: relocation appliers and stub code ----------------------------------------
+
+
+def _patch(buf: bytearray, fo: int, change: Callable[[int], int]) -> None:
+    (insn,) = struct.unpack_from("<I", buf, fo)
+    struct.pack_into("<I", buf, fo, change(insn) & 0xFFFFFFFF)
+
+
+def _write_branch26(buf: bytearray, fo: int, pc: int, target: int, bias: int) -> None:
+    _patch(buf, fo, lambda insn: set_branch26(insn, pc, target))
+
+
+def _write_adrp(buf: bytearray, fo: int, pc: int, target: int, bias: int) -> None:
+    _patch(buf, fo, lambda insn: set_adrp(insn, pc, target))
+
+
+def _write_pageoff12(buf: bytearray, fo: int, pc: int, target: int, bias: int) -> None:
+    _patch(buf, fo, lambda insn: set_imm12(insn, target, pc))
+
+
+def _write_delta32(buf: bytearray, fo: int, pc: int, target: int, bias: int) -> None:
+    struct.pack_into("<i", buf, fo, target - pc)
+
+
+_DIRECT = "direct ADRP/ADD"
+
+#: every instruction relocation an arm64 object can carry
+RELOCATIONS: dict[RelocKind, RelocRule] = {
+    RelocKind.BRANCH26: RelocRule(Via.CALL, _write_branch26, C.DYLD_CACHE_ADJ_V2_ARM64_BR26),
+    RelocKind.PAGE21: RelocRule(Via.TARGET, _write_adrp, C.DYLD_CACHE_ADJ_V2_ARM64_ADRP, form=_DIRECT),
+    RelocKind.PAGEOFF12: RelocRule(
+        Via.TARGET, _write_pageoff12, C.DYLD_CACHE_ADJ_V2_ARM64_OFF12, form=_DIRECT
+    ),
+    RelocKind.GOT_PAGE21: RelocRule(Via.GOT, _write_adrp, C.DYLD_CACHE_ADJ_V2_ARM64_ADRP),
+    RelocKind.GOT_PAGEOFF12: RelocRule(Via.GOT, _write_pageoff12, C.DYLD_CACHE_ADJ_V2_ARM64_OFF12),
+    RelocKind.POINTER_TO_GOT: RelocRule(Via.POINTER_SLOT, _write_delta32, C.DYLD_CACHE_ADJ_V2_DELTA_32),
+}
+
+
+def _words(words: tuple[int, ...]) -> bytes:
+    return struct.pack(f"<{len(words)}I", *words)
+
+
+STUBS = StubCode(
+    alignment=4,
+    stub=lambda addr, slot, auth: _words(stub_words(addr, slot, auth)),
+    # adrp, then the ldr (or, in an auth stub, the add) that completes the slot's address
+    stub_fields=((C.DYLD_CACHE_ADJ_V2_ARM64_ADRP, 0), (C.DYLD_CACHE_ADJ_V2_ARM64_OFF12, 4)),
+    helper_header_size=4 * len(STUB_HELPER_HEADER),
+    helper_header=lambda addr, private, binder: _words(stub_helper_header_words(addr, private, binder)),
+    helper_header_fields=(
+        (C.DYLD_CACHE_ADJ_V2_ARM64_ADRP, 0, HelperTarget.DYLD_PRIVATE),
+        (C.DYLD_CACHE_ADJ_V2_ARM64_OFF12, 4, HelperTarget.DYLD_PRIVATE),
+        (C.DYLD_CACHE_ADJ_V2_ARM64_ADRP, 12, HelperTarget.BINDER_SLOT),
+        (C.DYLD_CACHE_ADJ_V2_ARM64_OFF12, 16, HelperTarget.BINDER_SLOT),
+    ),
+    helper_entry_size=4 * (len(STUB_HELPER_ENTRY) + 1),
+    helper_entry=lambda addr, header, offset: _words(stub_helper_entry_words(addr, header, offset)),
+)

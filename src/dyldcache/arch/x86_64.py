@@ -1,8 +1,13 @@
-"""x86_64 code facts the linker writes: the stub and stub helper templates and rel32 fields."""
+"""x86_64 code facts the linker writes: the stub and stub helper templates and rel32 fields,
+and the linker's relocation appliers for x86_64."""
 
 from __future__ import annotations
 
 import struct
+
+from ..macho import constants as C
+from .relocation import RelocKind, RelocRule, Via
+from .stubs import HelperTarget, StubCode
 
 #: ud2: the body of a stand-in function that nobody should call (dyldcache link -stub_library)
 TRAP = b"\x0f\x0b"
@@ -45,3 +50,38 @@ def rel32(value: int, where: int) -> bytes:
     if not -(1 << 31) <= value < (1 << 31):
         raise ValueError(f"rel32 at {where:#x} out of range: {value:#x}")
     return struct.pack("<i", value)
+
+
+# --- the linker's view: relocation appliers and stub code ----------------------------------------
+
+
+def _write_rel32(buf: bytearray, fo: int, pc: int, target: int, bias: int) -> None:
+    """A displacement from the end of the instruction (``bias`` bytes past the field's start)."""
+    buf[fo : fo + 4] = rel32(target - (pc + bias), pc)
+
+
+def _rule(via: Via, form: str = "") -> RelocRule:
+    return RelocRule(via, _write_rel32, C.DYLD_CACHE_ADJ_V2_DELTA_32, split_within_data=True, form=form)
+
+
+#: every instruction relocation an x86_64 object can carry
+RELOCATIONS: dict[RelocKind, RelocRule] = {
+    RelocKind.X86_PCREL: _rule(Via.UNBOUND_TARGET, "RIP-relative"),
+    RelocKind.X86_BRANCH: _rule(Via.CALL),
+    RelocKind.X86_GOT_LOAD: _rule(Via.GOT),
+    RelocKind.X86_GOT: _rule(Via.GOT),
+}
+
+STUBS = StubCode(
+    alignment=2,
+    stub=lambda addr, slot, auth: stub_bytes(addr, slot),
+    stub_fields=((C.DYLD_CACHE_ADJ_V2_DELTA_32, STUB_DISP_OFFSET),),
+    helper_header_size=STUB_HELPER_HEADER_SIZE,
+    helper_header=stub_helper_header,
+    helper_header_fields=(
+        (C.DYLD_CACHE_ADJ_V2_DELTA_32, HELPER_PRIVATE_DISP, HelperTarget.DYLD_PRIVATE),
+        (C.DYLD_CACHE_ADJ_V2_DELTA_32, HELPER_BINDER_DISP, HelperTarget.BINDER_SLOT),
+    ),
+    helper_entry_size=STUB_HELPER_ENTRY_SIZE,
+    helper_entry=stub_helper_entry,
+)

@@ -8,10 +8,10 @@ import sys
 import tempfile
 
 from ..cache.format import uuid_string
-from ..cli import add_json_option, print_json
 from ..errors import NothingPlacedError, UsageError
 from ..fileio import OutputError
 from ..interrupts import current_program_interrupts
+from ..report import add_json_option, print_json
 from .inputs import Eviction
 from .pipeline import BuildOptions, build_cache
 from .progress import BuildProgress, TerminalProgress

@@ -13,8 +13,8 @@ import argparse
 import sys
 from typing import Any
 
-from ..cli import add_json_option, print_json
 from ..macho import constants as C
+from ..report import add_json_option, print_json
 from .format import CACHE_TYPE_NAMES, uuid_string
 from .reader import CacheFile, DyldCache
 

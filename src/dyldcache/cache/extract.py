@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 
-from ..cli import add_json_option, print_json
 from ..errors import CacheFormatError
 from ..fileio import OutputError, write_atomically
 from ..macho import constants as C
@@ -48,6 +47,7 @@ from ..macho.format import (
     SymtabCommand,
 )
 from ..names import printable
+from ..report import add_json_option, print_json
 from .reader import CacheFile, DyldCache, Mapping
 from .symtab import REDACTED, CacheSymtabs
 

@@ -14,12 +14,12 @@ import argparse
 import sys
 from typing import Any
 
-from ..cli import add_json_option, print_json
 from ..macho import constants as C
 from ..macho.describe import _print_text as print_macho_text
 from ..macho.describe import describe_image
 from ..macho.exports_trie import Export
 from ..macho.file import format_version
+from ..report import add_json_option, print_json
 from .reader import DyldCache
 
 _KIND_NAMES = {

@@ -19,12 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from ..cli import add_json_option, print_json
 from ..errors import MachOFormatError, UsageError
 from ..macho import constants as C
 from ..macho.exports_trie import Export, encode_name, read_exports
 from ..macho.file import MachOFile
 from ..macho.leb128 import uleb_decode, uleb_encode
+from ..report import add_json_option, print_json
 from .reader import DyldCache
 from .symtab import REDACTED, CacheSymtabs, ImageSymtab
 

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from ..cli import add_json_option, print_json
 from ..errors import CacheFormatError, DyldCacheError, UsageError
+from ..report import add_json_option, print_json
 from . import code_signature as cs
 from .format import HEADER_SIZE, CacheHeader, uuid_string
 from .reader import CacheFile, DyldCache

@@ -4,40 +4,21 @@ symbols, and relocations decoded into one arch-neutral form.
 Relocation semantics follow Apple's <mach-o/arm64/reloc.h> and <mach-o/x86_64/reloc.h>
 (see ``docs/linker-notes.md`` §1): a :class:`Reloc` says where a value goes, what it
 refers to (a symbol, or a place in a section for non-extern relocations), the addend,
-and how to encode it.
+and how to encode it (a :class:`~dyldcache.arch.relocation.RelocKind`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
 
 import numpy as np
 
+from ..arch import Arch
+from ..arch.relocation import RelocKind
 from ..errors import LinkError, MachOFormatError
 from ..macho import constants as C
 from ..macho.file import MachOFile, Section
 from ..macho.format import RELOCATION_DTYPE
-
-
-class RelocKind(Enum):
-    """What the linker must put at a relocation's location."""
-
-    POINTER64 = "pointer64"  # absolute 64-bit address of target + addend
-    POINTER32 = "pointer32"  # absolute 32-bit address (rejected for dylibs)
-    AUTH_POINTER = "auth_pointer"  # arm64e signed 64-bit pointer
-    DELTA = "delta"  # target + addend - minus (SUBTRACTOR pairs), 4 or 8 bytes
-    BRANCH26 = "branch26"  # arm64 B/BL imm26
-    PAGE21 = "page21"  # arm64 ADRP to target's page
-    PAGEOFF12 = "pageoff12"  # arm64 ADD/LDR/STR low 12 bits
-    GOT_PAGE21 = "got_page21"  # ADRP to the target's GOT slot
-    GOT_PAGEOFF12 = "got_pageoff12"  # LDR of the target's GOT slot
-    POINTER_TO_GOT = "pointer_to_got"  # 32-bit pc-relative delta to the GOT slot (arm64)
-    X86_PCREL = "x86_pcrel"  # rel32 = target + addend - (P + bias)
-    X86_BRANCH = "x86_branch"  # call/jmp rel32 (through a stub for imports)
-    X86_GOT_LOAD = "x86_got_load"  # movq GOT slot(%rip)
-    X86_GOT = "x86_got"  # other rel32 references to a GOT slot
-    TLV = "tlv"  # thread-local variable access (not supported)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +147,7 @@ class InputSection:
 
 
 class ObjectFile:
-    def __init__(self, image: MachOFile, arch: str) -> None:
+    def __init__(self, image: MachOFile, arch: Arch) -> None:
         if image.filetype != C.MH_OBJECT:
             raise LinkError(f"{image.path}: not a relocatable object")
         self.path = image.path
@@ -220,9 +201,8 @@ class ObjectFile:
                 )
             )
         # relocations are listed in descending address order; pairs keep their relative order
-        if self.arch == "x86_64":
-            return self._x86_64_relocs(isect, entries)
-        return self._arm64_relocs(isect, entries)
+        decode = self._x86_64_relocs if self.arch.cputype == C.CPU_TYPE_X86_64 else self._arm64_relocs
+        return decode(isect, entries)
 
     def _target(self, isect: InputSection, extern: int, symnum: int, obj_addr: int | None = None) -> Target:
         if extern:

@@ -29,17 +29,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import constants as C
 from .fixups import FIXUP_DTYPE, FIXUP_FLAG_32BIT, FIXUP_FLAG_LAZY, FixupKind, Import, WeakBind, empty_fixups
+from .image import MachOImage
 from .leb128 import Cursor, sleb_encode, uleb_encode
 from .rebase_opcodes import RunError, default_max_entries, run_locations
-
-if TYPE_CHECKING:
-    from .file import MachOFile
 
 _U64 = 1 << 64
 _I64_MIN = -(1 << 63)
@@ -254,7 +251,7 @@ def decode_weak_bind_opcodes(
     return out
 
 
-def _image_streams(image: MachOFile) -> tuple[list[tuple[int, int]], int]:
+def _image_streams(image: MachOImage) -> tuple[list[tuple[int, int]], int]:
     segments = [(s.vmaddr, s.vmsize) for s in image.segments]
     # bound locations hold pointers that are in the file, so the file size also bounds how
     # many distinct 4-byte slots a valid stream can name
@@ -262,7 +259,7 @@ def _image_streams(image: MachOFile) -> tuple[list[tuple[int, int]], int]:
     return segments, budget
 
 
-def read_binds(image: MachOFile) -> tuple[np.ndarray, list[Import]]:
+def read_binds(image: MachOImage) -> tuple[np.ndarray, list[Import]]:
     """The bind and lazy-bind tables of an image's LC_DYLD_INFO as FIXUP_DTYPE records (kind BIND).
 
     ``bind`` indexes the returned imports, which are unique by (name, ordinal, weak import);
@@ -319,7 +316,7 @@ def read_binds(image: MachOFile) -> tuple[np.ndarray, list[Import]]:
     return records, imports
 
 
-def read_weak_binds(image: MachOFile) -> list[WeakBind]:
+def read_weak_binds(image: MachOImage) -> list[WeakBind]:
     """The weak-bind table of an image's LC_DYLD_INFO, in stream order."""
     di = image.dyld_info_command
     if di is None or di.weak_bind_size == 0:

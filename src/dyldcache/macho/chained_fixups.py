@@ -11,7 +11,8 @@ fixup of the same page (``next``, in stride units; 0 ends the chain).
 Decoding yields the uniform :data:`~dyldcache.macho.fixups.FIXUP_DTYPE` records, with
 every rebase target turned into an absolute VM address as linked (formats that store an
 offset from the mach header get the image's base address added). Encoding takes the same
-records, writes every chained pointer into the output file buffer and returns the blob.
+records, writes every chained pointer into the output file buffer and returns the blob. The
+bit layout of each pointer format is :mod:`dyldcache.macho.chained_pointers`.
 """
 
 from __future__ import annotations
@@ -19,84 +20,25 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
 
 from ..errors import MachOFormatError
 from . import constants as C
-from .fixups import FIXUP_DTYPE, FIXUP_FLAG_32BIT, FixupKind, Fixups, Import, empty_fixups
+from .chained_pointers import (
+    ENCODABLE_FORMATS,
+    INLINE_ADDEND,
+    POINTER_FORMATS,
+    Fail,
+    PointerFormat,
+    decode_pointers,
+    encode_pointers,
+    pointer_format_name,
+)
+from .fixups import FIXUP_DTYPE, FixupKind, Fixups, Import, empty_fixups
 from .format import ChainedFixupsHeader, ChainedStartsInSegment
-
-if TYPE_CHECKING:
-    from .file import MachOFile
-
-
-# ---------------------------------------------------------------------------------------------
-# pointer formats
-
-
-@dataclass(frozen=True, slots=True)
-class PointerFormat:
-    """Facts about one DYLD_CHAINED_PTR_* value."""
-
-    value: int
-    name: str
-    #: bytes per unit of ``next``
-    stride: int
-    #: bytes of one chained pointer (8, or 4 for the 32-bit formats)
-    size: int
-    #: position and width of the ``next`` field
-    next_shift: int
-    next_bits: int
-
-
-POINTER_FORMATS: dict[int, PointerFormat] = {
-    f.value: f
-    for f in (
-        PointerFormat(C.DYLD_CHAINED_PTR_ARM64E, "DYLD_CHAINED_PTR_ARM64E", 8, 8, 51, 11),
-        PointerFormat(C.DYLD_CHAINED_PTR_64, "DYLD_CHAINED_PTR_64", 4, 8, 51, 12),
-        PointerFormat(C.DYLD_CHAINED_PTR_32, "DYLD_CHAINED_PTR_32", 4, 4, 26, 5),
-        PointerFormat(C.DYLD_CHAINED_PTR_32_CACHE, "DYLD_CHAINED_PTR_32_CACHE", 4, 4, 30, 2),
-        PointerFormat(C.DYLD_CHAINED_PTR_32_FIRMWARE, "DYLD_CHAINED_PTR_32_FIRMWARE", 4, 4, 26, 6),
-        PointerFormat(C.DYLD_CHAINED_PTR_64_OFFSET, "DYLD_CHAINED_PTR_64_OFFSET", 4, 8, 51, 12),
-        PointerFormat(C.DYLD_CHAINED_PTR_ARM64E_KERNEL, "DYLD_CHAINED_PTR_ARM64E_KERNEL", 4, 8, 51, 11),
-        PointerFormat(C.DYLD_CHAINED_PTR_64_KERNEL_CACHE, "DYLD_CHAINED_PTR_64_KERNEL_CACHE", 4, 8, 51, 12),
-        PointerFormat(C.DYLD_CHAINED_PTR_ARM64E_USERLAND, "DYLD_CHAINED_PTR_ARM64E_USERLAND", 8, 8, 51, 11),
-        PointerFormat(C.DYLD_CHAINED_PTR_ARM64E_FIRMWARE, "DYLD_CHAINED_PTR_ARM64E_FIRMWARE", 4, 8, 51, 11),
-        PointerFormat(
-            C.DYLD_CHAINED_PTR_X86_64_KERNEL_CACHE, "DYLD_CHAINED_PTR_X86_64_KERNEL_CACHE", 1, 8, 51, 12
-        ),
-        PointerFormat(
-            C.DYLD_CHAINED_PTR_ARM64E_USERLAND24, "DYLD_CHAINED_PTR_ARM64E_USERLAND24", 8, 8, 51, 11
-        ),
-        PointerFormat(
-            C.DYLD_CHAINED_PTR_ARM64E_SHARED_CACHE, "DYLD_CHAINED_PTR_ARM64E_SHARED_CACHE", 8, 8, 52, 11
-        ),
-    )
-}
-
-_ARM64E_FAMILY = frozenset(
-    {
-        C.DYLD_CHAINED_PTR_ARM64E,
-        C.DYLD_CHAINED_PTR_ARM64E_KERNEL,
-        C.DYLD_CHAINED_PTR_ARM64E_USERLAND,
-        C.DYLD_CHAINED_PTR_ARM64E_FIRMWARE,
-        C.DYLD_CHAINED_PTR_ARM64E_USERLAND24,
-    }
-)
-#: arm64e formats whose plain (non-auth) rebase target is a VM address, not an offset
-_ARM64E_VMADDR_TARGET = frozenset({C.DYLD_CHAINED_PTR_ARM64E, C.DYLD_CHAINED_PTR_ARM64E_FIRMWARE})
-#: the formats a linker writes, and so the ones :func:`encode_chained_fixups` supports
-ENCODABLE_FORMATS = frozenset(
-    {
-        C.DYLD_CHAINED_PTR_64,
-        C.DYLD_CHAINED_PTR_64_OFFSET,
-        C.DYLD_CHAINED_PTR_ARM64E,
-        C.DYLD_CHAINED_PTR_ARM64E_USERLAND,
-        C.DYLD_CHAINED_PTR_ARM64E_USERLAND24,
-    }
-)
+from .image import MachOImage
 
 #: bytes of one imports-table entry, by imports_format
 _IMPORT_ENTRY_SIZE = {
@@ -115,18 +57,8 @@ _SEG_HEADER = ChainedStartsInSegment.SIZE  # 22: the fixed part before page_star
 _U64 = np.uint64
 
 
-def pointer_format_name(value: int) -> str:
-    fmt = POINTER_FORMATS.get(value)
-    return fmt.name if fmt else f"pointer format {value}"
-
-
 def import_format_name(value: int) -> str:
     return _IMPORT_FORMAT_NAMES.get(value, f"imports format {value}")
-
-
-def _field(values: np.ndarray, shift: int, bits: int) -> np.ndarray:
-    """Bits [shift, shift+bits) of every uint64 in ``values``."""
-    return (values >> _U64(shift)) & _U64((1 << bits) - 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -377,7 +309,7 @@ class SegmentLike(Protocol):
     def filesize(self) -> int: ...
 
 
-def read_chained_fixups(image: MachOFile) -> Fixups:
+def read_chained_fixups(image: MachOImage) -> Fixups:
     """All fixups of an image with LC_DYLD_CHAINED_FIXUPS, sorted by address."""
     lc = image.linkedit_commands.get(C.LC_DYLD_CHAINED_FIXUPS)
     if lc is None:
@@ -532,7 +464,7 @@ def _decode_segment(
     values = np.zeros(len(pos_arr), dtype=_U64)
     for k in range(fmt.size):
         values |= raw[file_pos + k].astype(_U64) << _U64(8 * k)
-    recs = _decode_values(fmt, values, base, starts.record.max_valid_pointer)
+    recs = decode_pointers(fmt, values, base, starts.record.max_valid_pointer)
     recs["address"] = _U64(seg.vmaddr) + pos_arr.astype(_U64)
     recs["segment"] = starts.segment_index
     keep = recs["kind"] != 0xFF  # 0xFF marks DYLD_CHAINED_PTR_32 non-pointers
@@ -560,86 +492,6 @@ def _decode_segment(
     return kept
 
 
-def _decode_values(fmt: PointerFormat, v: np.ndarray, base: int, max_valid_pointer: int) -> np.ndarray:
-    """FIXUP_DTYPE records (address and segment left unset) for chained pointer values ``v``."""
-    n = len(v)
-    out = empty_fixups(n)
-    base_u = _U64(base)
-    f = fmt.value
-    if f in _ARM64E_FAMILY:
-        is_bind = _field(v, 62, 1).astype(bool)
-        is_auth = _field(v, 63, 1).astype(bool)
-        ordinal_bits = 24 if f == C.DYLD_CHAINED_PTR_ARM64E_USERLAND24 else 16
-        # plain rebase: target 43 bits (VM address or offset), high8 at 43
-        plain = _field(v, 0, 43)
-        if f not in _ARM64E_VMADDR_TARGET:
-            plain = plain + base_u
-        # auth rebase: target 32 bits, always an offset from the mach header
-        auth_target = _field(v, 0, 32) + base_u
-        out["target"] = np.where(is_bind, _U64(0), np.where(is_auth, auth_target, plain))
-        out["high8"] = np.where(is_bind | is_auth, 0, _field(v, 43, 8))
-        addend19 = _field(v, 32, 19).astype(np.int64)
-        addend19[addend19 >= 1 << 18] -= 1 << 19
-        out["addend"] = np.where(is_bind & ~is_auth, addend19, 0)
-        out["bind"] = np.where(is_bind, _field(v, 0, ordinal_bits).astype(np.int64), -1)
-        out["diversity"] = np.where(is_auth, _field(v, 32, 16), 0)
-        out["addr_div"] = np.where(is_auth, _field(v, 48, 1), 0)
-        out["key"] = np.where(is_auth, _field(v, 49, 2), 0)
-        out["kind"] = is_bind.astype(np.uint8) + 2 * is_auth.astype(np.uint8)
-    elif f in (C.DYLD_CHAINED_PTR_64, C.DYLD_CHAINED_PTR_64_OFFSET):
-        is_bind = _field(v, 63, 1).astype(bool)
-        target = _field(v, 0, 36)
-        if f == C.DYLD_CHAINED_PTR_64_OFFSET:
-            target = target + base_u
-        out["target"] = np.where(is_bind, _U64(0), target)
-        out["high8"] = np.where(is_bind, 0, _field(v, 36, 8))
-        out["addend"] = np.where(is_bind, _field(v, 24, 8).astype(np.int64), 0)
-        out["bind"] = np.where(is_bind, _field(v, 0, 24).astype(np.int64), -1)
-        out["kind"] = np.where(is_bind, FixupKind.BIND, FixupKind.REBASE)
-    elif f in (C.DYLD_CHAINED_PTR_64_KERNEL_CACHE, C.DYLD_CHAINED_PTR_X86_64_KERNEL_CACHE):
-        # rebases only: target 30 bits from the collection's base; cacheLevel (bits 30-31)
-        # names another kernel collection, which FIXUP_DTYPE cannot express (flagged 0x80)
-        is_auth = _field(v, 63, 1).astype(bool)
-        out["target"] = _field(v, 0, 30) + base_u
-        out["flags"] = np.where(_field(v, 30, 2) != 0, 0x80, 0)
-        out["diversity"] = np.where(is_auth, _field(v, 32, 16), 0)
-        out["addr_div"] = np.where(is_auth, _field(v, 48, 1), 0)
-        out["key"] = np.where(is_auth, _field(v, 49, 2), 0)
-        out["kind"] = np.where(is_auth, FixupKind.AUTH_REBASE, FixupKind.REBASE)
-    elif f == C.DYLD_CHAINED_PTR_ARM64E_SHARED_CACHE:
-        # rebases only; runtimeOffset (34 bits) is taken relative to ``base``; only the A
-        # keys exist (keyIsData: 0 = IA, 1 = DA)
-        is_auth = _field(v, 63, 1).astype(bool)
-        out["target"] = _field(v, 0, 34) + base_u
-        out["high8"] = np.where(is_auth, 0, _field(v, 34, 8))
-        out["diversity"] = np.where(is_auth, _field(v, 34, 16), 0)
-        out["addr_div"] = np.where(is_auth, _field(v, 50, 1), 0)
-        out["key"] = np.where(is_auth, 2 * _field(v, 51, 1), 0)
-        out["kind"] = np.where(is_auth, FixupKind.AUTH_REBASE, FixupKind.REBASE)
-    elif f == C.DYLD_CHAINED_PTR_32:
-        is_bind = _field(v, 31, 1).astype(bool)
-        target = _field(v, 0, 26)
-        out["target"] = np.where(is_bind, _U64(0), target)
-        out["addend"] = np.where(is_bind, _field(v, 20, 6).astype(np.int64), 0)
-        out["bind"] = np.where(is_bind, _field(v, 0, 20).astype(np.int64), -1)
-        # values above max_valid_pointer are non-pointers threaded into the chain
-        non_pointer = ~is_bind & (target > _U64(max_valid_pointer))
-        out["kind"] = np.where(non_pointer, 0xFF, np.where(is_bind, FixupKind.BIND, FixupKind.REBASE))
-        out["flags"] = FIXUP_FLAG_32BIT
-    elif f == C.DYLD_CHAINED_PTR_32_CACHE:
-        # rebases only; the 30-bit target is an offset from ``base``
-        out["target"] = _field(v, 0, 30) + base_u
-        out["kind"] = FixupKind.REBASE
-        out["flags"] = FIXUP_FLAG_32BIT
-    elif f == C.DYLD_CHAINED_PTR_32_FIRMWARE:
-        out["target"] = _field(v, 0, 26)
-        out["kind"] = FixupKind.REBASE
-        out["flags"] = FIXUP_FLAG_32BIT
-    else:  # pragma: no cover - POINTER_FORMATS and this function list the same formats
-        raise AssertionError(f"unhandled pointer format {f}")
-    return out
-
-
 # ---------------------------------------------------------------------------------------------
 # encoding
 
@@ -653,20 +505,6 @@ class ChainedSegment:
     #: file offset of the segment in the output file (where its chained pointers go)
     fileoff: int
     name: str = ""
-
-
-#: inline bind addend range by pointer format (non-auth binds; auth binds never inline)
-_INLINE_ADDEND = {
-    C.DYLD_CHAINED_PTR_64: (0, 255),
-    C.DYLD_CHAINED_PTR_64_OFFSET: (0, 255),
-    C.DYLD_CHAINED_PTR_ARM64E: (-(1 << 18), (1 << 18) - 1),
-    C.DYLD_CHAINED_PTR_ARM64E_USERLAND: (-(1 << 18), (1 << 18) - 1),
-    C.DYLD_CHAINED_PTR_ARM64E_USERLAND24: (-(1 << 18), (1 << 18) - 1),
-}
-
-
-class _Fail(Protocol):
-    def __call__(self, mask: np.ndarray, message: str) -> None: ...
 
 
 def _align(value: int, alignment: int) -> int:
@@ -746,7 +584,7 @@ def encode_chained_fixups(
         is_bind & (table_index >= 1 << ordinal_bits),
         f"import table index does not fit the {ordinal_bits}-bit ordinal of {fmt.name}",
     )
-    values = _encode_values(r, fmt, nxt, table_index, inline, base_address, fail)
+    values = encode_pointers(r, fmt, nxt, table_index, inline, base_address, fail)
 
     if image is not None:
         file_off = np.array([s.fileoff for s in segments], dtype=_U64)[seg_index] + seg_off
@@ -763,7 +601,7 @@ def encode_chained_fixups(
 
 
 def _locate(
-    segments: Sequence[ChainedSegment], addr: np.ndarray, fail: _Fail
+    segments: Sequence[ChainedSegment], addr: np.ndarray, fail: Fail
 ) -> tuple[np.ndarray, np.ndarray]:
     """(segment index, offset in segment) of every address."""
     live = sorted((s.vmaddr, i) for i, s in enumerate(segments) if s.vmsize > 0)
@@ -783,7 +621,7 @@ def _locate(
 
 
 def _import_table(
-    r: np.ndarray, imports: Sequence[Import], pointer_format: int, fail: _Fail
+    r: np.ndarray, imports: Sequence[Import], pointer_format: int, fail: Fail
 ) -> tuple[list[tuple[Import, int]], np.ndarray, np.ndarray]:
     """The imports table as (import, addend) entries, each bind's table index and inline addend."""
     kind = r["kind"]
@@ -792,7 +630,7 @@ def _import_table(
     bind = r["bind"].astype(np.int64)
     fail(is_bind & ((bind < 0) | (bind >= len(imports))), f"bind to import {{rec[bind]}} of {len(imports)}")
     addend = r["addend"].astype(np.int64)
-    lo, hi = _INLINE_ADDEND[pointer_format]
+    lo, hi = INLINE_ADDEND[pointer_format]
     inline_ok = is_bind & ~is_auth_bind & (addend >= lo) & (addend <= hi)
     inline = np.where(inline_ok, addend, 0)
     table_addend = np.where(is_bind & ~inline_ok, addend, 0)
@@ -807,80 +645,6 @@ def _import_table(
             table.append((imports[key[0]], key[1]))
         table_index[k] = idx
     return table, table_index, inline
-
-
-def _encode_values(
-    r: np.ndarray,
-    fmt: PointerFormat,
-    nxt: np.ndarray,
-    table_index: np.ndarray,
-    inline: np.ndarray,
-    base: int,
-    fail: _Fail,
-) -> np.ndarray:
-    """The 64-bit chained pointer for every record (``next`` included)."""
-    kind = r["kind"]
-    target = r["target"].astype(_U64)
-    high8 = r["high8"].astype(_U64)
-    ordinal = table_index.astype(_U64)
-    is_rebase = kind == FixupKind.REBASE
-    is_bind = kind == FixupKind.BIND
-    is_auth_rebase = kind == FixupKind.AUTH_REBASE
-    is_auth_bind = kind == FixupKind.AUTH_BIND
-    is_auth = is_auth_rebase | is_auth_bind
-    f = fmt.value
-    # unsigned subtraction would wrap below the mach header, so check first
-    below_base = target < _U64(base)
-    offset = target - _U64(base)
-    if f in (C.DYLD_CHAINED_PTR_64, C.DYLD_CHAINED_PTR_64_OFFSET):
-        fail(is_auth, f"{fmt.name} cannot hold an authenticated pointer")
-        if f == C.DYLD_CHAINED_PTR_64_OFFSET:
-            fail(is_rebase & below_base, "rebase target {rec[target]:#x} is below the mach header")
-            stored = offset
-        else:
-            stored = target
-        fail(
-            is_rebase & (stored >= _U64(1 << 36)),
-            f"rebase target {{rec[target]:#x}} does not fit {fmt.name} (36 bits)",
-        )
-        rebase = stored | (high8 << _U64(36))
-        bind = ordinal | (inline.astype(_U64) << _U64(24)) | _U64(1 << 63)
-        values: np.ndarray = np.where(is_bind, bind, rebase) | (nxt << _U64(51))
-        return values
-    # arm64e family
-    fail((is_auth_rebase | is_auth_bind) & (r["key"] > 3), "ptrauth key {rec[key]} is not 0..3")
-    fail((is_auth_rebase | is_auth_bind) & (r["addr_div"] > 1), "addr_div {rec[addr_div]} is not 0 or 1")
-    fail(is_auth_rebase & (high8 != 0), "an authenticated rebase cannot carry high8 {rec[high8]:#x}")
-    fail(
-        is_auth_rebase & (below_base | (offset >= _U64(1 << 32))),
-        "authenticated rebase target {rec[target]:#x} is not within 4 GiB above the mach header",
-    )
-    if f == C.DYLD_CHAINED_PTR_ARM64E:
-        stored = target
-    else:
-        fail(is_rebase & below_base, "rebase target {rec[target]:#x} is below the mach header")
-        stored = offset
-    fail(
-        is_rebase & (stored >= _U64(1 << 43)),
-        f"rebase target {{rec[target]:#x}} does not fit {fmt.name} (43 bits)",
-    )
-    auth_bits = (
-        (r["diversity"].astype(_U64) << _U64(32))
-        | (r["addr_div"].astype(_U64) << _U64(48))
-        | (r["key"].astype(_U64) << _U64(49))
-        | _U64(1 << 63)
-    )
-    rebase = stored | (high8 << _U64(43))
-    auth_rebase = (offset & _U64(0xFFFFFFFF)) | auth_bits
-    bind = ordinal | ((inline.astype(_U64) & _U64(0x7FFFF)) << _U64(32)) | _U64(1 << 62)
-    auth_bind = ordinal | auth_bits | _U64(1 << 62)
-    values = np.select(
-        [is_rebase, is_auth_rebase, is_bind, is_auth_bind],
-        [rebase, auth_rebase, bind, auth_bind],
-        default=_U64(0),
-    )
-    values |= nxt << _U64(51)
-    return values
 
 
 def _build_blob(

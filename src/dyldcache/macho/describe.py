@@ -11,8 +11,8 @@ import os
 import sys
 from typing import Any
 
-from ..cli import add_json_option, print_json
 from ..errors import MachOFormatError
+from ..report import add_json_option, print_json
 from . import constants as C
 from .fat import is_fat, parse_fat
 from .file import MachOFile, MappedFile, format_version, parse_macho

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..arch import arch_name
 from ..errors import MachOFormatError
 from . import constants as C
+from .cpu import arch_name
 from .format import FatArch, FatArch64, FatHeader
 
 #: more slices than this is certainly garbage (Apple's tools use a similar sanity bound)

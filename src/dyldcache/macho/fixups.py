@@ -17,14 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import TYPE_CHECKING
 
 import numpy as np
-
-from . import constants as C
-
-if TYPE_CHECKING:
-    from .file import MachOFile
 
 
 class FixupKind(IntEnum):
@@ -109,20 +103,3 @@ class Fixups:
     def import_name(self, record: np.void) -> str:
         return self.imports[int(record["bind"])].name
 
-
-def read_fixups(image: MachOFile) -> Fixups:
-    """All fixups of an image, from LC_DYLD_CHAINED_FIXUPS or the LC_DYLD_INFO opcodes."""
-    if C.LC_DYLD_CHAINED_FIXUPS in image.linkedit_commands:
-        from .chained_fixups import read_chained_fixups
-
-        return read_chained_fixups(image)
-    if image.dyld_info_command is not None:
-        from .bind_opcodes import read_binds, read_weak_binds
-        from .rebase_opcodes import read_rebases
-
-        rebases = read_rebases(image)
-        binds, imports = read_binds(image)
-        records = np.concatenate([rebases, binds])
-        records = records[np.argsort(records["address"], kind="stable")]
-        return Fixups(records, imports, "opcodes", weak_binds=read_weak_binds(image))
-    return Fixups(empty_fixups(), [], "none")

@@ -19,16 +19,13 @@ immediate in the low nibble, possibly followed by ULEB128 operands::
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import constants as C
 from .fixups import FIXUP_DTYPE, FIXUP_FLAG_32BIT, FixupKind, empty_fixups
+from .image import MachOImage
 from .leb128 import Cursor, uleb_encode
-
-if TYPE_CHECKING:
-    from .file import MachOFile
 
 _U64 = 1 << 64
 #: bytes a location of each type occupies (pointer size for REBASE_TYPE_POINTER)
@@ -161,7 +158,7 @@ def decode_rebase_opcodes(
     return out
 
 
-def read_rebases(image: MachOFile) -> np.ndarray:
+def read_rebases(image: MachOImage) -> np.ndarray:
     """The rebases of an image's LC_DYLD_INFO as FIXUP_DTYPE records (kind REBASE), in stream order.
 
     ``target``/``high8`` come from the pointer stored at each location in the image's file bytes.

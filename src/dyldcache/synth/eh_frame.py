@@ -1,6 +1,6 @@
 """__eh_frame: the pc-relative pointers of DWARF call frame information.
 
-CIEs and FDEs are read with the linker's parser (``dyldcache.link.unwind.parse_eh_frame``).
+CIEs and FDEs are read with the Mach-O reader's parser (``dyldcache.macho.eh_frame``).
 Each encoded pointer that is pc-relative (``DW_EH_PE_pcrel``, optionally ``indirect``) refers to
 ``field address + value``: the CIE personality (usually through a GOT slot in a data segment),
 the FDE's function start and its LSDA. A 4-byte one that crosses segments gets DELTA_32, an
@@ -15,9 +15,9 @@ import struct
 
 import numpy as np
 
-from ..errors import LinkError, SplitSegSynthesisError
-from ..link.unwind import DW_EH_PE_pcrel, PointerField, parse_eh_frame
+from ..errors import MachOFormatError, SplitSegSynthesisError
 from ..macho import constants as C
+from ..macho.eh_frame import DW_EH_PE_pcrel, PointerField, parse_eh_frame
 from ..macho.file import MachOFile, Section
 from ..macho.split_seg import SPLIT_SEG_DTYPE
 from .image_map import ImageMap
@@ -67,7 +67,7 @@ def eh_frame_entries(image: MachOFile, imap: ImageMap) -> tuple[np.ndarray, list
             fields += [f.pc_begin for f in fdes] + [f.lsda for f in fdes if f.lsda is not None]
             lsdas += [t for f in fdes if f.lsda is not None and (t := field_target(sect, f.lsda)) is not None]
             parts.append(pcrel_entries(imap, sect, fields, "__eh_frame pointer"))
-        except (LinkError, ValueError, IndexError, struct.error) as exc:
+        except (MachOFormatError, ValueError, IndexError, struct.error) as exc:
             raise SplitSegSynthesisError(image.path, sect.full_name, None, f"cannot parse: {exc}") from None
     entries = np.concatenate(parts) if parts else np.zeros(0, dtype=SPLIT_SEG_DTYPE)
     return entries, lsdas

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import LinkError, SplitSegSynthesisError
-from ..link.unwind import DW_EH_PE_omit, PointerField, encoded_size, read_encoded
+from ..errors import SplitSegSynthesisError
+from ..macho.eh_frame import DW_EH_PE_omit, PointerField, encoded_size, read_encoded
 from ..macho.file import MachOFile
 from ..macho.leb128 import uleb_decode
 from ..macho.split_seg import SPLIT_SEG_DTYPE
@@ -135,7 +135,7 @@ def lsda_entries(image: MachOFile, imap: ImageMap, lsdas: list[int]) -> np.ndarr
             # a null entry (catch-all) refers to nothing, whatever its encoding
             fields = [f for f in _type_fields(data, start - sect.addr) if f.value != 0]
             parts.append(pcrel_entries(imap, sect, fields, "LSDA type pointer"))
-        except (IndexError, ValueError, LinkError) as exc:
+        except (IndexError, ValueError) as exc:
             raise SplitSegSynthesisError(
                 image.path, sect.full_name, start - sect.addr, f"cannot parse the LSDA: {exc}"
             ) from None
