@@ -41,6 +41,7 @@ COMMANDS = (
     "a2s",
     "s2a",
     "extract",
+    "objc",
 )
 
 
@@ -163,6 +164,10 @@ ROWS: dict[str, dict[int, Callable[[Case], list[str]]]] = {
         0: lambda c: ["extract", c.cache, c.out("x0"), "/usr/lib/libfxa.dylib"],
         2: lambda c: ["extract", c.cache, c.a_file(), "/usr/lib/libfxa.dylib"],  # not a folder
     },
+    "objc": {
+        0: lambda c: ["objc", c.cache],
+        2: lambda c: ["objc", c.a_file()],  # not a cache
+    },
 }
 
 #: commands whose status 1 comes from a full standard output (their own work cannot fail)
@@ -196,7 +201,7 @@ def test_every_command_has_a_row_of_each_kind() -> None:
     assert EXIT_STATUS == {"ok": 0, "failed": 1, "usage": 2, "interrupted": 130}
     sub = next(a for a in make_parser()._actions if a.dest == "command")
     assert set(sub.choices) == set(COMMANDS)  # type: ignore[arg-type]
-    assert len(COMMAND_MODULES) == 8
+    assert len(COMMAND_MODULES) == 9
     for cmd in COMMANDS:
         assert {0, 2} <= set(ROWS[cmd]), cmd
 
