@@ -39,7 +39,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -52,10 +52,16 @@ except ImportError:  # run from a checkout without installing
 
 from dyldcache.examples import EXAMPLE_DYLIBS, OBJ_DIR, link_examples  # noqa: E402
 from dyldcache.link.linker import LinkInput, LinkOptions, link  # noqa: E402
+from dyldcache.macho import constants as C  # noqa: E402
 from dyldcache.macho.file import parse_macho  # noqa: E402
 
+sys.path.insert(0, str(HERE))
+import derive  # noqa: E402
+
 #: bump when the plan or the templates change, so that run.py regenerates cached corpora
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
+#: generated dylibs linked at most; the rest of --count are copies of them (derive.py)
+DEFAULT_DISTINCT = 256
 ARCHS = ("arm64", "arm64e", "x86_64")
 OBJECTS_DIR = HERE / "objects"
 LIBSYSTEM = "/usr/lib/libSystem.B.dylib"
@@ -191,10 +197,25 @@ class DylibPlan:
     #: (link install path, target relative to the link's folder)
     symlinks: list[tuple[str, str]] = field(default_factory=list)
     umbrella: bool = False
+    #: the made-up word of the install name, and its folder ("" for /usr/lib)
+    word: str = ""
+    folder: str = ""
 
 
 #: consonant-vowel syllables for made-up library names
 _SYLLABLES = (*(c + v for c in "bcdfghklmnprstvz" for v in "aeiou"), "an", "el", "in", "or", "us")
+
+
+def install_path(word: str, folder: str) -> tuple[str, list[tuple[str, str]]]:
+    """(install name, symlinks) of the dylib named ``word``: ``/usr/lib/lib<word>.dylib`` when
+    ``folder`` is empty, else a framework in ``/System/Library/<folder>``."""
+    if not folder:
+        return f"/usr/lib/lib{word}.dylib", []
+    name = word.capitalize()
+    fw = f"/System/Library/{folder}/{name}.framework"
+    # the usual bundle layout: Foo.framework/Foo -> Versions/Current/Foo, Current -> A
+    links = [(f"{fw}/Versions/Current", "A"), (f"{fw}/{name}", f"Versions/Current/{name}")]
+    return f"{fw}/Versions/A/{name}", links
 
 
 class Planner:
@@ -208,23 +229,29 @@ class Planner:
         self.serials = dict.fromkeys(TEMPLATE_SHAPES, 0)
         self.words: set[str] = set()
 
-    def _word(self) -> str:
+    def _word(self, length: int | None = None, rng: random.Random | None = None) -> str:
+        """A new word of 2-4 syllables (``length // 2`` when given), drawn with ``rng``."""
+        rng = rng or self.rng
         while True:
-            w = "".join(self.rng.choice(_SYLLABLES) for _ in range(self.rng.randint(2, 4)))
+            n = length // 2 if length is not None else rng.randint(2, 4)
+            w = "".join(rng.choice(_SYLLABLES) for _ in range(n))
             if w not in self.words:
                 self.words.add(w)
                 return w
 
-    def _install_name(self, framework: bool) -> tuple[str, list[tuple[str, str]]]:
+    def _install_name(self, framework: bool) -> tuple[str, str, str, list[tuple[str, str]]]:
+        """(install name, word, folder, symlinks) of a new dylib."""
         w = self._word()
-        if not framework:
-            return f"/usr/lib/lib{w}.dylib", []
-        name = w.capitalize()
-        folder = "Frameworks" if self.rng.random() < 0.65 else "PrivateFrameworks"
-        fw = f"/System/Library/{folder}/{name}.framework"
-        # the usual bundle layout: Foo.framework/Foo -> Versions/Current/Foo, Current -> A
-        links = [(f"{fw}/Versions/Current", "A"), (f"{fw}/{name}", f"Versions/Current/{name}")]
-        return f"{fw}/Versions/A/{name}", links
+        folder = ""
+        if framework:
+            folder = "Frameworks" if self.rng.random() < 0.65 else "PrivateFrameworks"
+        name, links = install_path(w, folder)
+        return name, w, folder, links
+
+    def copy_name(self, plan: DylibPlan, rng: random.Random) -> tuple[str, list[tuple[str, str]]]:
+        """(install name, symlinks) for a copy of ``plan``: a new word of the same length in the
+        same folder, so that the name is as long as the original's."""
+        return install_path(self._word(len(plan.word), rng), plan.folder)
 
     def _size(self) -> int:
         if self.rng.random() < 0.04:  # the few big frameworks
@@ -260,8 +287,10 @@ class Planner:
                                 umbrella_of.setdefault(dep, p)
                 wave_start = len(plans)
             umbrella = wave > 0 and self.rng.random() < 0.04
-            name, links = self._install_name(umbrella or self.rng.random() < 0.45)
-            plan = DylibPlan(g, name, wave, self._size(), symlinks=links, umbrella=umbrella)
+            name, word, folder, links = self._install_name(umbrella or self.rng.random() < 0.45)
+            plan = DylibPlan(
+                g, name, wave, self._size(), symlinks=links, umbrella=umbrella, word=word, folder=folder
+            )
             self._fill(plan, plans, providers, umbrella_of)
             plans.append(plan)
         return plans
@@ -345,6 +374,16 @@ TEMPLATE_SHAPES = templates("arm64")
 
 
 # ---- linking -----------------------------------------------------------------------------------------
+
+Log = Callable[[str], None] | None
+#: how a dependency is linked, by its load command (as LinkInput.mode)
+_MODES = {
+    C.LC_LOAD_DYLIB: "load",
+    C.LC_LOAD_WEAK_DYLIB: "weak",
+    C.LC_REEXPORT_DYLIB: "reexport",
+    C.LC_LOAD_UPWARD_DYLIB: "upward",
+    C.LC_LAZY_LOAD_DYLIB: "lazy",
+}
 
 _RENAMERS: dict[str, Renamer] = {}
 _JOB: dict[str, str] = {}
@@ -443,10 +482,218 @@ class Corpus:
     dylibs: list[dict[str, object]]
     #: symlinks (install path -> the path it resolves to); those to files are aliases in the cache
     aliases: dict[str, str]
+    #: generated dylibs that were linked (the others are copies of them, derive.py)
+    distinct: int = 0
+    #: seconds spent linking (0 when the linked dylibs came from a --bases folder made earlier)
+    link_seconds: float = 0.0
+    #: seconds spent writing the copies
+    derive_seconds: float = 0.0
 
     @property
     def install_names(self) -> list[str]:
         return [str(d["install_name"]) for d in self.dylibs]
+
+
+def _link_plans(
+    arch: str, root: str, plans: list[DylibPlan], renamers: dict[str, Renamer], jobs: int, log: Log
+) -> dict[int, int]:
+    """Link the examples and every planned dylib into ``root``; the planned dylibs' sizes."""
+    link_examples(arch, root)
+    sizes: dict[int, int] = {}
+    scratch = tempfile.mkdtemp(prefix="dyldcache-corpus-")
+    _RENAMERS.clear()
+    _RENAMERS.update(renamers)
+    _JOB.update(arch=arch, root=os.path.abspath(root), scratch=scratch)
+    try:
+        ctx = (
+            multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else None
+        )
+        if jobs > 1 and ctx is not None:
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+                _link_in_dependency_order(pool, jobs, plans, sizes, log)
+        else:
+            for p in plans:  # plans come in dependency order
+                sizes[p.index] = _link_one(p)[1]
+                if log is not None and len(sizes) % 50 == 0:
+                    log(f"{len(sizes)}/{len(plans)} dylibs linked")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        _RENAMERS.clear()
+        _JOB.clear()
+    return sizes
+
+
+def _link_in_dependency_order(
+    pool: ProcessPoolExecutor, jobs: int, plans: list[DylibPlan], sizes: dict[int, int], log: Log
+) -> None:
+    """Link every plan in ``pool`` as soon as the dylibs it links against are written, the
+    biggest ready one first (so that the big frameworks do not finish last alone). The output
+    does not depend on the order: each link reads only finished files."""
+    by_name = {p.install_name: p.index for p in plans}
+    plan_of = {p.index: p for p in plans}
+    waiting = {p.index: {by_name[d] for d, _mode in p.deps if d in by_name} for p in plans}
+    dependents: dict[int, list[int]] = {}
+    for index, needs in waiting.items():
+        for n in needs:
+            dependents.setdefault(n, []).append(index)
+    ready = [p for p in plans if not waiting[p.index]]
+    running: dict[Future[tuple[int, int, float]], int] = {}
+    while ready or running:
+        ready.sort(key=lambda p: (p.target_size, -p.index))
+        while ready and len(running) < 2 * jobs:
+            p = ready.pop()
+            running[pool.submit(_link_one, p)] = p.index
+        done, _ = wait(running, return_when=FIRST_COMPLETED)
+        for future in done:
+            del running[future]
+            index, size, _secs = future.result()
+            sizes[index] = size
+            for d in dependents.get(index, []):
+                waiting[d].discard(index)
+                if not waiting[d]:
+                    ready.append(plan_of[d])
+            if log is not None and len(sizes) % 50 == 0:
+                log(f"{len(sizes)}/{len(plans)} dylibs linked")
+
+
+def _bases_key(arch: str, scale: float, seed: int, nbase: int) -> dict[str, object]:
+    return {"arch": arch, "scale": scale, "seed": seed, "distinct": nbase, "version": GENERATOR_VERSION}
+
+
+def _linked_bases(
+    arch: str,
+    folder: str,
+    scale: float,
+    seed: int,
+    plans: list[DylibPlan],
+    renamers: dict[str, Renamer],
+    jobs: int,
+    log: Log,
+) -> tuple[dict[int, int], float]:
+    """The linked dylibs in ``folder``, linked now unless a link of the same plan is there:
+    (sizes, seconds spent linking now)."""
+    stamp = folder.rstrip("/") + ".json"
+    key = _bases_key(arch, scale, seed, len(plans))
+    try:
+        with open(stamp, encoding="utf-8") as f:
+            done = json.load(f)
+        if done["key"] == key and all(
+            os.path.getsize(_host(folder, p.install_name)) == done["sizes"][str(p.index)] for p in plans
+        ):
+            return {int(k): v for k, v in done["sizes"].items()}, 0.0
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    shutil.rmtree(folder, ignore_errors=True)
+    t0 = time.perf_counter()
+    sizes = _link_plans(arch, folder, plans, renamers, jobs, log)
+    seconds = time.perf_counter() - t0
+    with open(stamp, "w", encoding="utf-8") as f:
+        json.dump({"key": key, "sizes": sizes, "seconds": seconds}, f)
+    return sizes, seconds
+
+
+def count_for_size(
+    arch: str,
+    target_bytes: int,
+    bases: str,
+    scale: float = 1.0,
+    seed: int = 1,
+    distinct: int = DEFAULT_DISTINCT,
+    jobs: int = 0,
+    log: Log = None,
+) -> int:
+    """The --count whose corpus holds about ``target_bytes`` of dylibs: the examples, the
+    ``distinct`` linked dylibs (linked into ``bases`` now unless they are there) and as many
+    copies as the rest needs at the linked dylibs' mean size."""
+    renamers = _load_renamers(arch)
+    plans = Planner(arch, distinct + len(EXAMPLE_DYLIBS), scale, seed, _unit_sizes(arch, renamers)).plan()
+    sizes, _seconds = _linked_bases(
+        arch, bases, scale, seed, plans, renamers, jobs or os.cpu_count() or 1, log
+    )
+    fixed = sum(sizes.values()) + sum(os.path.getsize(_host(bases, d.install_name)) for d in EXAMPLE_DYLIBS)
+    if target_bytes < fixed:
+        raise SystemExit(
+            f"{target_bytes / MIB:.0f} MiB is less than the {distinct} linked dylibs alone "
+            f"({fixed / MIB:.0f} MiB): lower --distinct or --scale"
+        )
+    mean = sum(sizes.values()) / len(sizes)
+    return len(EXAMPLE_DYLIBS) + len(sizes) + round((target_bytes - fixed) / mean)
+
+
+def _mirror(src: str, dst: str) -> None:
+    """Hard links (copies where that fails) of every file under ``src`` in ``dst``; symlinks
+    are made again."""
+    for dirpath, _dirs, files in os.walk(src):
+        out_dir = os.path.join(dst, os.path.relpath(dirpath, src))
+        os.makedirs(out_dir, exist_ok=True)
+        for name in files:
+            a, b = os.path.join(dirpath, name), os.path.join(out_dir, name)
+            if os.path.islink(a):
+                os.symlink(os.readlink(a), b)
+            else:
+                try:
+                    os.link(a, b)
+                except OSError:
+                    shutil.copyfile(a, b)
+    for dirpath, dirs, _files in os.walk(src):  # symlinks to folders (Versions/Current)
+        for name in dirs:
+            a = os.path.join(dirpath, name)
+            b = os.path.join(dst, os.path.relpath(a, src))
+            if os.path.islink(a) and not os.path.lexists(b):
+                os.symlink(os.readlink(a), b)
+
+
+def _token_owners(plans: list[DylibPlan]) -> Callable[[bytes], str | None]:
+    """``owner_of(symbol name)``: the install name of the planned dylib whose units define it."""
+    owners = {u.own.encode(): p.install_name for p in plans for u in p.units}
+    # a token's first letter tells its length: "Zc0000_" (7), "Y000" (4)
+    lengths = {ord(tok[0]): len(tok) for tok in (copy_token(t, 0) for t in TEMPLATE_SHAPES.values())}
+
+    def owner_of(name: bytes) -> str | None:
+        n = lengths.get(name[1]) if len(name) > 1 else None
+        return owners.get(name[1 : 1 + n]) if n else None
+
+    return owner_of
+
+
+def _derive(
+    root: str,
+    planner: Planner,
+    plans: list[DylibPlan],
+    copies: int,
+    seed: int,
+) -> list[tuple[DylibPlan, derive.Node, list[tuple[str, str]]]]:
+    """Write ``copies`` copies of the linked ``plans`` into ``root`` (derive.py)."""
+    rng = random.Random(f"derive {seed}")
+    order = rng.sample(range(len(plans)), len(plans))
+    names: list[tuple[int, str]] = []
+    links: dict[str, list[tuple[str, str]]] = {}
+    for j in range(copies):
+        k = order[j % len(plans)]
+        name, symlinks = planner.copy_name(plans[k], rng)
+        names.append((k, name))
+        links[name] = symlinks
+    owner_of = _token_owners(plans)
+    data = {}
+    templates = []
+    for p in plans:
+        path = _host(root, p.install_name)
+        with open(path, "rb") as f:
+            data[p.install_name] = f.read()
+        templates.append(derive.read_template(data[p.install_name], path, owner_of))
+    examples = [d.install_name for d in EXAMPLE_DYLIBS]
+    nodes = derive.plan_nodes(templates, examples, names, rng.choice)
+    made = []
+    by_base = {p.install_name: (p, t) for p, t in zip(plans, templates, strict=True)}
+    for node in sorted(nodes, key=lambda n: (n.base, n.variant)):
+        p, t = by_base[node.base]
+        derive.write_copy(data[node.base], t, node, _host(root, node.install_name))
+        for link_path, target in links[node.install_name]:
+            host = _host(root, link_path)
+            if not os.path.lexists(host):
+                os.symlink(target, host)
+        made.append((p, node, links[node.install_name]))
+    return made
 
 
 def make_corpus(
@@ -456,52 +703,48 @@ def make_corpus(
     scale: float = 1.0,
     seed: int = 1,
     jobs: int = 0,
-    log: Callable[[str], None] | None = None,
+    log: Log = None,
+    distinct: int = DEFAULT_DISTINCT,
+    bases: str | None = None,
 ) -> Corpus:
-    """Generate the corpus into ``root`` (which must not exist or be empty)."""
+    """Generate the corpus into ``root`` (which must not exist or be empty): the examples,
+    ``distinct`` linked dylibs (at most) and copies of those up to ``count`` dylibs. With
+    ``bases``, the linked dylibs are kept in that folder and reused by later calls with the
+    same arch, scale, seed and ``distinct`` (``root`` then holds hard links to them)."""
     if arch not in ARCHS:
         raise SystemExit(f"unknown arch {arch!r} (one of {', '.join(ARCHS)})")
     if scale <= 0:
         raise SystemExit("--scale must be positive")
     if count <= len(EXAMPLE_DYLIBS):
         raise SystemExit(f"--count must be more than {len(EXAMPLE_DYLIBS)} (the example dylibs)")
+    if distinct < 1:
+        raise SystemExit("--distinct must be at least 1")
     if os.path.isdir(root) and os.listdir(root):
         raise SystemExit(f"{root} is not empty")
     t0 = time.perf_counter()
     os.makedirs(root, exist_ok=True)
     renamers = _load_renamers(arch)
-    plans = Planner(arch, count, scale, seed, _unit_sizes(arch, renamers)).plan()
-    dylibs: list[dict[str, object]] = []
-    for path in link_examples(arch, root):
-        install = "/" + os.path.relpath(path, root).replace(os.sep, "/")
-        dylibs.append({"install_name": install, "size": os.path.getsize(path), "kind": "example"})
-    sizes: dict[int, int] = {}
-    scratch = tempfile.mkdtemp(prefix="dyldcache-corpus-")
-    _RENAMERS.clear()
-    _RENAMERS.update(renamers)
-    _JOB.update(arch=arch, root=os.path.abspath(root), scratch=scratch)
-    jobs = jobs or os.cpu_count() or 1
-    try:
-        waves = sorted({p.wave for p in plans})
-        ctx = (
-            multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else None
+    nbase = min(count - len(EXAMPLE_DYLIBS), distinct)
+    ncopies = count - len(EXAMPLE_DYLIBS) - nbase
+    if ncopies > nbase * (derive.MAX_VARIANTS - 1):
+        raise SystemExit(
+            f"--count {count} needs more than {derive.MAX_VARIANTS - 1} copies of each of the "
+            f"{nbase} linked dylibs: raise --distinct"
         )
-        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) if jobs > 1 and ctx else None
-        try:
-            for w in waves:
-                batch = [p for p in plans if p.wave == w]
-                results = pool.map(_link_one, batch) if pool is not None else map(_link_one, batch)
-                for index, size, _secs in results:
-                    sizes[index] = size
-                if log is not None:
-                    log(f"wave {w + 1}/{len(waves)}: {len(sizes)}/{len(plans)} dylibs linked")
-        finally:
-            if pool is not None:
-                pool.shutdown()
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-        _RENAMERS.clear()
-        _JOB.clear()
+    planner = Planner(arch, nbase + len(EXAMPLE_DYLIBS), scale, seed, _unit_sizes(arch, renamers))
+    plans = planner.plan()
+    jobs = jobs or os.cpu_count() or 1
+    if bases is None:
+        t_link = time.perf_counter()
+        sizes = _link_plans(arch, root, plans, renamers, jobs, log)
+        link_seconds = time.perf_counter() - t_link
+    else:
+        sizes, link_seconds = _linked_bases(arch, bases, scale, seed, plans, renamers, jobs, log)
+        _mirror(bases, root)
+    dylibs: list[dict[str, object]] = []
+    for d in EXAMPLE_DYLIBS:
+        size = os.path.getsize(_host(root, d.install_name))
+        dylibs.append({"install_name": d.install_name, "size": size, "kind": "example"})
     for p in plans:
         counts: dict[str, int] = {}
         for u in p.units:
@@ -517,10 +760,28 @@ def make_corpus(
                 "deps": [f"{mode}:{d}" for d, mode in p.deps],
             }
         )
+    t_derive = time.perf_counter()
+    made = _derive(root, planner, plans, ncopies, seed) if ncopies else []
+    derive_seconds = time.perf_counter() - t_derive
+    if log is not None and made:
+        log(f"{len(made)} copies of {nbase} linked dylibs written in {derive_seconds:.1f} s")
     aliases = {}
-    for p in plans:
-        for link_path, target in p.symlinks:
-            aliases[link_path] = os.path.normpath(os.path.join(os.path.dirname(link_path), target))
+    for p, node, _links in made:
+        dylibs.append(
+            {
+                "install_name": node.install_name,
+                "size": sizes[p.index],
+                "kind": "copy",
+                "copy_of": p.install_name,
+                "variant": node.variant,
+                "deps": [
+                    f"{_MODES[cmd]}:{d.install_name}" for d, cmd in zip(node.deps, node.commands, strict=True)
+                ],
+            }
+        )
+    symlinks = [s for p in plans for s in p.symlinks] + [s for _p, _n, links in made for s in links]
+    for link_path, target in symlinks:
+        aliases[link_path] = os.path.normpath(os.path.join(os.path.dirname(link_path), target))
     return Corpus(
         arch,
         count,
@@ -532,6 +793,9 @@ def make_corpus(
         sum(int(str(d["size"])) for d in dylibs),
         dylibs,
         aliases,
+        nbase,
+        link_seconds,
+        derive_seconds,
     )
 
 
@@ -567,12 +831,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale", type=float, default=1.0, help="multiplies every generated dylib's size")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--jobs", type=int, default=0, help="link processes (default: all cores)")
+    ap.add_argument(
+        "--distinct",
+        type=int,
+        default=DEFAULT_DISTINCT,
+        help="generated dylibs to link (default %(default)s); the others are copies of them",
+    )
+    ap.add_argument(
+        "--bases", metavar="DIR", help="keep the linked dylibs in DIR and reuse them when they match"
+    )
     ap.add_argument("--manifest", help="where to write the manifest (default: ROOT.json)")
     ap.add_argument("--json", action="store_true", help="print the manifest on stdout")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     log = None if args.quiet or args.json else (lambda s: print(s, file=sys.stderr))
-    corpus = make_corpus(args.arch, args.root, args.count, args.scale, args.seed, args.jobs, log)
+    corpus = make_corpus(
+        args.arch, args.root, args.count, args.scale, args.seed, args.jobs, log, args.distinct, args.bases
+    )
     manifest = args.manifest or args.root.rstrip("/") + ".json"
     write_manifest(corpus, manifest)
     if args.json:

@@ -36,6 +36,8 @@ sys.path.insert(0, str(HERE))
 
 import make_corpus  # noqa: E402
 
+from dyldcache.examples import EXAMPLE_DYLIBS  # noqa: E402
+
 MIB = 1024 * 1024
 
 
@@ -51,9 +53,14 @@ def _rss_mib(who: int) -> float:
 
 def child_build(args: argparse.Namespace) -> int:
     """Build once and print the measurements as JSON (run by the parent as a subprocess)."""
+    from phase_probes import PhaseProbes
+
     from dyldcache.builder.pipeline import BuildOptions, build_cache
 
-    options = BuildOptions(args.arch, args.out, root=args.root, jobs=args.jobs, time_passes=True)
+    probes = PhaseProbes(args.profile_dir, bool(args.trace))
+    options = BuildOptions(
+        args.arch, args.out, root=args.root, jobs=args.jobs, time_passes=True, progress=probes
+    )
     if args.profile:
         import cProfile
 
@@ -66,6 +73,9 @@ def child_build(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         result = build_cache(options)
         seconds = time.perf_counter() - t0
+    probes.finish()
+    if args.trace:
+        probes.trace_report(args.trace)
     import resource
 
     out = {
@@ -122,16 +132,17 @@ def time_copy(root: str, scratch: str) -> float:
 # ---- the corpus --------------------------------------------------------------------------------------
 
 
-def corpus_is_current(manifest: str, arch: str, count: int, scale: float, seed: int) -> bool:
+def corpus_is_current(manifest: str, arch: str, count: int, scale: float, seed: int, distinct: int) -> bool:
     try:
         c = make_corpus.read_manifest(manifest)
     except (OSError, ValueError, TypeError):
         return False
-    if (c.arch, c.count, c.scale, c.seed, c.generator_version) != (
+    if (c.arch, c.count, c.scale, c.seed, c.distinct, c.generator_version) != (
         arch,
         count,
         scale,
         seed,
+        min(distinct, count - len(EXAMPLE_DYLIBS)),
         make_corpus.GENERATOR_VERSION,
     ):
         return False
@@ -144,15 +155,19 @@ def corpus_is_current(manifest: str, arch: str, count: int, scale: float, seed: 
 
 def ensure_corpus(args: argparse.Namespace, arch: str) -> tuple[make_corpus.Corpus, bool]:
     """The corpus for ``arch`` (generated now unless a matching one exists); True if generated."""
-    folder = os.path.join(args.work, f"corpus-{arch}-n{args.count}-x{args.scale:g}-s{args.seed}")
+    folder = os.path.join(
+        args.work, f"corpus-{arch}-n{args.count}-x{args.scale:g}-s{args.seed}-d{args.distinct}"
+    )
     root = os.path.join(folder, "root")
     manifest = root + ".json"
-    if not args.regen and corpus_is_current(manifest, arch, args.count, args.scale, args.seed):
+    if not args.regen and corpus_is_current(manifest, arch, args.count, args.scale, args.seed, args.distinct):
         return make_corpus.read_manifest(manifest), False
     shutil.rmtree(folder, ignore_errors=True)
     os.makedirs(folder)
     log = None if args.quiet else (lambda s: print(f"  [{arch}] {s}", file=sys.stderr))
-    corpus = make_corpus.make_corpus(arch, root, args.count, args.scale, args.seed, args.gen_jobs, log)
+    corpus = make_corpus.make_corpus(
+        arch, root, args.count, args.scale, args.seed, args.gen_jobs, log, args.distinct
+    )
     make_corpus.write_manifest(corpus, manifest)
     return corpus, True
 
@@ -263,11 +278,26 @@ def text_report(results: list[dict[str, Any]], machine: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def machine_info() -> dict[str, Any]:
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--arch", action="append", choices=make_corpus.ARCHS, help="repeatable (default arm64)")
     ap.add_argument("--count", type=int, default=600)
-    ap.add_argument("--scale", type=float, default=1.0)
+    ap.add_argument("--scale", type=float, help="dylib size factor (default 1; 5.5 with --scale-series)")
+    ap.add_argument(
+        "--distinct",
+        type=int,
+        default=make_corpus.DEFAULT_DISTINCT,
+        help="generated dylibs linked; the rest are copies (default %(default)s)",
+    )
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="builder jobs (default: all cores)")
     ap.add_argument("--gen-jobs", type=int, default=0, help="corpus generation jobs (default: all cores)")
@@ -279,22 +309,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON ('-': stdout only)")
     ap.add_argument("--profile", metavar="FILE", help="also run a cProfile'd build (jobs=1) to FILE.<arch>")
     ap.add_argument("--quiet", action="store_true")
+    series = ap.add_argument_group("scale series (issue 12)")
+    series.add_argument(
+        "--scale-series", action="store_true", help="build at several input sizes beside cp -r (one arch)"
+    )
+    series.add_argument("--sizes", default="0.5,1,2", help="GiB of input per build (default %(default)s)")
+    series.add_argument("--profile-sizes", default="", help="sizes to build once more under cProfile")
+    series.add_argument("--trace-sizes", default="", help="sizes to build once more under tracemalloc")
     # internal: the child process that runs one build
     ap.add_argument("--child-build", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--root", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
+    ap.add_argument("--profile-dir", help=argparse.SUPPRESS)
+    ap.add_argument("--trace", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child_build:
         args.arch = args.arch[0]
         return child_build(args)
     args.work = os.path.abspath(args.work)
     os.makedirs(args.work, exist_ok=True)
-    machine = {
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-    }
+    if args.scale_series:
+        return main_series(args)
+    if args.scale is None:
+        args.scale = 1.0
+    machine = machine_info()
     results = [bench_arch(args, arch) for arch in (args.arch or ["arm64"])]
     report = {"machine": machine, "results": results, "generator_version": make_corpus.GENERATOR_VERSION}
     if args.json == "-":
@@ -306,6 +344,40 @@ def main(argv: list[str] | None = None) -> int:
             with open(args.json, "w", encoding="utf-8") as f:
                 json.dump(report, f, indent=1)
                 f.write("\n")
+    return 0
+
+
+def main_series(args: argparse.Namespace) -> int:
+    import scale_series
+
+    if args.arch and len(args.arch) > 1:
+        raise SystemExit("--scale-series measures one --arch")
+    sizes = scale_series.parse_sizes(args.sizes)
+    opts = scale_series.SeriesOptions(
+        arch=(args.arch or ["arm64"])[0],
+        sizes=sizes,
+        scale=5.5 if args.scale is None else args.scale,
+        seed=args.seed,
+        distinct=args.distinct,
+        jobs=args.jobs,
+        gen_jobs=args.gen_jobs,
+        work=args.work,
+        profile_sizes=scale_series.parse_sizes(args.profile_sizes) if args.profile_sizes else [],
+        trace_sizes=scale_series.parse_sizes(args.trace_sizes) if args.trace_sizes else [],
+        quiet=args.quiet,
+    )
+    result = scale_series.run_series(opts)
+    machine = machine_info()
+    report = {"machine": machine, "series": result, "generator_version": make_corpus.GENERATOR_VERSION}
+    if args.json == "-":
+        json.dump(report, sys.stdout, indent=1)
+        print()
+        return 0
+    print(scale_series.text_report(result, opts))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=1)
+            f.write("\n")
     return 0
 
 
