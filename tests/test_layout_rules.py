@@ -1,0 +1,111 @@
+"""The VM layout rules of ``docs/cache-format.md`` §7.2-§7.3, checked on built caches through the
+test-side reader (the mapping arrays of every file, in build order, and the dynamic data reserve
+the main header names):
+
+- contiguous layouts (arm64, arm64e): 32 MiB of padding between two consecutive regions exactly
+  where §7.2's table asks for it, none elsewhere;
+- discontiguous layout (x86_64): every file starts on 1 GiB, and inside a file a region starts on
+  1 GiB exactly when the write bit of its max protection differs from the previous region's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+from cache_fixtures import CacheFactory, RawCache
+
+MiB = 1 << 20
+GiB = 1 << 30
+REGION_PADDING = 32 * MiB
+_R, _W, _X = 1, 2, 4
+#: dyld_cache_mapping_and_slide_info.flags
+_AUTH_DATA = 0x1
+#: the dynamic data reserve dyld maps after the last LINKEDIT (§12.1), rounded like a region
+_REGION_ALIGN = 0x4000
+
+
+@dataclass(frozen=True)
+class Span:
+    """An address-reserving region of the cache: a mapping, or the dynamic data reserve."""
+
+    kind: str  # text, data_const, data, auth, auth_const, linkedit, dynamic_config
+    address: int
+    end: int
+    max_prot: int
+    file: int  # index of its file in build order
+
+
+def _kind(max_prot: int, init_prot: int, flags: int) -> str:
+    if max_prot == _R | _X:
+        return "text"
+    if max_prot == _R:
+        return "linkedit"
+    auth = bool(flags & _AUTH_DATA)
+    if not init_prot & _W:
+        return "auth_const" if auth else "data_const"
+    return "auth" if auth else "data"
+
+
+def _spans(raw: RawCache) -> list[Span]:
+    files = raw.files + ([raw.symbols] if raw.symbols is not None else [])
+    spans = []
+    for k, f in enumerate(files):
+        for mp in f.mappings:
+            spans.append(Span(_kind(mp.max_prot, mp.init_prot, mp.flags), mp.address, mp.end, mp.max_prot, k))
+        if k == len(raw.files) - 1:  # the reserve follows the last mapped file's LINKEDIT
+            start = raw.base + raw.main.field("dynamicDataOffset")
+            size = -(-raw.main.field("dynamicDataMaxSize") // _REGION_ALIGN) * _REGION_ALIGN
+            spans.append(Span("dynamic_config", start, start + size, _R, k))
+    return sorted(spans, key=lambda s: s.address)
+
+
+def _needs_padding(prev: Span, nxt: Span) -> bool:
+    """§7.2's table: is there 32 MiB between ``prev`` and ``nxt``?"""
+    writable_init = nxt.kind in ("data", "auth")
+    if prev.kind == "text":
+        return writable_init
+    if prev.kind in ("data", "auth"):
+        if prev.kind == "auth" and nxt.kind == "auth_const":
+            return False
+        return not writable_init
+    if prev.kind in ("data_const", "auth_const"):
+        return nxt.kind not in ("data_const", "auth_const")
+    if prev.kind in ("linkedit", "dynamic_config"):
+        return bool(nxt.max_prot & _W)
+    raise AssertionError(prev.kind)
+
+
+@pytest.mark.parametrize(
+    "key", ["arm64", "arm64-multi", "arm64e-macos", "arm64e-ios", "arm64e-ios-multi", "arm64e-macos-multi"]
+)
+def test_contiguous_layout_pads_where_page_tables_must_differ(cache_factory: CacheFactory, key: str) -> None:
+    raw = RawCache(cache_factory.build(key).main)
+    spans = _spans(raw)
+    assert spans[0].address == raw.base
+    padded = 0
+    for prev, nxt in zip(spans, spans[1:], strict=False):
+        gap = nxt.address - prev.end
+        expected = REGION_PADDING if _needs_padding(prev, nxt) else 0
+        assert gap == expected, f"{prev.kind} -> {nxt.kind} at {nxt.address:#x}: gap {gap:#x}"
+        padded += gap == REGION_PADDING
+    assert padded >= 2, "every such cache has TEXT -> DATA and DATA -> LINKEDIT pads"
+
+
+@pytest.mark.parametrize("key", ["x86_64", "x86_64-multi", "x86_64-v1"])
+def test_discontiguous_layout_puts_files_and_write_changes_on_1_gib(
+    cache_factory: CacheFactory, key: str
+) -> None:
+    raw = RawCache(cache_factory.build(key).main)
+    spans = _spans(raw)
+    assert spans[0].address == raw.base
+    aligned = 0
+    for prev, nxt in zip(spans, spans[1:], strict=False):
+        if nxt.file != prev.file or (prev.max_prot & _W) != (nxt.max_prot & _W):
+            assert nxt.address % GiB == 0, f"{prev.kind} -> {nxt.kind} at {nxt.address:#x}"
+            aligned += 1
+        else:
+            assert nxt.address == prev.end, f"{prev.kind} -> {nxt.kind}: {prev.end:#x} != {nxt.address:#x}"
+    assert aligned >= 2
+    for f in raw.files:
+        assert f.field("sharedRegionStart") % GiB == 0
