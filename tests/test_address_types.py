@@ -61,7 +61,7 @@ CASES: dict[str, tuple[str, str, str]] = {
         "arg-type",
     ),
     "input address taken for a cache address": (
-        "moved: CacheVMAddr = moved_address(InputVMAddr(4), dylib.text.input_vmaddr, dylib.cache_load_address)",
+        "moved: CacheVMAddr = moved_address(InputVMAddr(4), dylib.text.input_vmaddr, sub.vm_addr)",
         "moved: CacheVMAddr = dylib.text.input_vmaddr",
         "assignment",
     ),

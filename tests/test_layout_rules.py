@@ -10,6 +10,7 @@ the main header names):
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import pytest
@@ -84,7 +85,7 @@ def test_contiguous_layout_pads_where_page_tables_must_differ(cache_factory: Cac
     spans = _spans(raw)
     assert spans[0].address == raw.base
     padded = 0
-    for prev, nxt in zip(spans, spans[1:], strict=False):
+    for prev, nxt in itertools.pairwise(spans):
         gap = nxt.address - prev.end
         expected = REGION_PADDING if _needs_padding(prev, nxt) else 0
         assert gap == expected, f"{prev.kind} -> {nxt.kind} at {nxt.address:#x}: gap {gap:#x}"
@@ -100,7 +101,7 @@ def test_discontiguous_layout_puts_files_and_write_changes_on_1_gib(
     spans = _spans(raw)
     assert spans[0].address == raw.base
     aligned = 0
-    for prev, nxt in zip(spans, spans[1:], strict=False):
+    for prev, nxt in itertools.pairwise(spans):
         if nxt.file != prev.file or (prev.max_prot & _W) != (nxt.max_prot & _W):
             assert nxt.address % GiB == 0, f"{prev.kind} -> {nxt.kind} at {nxt.address:#x}"
             aligned += 1

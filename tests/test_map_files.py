@@ -40,7 +40,8 @@ def _expected_text_map(raw: RawCache) -> str:
     lines = []
     for f in _files(raw):
         for mp in f.mappings:
-            lines.append(f"mapping  {_MAP_NAME[mp.max_prot]} {_size(mp.size)} 0x{mp.address:X} -> 0x{mp.end:X}")
+            name = _MAP_NAME[mp.max_prot]
+            lines.append(f"mapping  {name} {_size(mp.size)} 0x{mp.address:X} -> 0x{mp.end:X}")
     lines += ["", ""]
     for path, _addr in raw.images:
         lines.append(path)
