@@ -113,7 +113,7 @@ class CacheDylib:
     linkedit: DylibLinkedit | None = None
     #: dependency install names resolved to cache dylib indexes (None = missing weak dylib)
     dependents: list[tuple[int | None, str]] = field(default_factory=list)
-    #: the exports kept in the cache and their trie's shape (linkedit.py fills it once)
+    #: the exports kept in the cache and their trie's shape (remove_unused_linkedit.py fills it once)
     export_plan: tuple[list[Export], TrieShape] | None = None
 
     @property
