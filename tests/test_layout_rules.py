@@ -11,6 +11,7 @@ the main header names):
 from __future__ import annotations
 
 import itertools
+import struct
 from dataclasses import dataclass
 
 import pytest
@@ -110,3 +111,45 @@ def test_discontiguous_layout_puts_files_and_write_changes_on_1_gib(
     assert aligned >= 2
     for f in raw.files:
         assert f.field("sharedRegionStart") % GiB == 0
+
+
+#: dyld_cache_slide_pointer3/5: bit 63 is `auth`; the chain step is an 11-bit count of 8 bytes
+_NEXT_SHIFT = {3: 51, 5: 52}
+_NO_REBASE = 0xFFFF
+
+
+def _authenticated_locations(raw: RawCache) -> dict[int, list[int]]:
+    """Mapping flags -> the cache addresses of every authenticated pointer slid in mappings
+    with those flags (slide info v3 and v5, §2.11 and §2.13, walked here from the file bytes)."""
+    out: dict[int, list[int]] = {}
+    for f in raw.files:
+        for mp in f.mappings:
+            if not mp.slide_info_size:
+                continue
+            version, page_size, count = struct.unpack_from("<3I", f.data, mp.slide_info_offset)
+            assert version in _NEXT_SHIFT
+            starts = struct.unpack_from(f"<{count}H", f.data, mp.slide_info_offset + 24)
+            for page, start in enumerate(starts):
+                if start == _NO_REBASE:
+                    continue
+                offset = page * page_size + start
+                while True:
+                    (value,) = struct.unpack_from("<Q", f.data, mp.file_offset + offset)
+                    if value >> 63:
+                        out.setdefault(mp.flags, []).append(mp.address + offset)
+                    step = (value >> _NEXT_SHIFT[version]) & 0x7FF
+                    if not step:
+                        break
+                    offset += step * 8
+    return out
+
+
+@pytest.mark.parametrize("key", ["arm64e-ios", "arm64e-macos", "arm64e-ios-multi"])
+def test_authenticated_pointers_lie_in_auth_mappings(cache_factory: CacheFactory, key: str) -> None:
+    """The kernel slides a mapping without AUTH_DATA with VM_PROT_NOAUTH (§12.1): a signed
+    pointer there would never be signed, so every one must be in an AUTH or AUTH_CONST mapping."""
+    raw = RawCache(cache_factory.build(key).main)
+    found = _authenticated_locations(raw)
+    assert sum(len(v) for v in found.values()) > 0, "the arm64e examples have signed pointers"
+    misplaced = {flags: [hex(a) for a in v[:3]] for flags, v in found.items() if not flags & _AUTH_DATA}
+    assert misplaced == {}
