@@ -8,6 +8,7 @@ import os
 import struct
 from pathlib import Path
 
+import pytest
 from cache_fixtures import CacheFactory, RawCache, fixture_install_names, input_segments
 
 from dyldcache.builder.pipeline import BuildOptions, CacheBuilder, build_cache
@@ -64,3 +65,40 @@ def test_the_objc_header_exists_exactly_when_libobjc_is_cached(
     without = RawCache(result.files[0])
     assert sorted(dict(without.images)) == sorted(names[k] for k in ("libsystem", "liba"))
     assert struct.unpack_from("<2Q", without.main.data, _OBJC_OPTS) == (0, 0)
+
+
+_SECTION = struct.Struct("<16s16s2Q8I")  # section_64 (loader.h), after the 72-byte segment_command_64
+_SEGMENT_HEADER = 72
+_PAGE = 0x1000  # machHeaderAlignment
+
+
+def _sections(body: bytes) -> list[tuple[str, int, int]]:
+    """(name, address, alignment) of every section of one cached LC_SEGMENT_64."""
+    (nsects,) = struct.unpack_from("<I", body, 64)
+    out = []
+    for k in range(nsects):
+        name, _seg, addr, _size, _off, align, *_ = _SECTION.unpack_from(
+            body, _SEGMENT_HEADER + k * _SECTION.size
+        )
+        out.append((name.split(b"\0")[0].decode(), addr, 1 << align))
+    return out
+
+
+@pytest.mark.parametrize("key", ["arm64", "x86_64", "arm64e-ios", "x86_64-multi", "arm64-opcodes"])
+def test_cached_images_keep_their_alignment(cache_factory: CacheFactory, key: str) -> None:
+    """Every mach header on 4 KiB (machHeaderAlignment), every section at a multiple of its own
+    alignment, every segment at the largest of its sections' (cache-format.md §7.1)."""
+    raw = RawCache(cache_factory.build(key).main)
+    sections = 0
+    for path, addr in raw.images:
+        assert addr % _PAGE == 0, f"{path}: mach header at {addr:#x}"
+        for cmd, body in raw.load_commands(path):
+            if cmd != 0x19 or body[8:24].split(b"\0")[0] == b"__LINKEDIT":
+                continue
+            vmaddr = struct.unpack_from("<Q", body, 24)[0]
+            found = _sections(body)
+            for name, sect_addr, align in found:
+                assert sect_addr % align == 0, f"{path} {name} at {sect_addr:#x} (align {align})"
+            assert vmaddr % max((a for _, _, a in found), default=1) == 0, path
+            sections += len(found)
+    assert sections > 2 * len(raw.images)

@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 from cache_fixtures import CacheFactory, RawCache, RawFile
 
+from dyldcache.builder.pipeline import BuildOptions, build_cache
+
 _R, _W, _X = 1, 2, 4
 #: the text map's names for a mapping's max protection
 _MAP_NAME = {_R | _X: "EX", _R | _W: "RW", _R: "RO"}
@@ -98,3 +100,16 @@ def test_json_map_names_every_eviction(cache_factory: CacheFactory) -> None:
     assert evicted == {e.path: e.reason for e in built.result.evictions}
     assert len(evicted) >= 5
     assert {img["path"] for img in doc["images"]} == {p for p, _ in RawCache(built.main).images}
+
+
+def test_text_map_of_a_cache_with_mappings_over_one_mib(generated_corpus: Path, tmp_path: Path) -> None:
+    """80 generated dylibs: mappings larger than 1 MiB are given in MB, the smaller ones in KB."""
+    result = build_cache(
+        BuildOptions(arch="arm64", output_dir=str(tmp_path / "out"), root=str(generated_corpus))
+    )
+    raw = RawCache(result.files[0])
+    text = Path(result.map_path).read_text(encoding="utf-8")
+    assert text == _expected_text_map(raw)
+    sizes = [mp.size for f in _files(raw) for mp in f.mappings]
+    assert any(s > 1 << 20 for s in sizes) and any(s <= 1 << 20 for s in sizes), [hex(s) for s in sizes]
+    assert "MB 0x" in text and "KB 0x" in text
