@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import struct
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from cache_fixtures import CacheFactory, RawCache
@@ -153,3 +154,100 @@ def test_authenticated_pointers_lie_in_auth_mappings(cache_factory: CacheFactory
     assert sum(len(v) for v in found.values()) > 0, "the arm64e examples have signed pointers"
     misplaced = {flags: [hex(a) for a in v[:3]] for flags, v in found.items() if not flags & _AUTH_DATA}
     assert misplaced == {}
+
+
+_LC_SEGMENT_64 = 0x19
+_LC_SEGMENT_SPLIT_INFO = 0x1E
+_SECTION_SIZE = 80
+_OBJC_CLASS_LISTS = {"__objc_classlist", "__objc_catlist", "__objc_catlist2"}
+
+
+@dataclass(frozen=True)
+class InputSegment:
+    name: str
+    vmaddr: int
+    vmsize: int
+    init_prot: int
+    sections: frozenset[str]
+
+
+def _input_segments(data: bytes) -> list[InputSegment]:
+    (ncmds,) = struct.unpack_from("<I", data, 16)
+    out, off = [], 32
+    for _ in range(ncmds):
+        cmd, size = struct.unpack_from("<II", data, off)
+        if cmd == _LC_SEGMENT_64:
+            name = data[off + 8 : off + 24].split(b"\0")[0].decode()
+            vmaddr, vmsize = struct.unpack_from("<2Q", data, off + 24)
+            init_prot, nsects = struct.unpack_from("<iI", data, off + 60)
+            sects = frozenset(
+                data[off + 72 + k * _SECTION_SIZE : off + 88 + k * _SECTION_SIZE].split(b"\0")[0].decode()
+                for k in range(nsects)
+            )
+            out.append(InputSegment(name, vmaddr, vmsize, init_prot, sects))
+        off += size
+    return out
+
+
+def _expected_region(
+    seg: InputSegment, arm64e: bool, split_v2: bool, const_ok: bool, auth_fixups: bool
+) -> str:
+    """§7.6 "Segment -> region" (with §8.3 for the *_CONST segments)."""
+    if seg.init_prot in (_R | _X, _R):
+        return "text"
+    if not split_v2:
+        return "data"
+    if seg.name == "__OBJC_CONST":
+        return "auth_const" if arm64e else "data_const"
+    if seg.name == "__DATA_DIRTY":
+        return "auth" if arm64e else "data"
+    auth = arm64e and (
+        seg.name in ("__AUTH", "__AUTH_CONST")
+        or auth_fixups
+        or bool(seg.sections & {"__objc_const", "__objc_data"})
+    )
+    const = seg.name.endswith("_CONST")
+    if auth:
+        return "auth_const" if const and const_ok else "auth"
+    return "data_const" if const and const_ok else "data"
+
+
+@pytest.mark.parametrize(
+    "key", ["arm64", "arm64e-ios", "arm64e-macos", "x86_64", "x86_64-v1", "arm64-opcodes"]
+)
+def test_every_segment_goes_to_the_region_of_its_kind(cache_factory: CacheFactory, key: str) -> None:
+    """Each cached segment lies in the mapping §7.6 gives it, from the input's protections,
+    names, sections, split seg version and (LIEF) signed fixups."""
+    from oracles import AUTH_BIND, AUTH_REBASE, lief_chained_fixups, load_command_payload
+
+    built = cache_factory.build(key)
+    raw = RawCache(built.main)
+    arm64e = built.spec.arch == "arm64e"
+    regions: dict[str, int] = {}
+    for path, _addr in raw.images:
+        data = Path(built.input_path(path)).read_bytes()
+        split = load_command_payload(data, _LC_SEGMENT_SPLIT_INFO)
+        split_v2 = split is not None and split[:1] == b"\x7f"
+        names = set().union(*(s.sections for s in _input_segments(data)))
+        # pointer-based method lists (no __objc_methlist) may be written by libobjc (§8.3)
+        const_ok = not (names & _OBJC_CLASS_LISTS and "__objc_methlist" not in names)
+        signed = (
+            [
+                f.address
+                for f in lief_chained_fixups(built.input_path(path))
+                if f.kind in (AUTH_REBASE, AUTH_BIND)
+            ]
+            if arm64e
+            else []
+        )
+        cached = {s.name: s for s in raw.segments(path)}
+        for seg in _input_segments(data):
+            if seg.name == "__LINKEDIT":
+                continue
+            auth_fixups = any(seg.vmaddr <= a < seg.vmaddr + seg.vmsize for a in signed)
+            want = _expected_region(seg, arm64e, split_v2, const_ok, auth_fixups)
+            _f, mp = raw.locate(cached[seg.name].vmaddr)
+            got = _kind(mp.max_prot, mp.init_prot, mp.flags)
+            assert got == want, f"{path} {seg.name}: in {got}, expected {want}"
+            regions[want] = regions.get(want, 0) + 1
+    assert len(regions) >= 2, regions
