@@ -74,6 +74,8 @@ def test_json_map_describes_the_cache(cache_factory: CacheFactory, key: str) -> 
     text = Path(built.main + ".json").read_text(encoding="utf-8")
     doc = json.loads(text)
     assert list(doc) == sorted(doc), "keys are sorted"
+    assert set(doc) == {"base-address", "disposition", "evicted", "images", "uuid", "version"}
+    assert doc["disposition"] == ""  # the device name of Apple's builds; none here
     assert doc["version"] == "1"
     assert doc["base-address"] == f"0x{raw.base:x}"
     assert doc["uuid"] == _uuid(raw.main.field("uuid"))
