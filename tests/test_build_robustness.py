@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from cache_fixtures import CacheFactory, fixture_install_names, snapshot
 
+import dyldcache.builder.optimizers.pack_segments as pack_segments
 import dyldcache.builder.pipeline as pipeline
 from dyldcache.builder.pipeline import BuildOptions, build_cache
 from dyldcache.cache.verify import verify_cache
@@ -43,7 +44,7 @@ def test_a_dylib_failing_in_a_later_phase_is_evicted_and_the_rest_rebuilt(
 ) -> None:
     root = cache_factory.root("arm64")
     victim = "/usr/lib/libfxc.dylib"
-    real = pipeline.apply_split_seg
+    real = pack_segments.apply_split_seg
     calls: list[str] = []
 
     def failing(dylib, buf):  # type: ignore[no-untyped-def]
@@ -52,7 +53,7 @@ def test_a_dylib_failing_in_a_later_phase_is_evicted_and_the_rest_rebuilt(
             raise BuildError("ARM64_ADRP target out of range at split seg location 0x1234")
         return real(dylib, buf)
 
-    monkeypatch.setattr(pipeline, "apply_split_seg", failing)
+    monkeypatch.setattr(pack_segments, "apply_split_seg", failing)
     result = build_cache(BuildOptions(arch="arm64", output_dir=str(tmp_path / "out"), root=root, jobs=1))
     reasons = {e.path: e.reason for e in result.evictions}
     assert reasons[victim] == "ARM64_ADRP target out of range at split seg location 0x1234"

@@ -269,10 +269,11 @@ def test_an_interrupted_api_build_leaves_no_staging_folder(
     out = tmp_path / "out"
     out.mkdir()
     import dyldcache.builder.pipeline as pipeline
+    from dyldcache.builder.optimizers import DylibResult
 
     real = pipeline.CacheBuilder.dylib_passes
 
-    def slow(self: pipeline.CacheBuilder, index: int) -> pipeline._DylibOutcome:
+    def slow(self: pipeline.CacheBuilder, index: int) -> DylibResult:
         if index == 0:
             os.kill(os.getppid(), signal.SIGINT)  # from a worker to the parent, as a Ctrl-C would
         time.sleep(0.2)

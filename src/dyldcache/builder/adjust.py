@@ -17,6 +17,14 @@ from ..errors import BuildError
 from ..macho import constants as C
 from ..macho.split_seg import SPLIT_SEG_DTYPE, unsupported_v1_entry
 from .cache_dylib import CacheDylib
+from .types import (
+    UNPLACED_FILE,
+    CacheFileOffset,
+    CacheVMAddr,
+    InputVMAddr,
+    file_offset_of_vm,
+    moved_address,
+)
 
 _U64 = np.uint64
 _I64 = np.int64
@@ -39,21 +47,22 @@ class SectionTable:
 
 def section_table(dylib: CacheDylib) -> SectionTable:
     text = dylib.text
-    assert text.chunk is not None
-    old = [text.input.vmaddr]
-    new = [text.chunk.vm_addr]
-    files = [text.chunk.file_offset]
+    old: list[InputVMAddr] = [text.input_vmaddr]
+    new: list[CacheVMAddr] = [text.cache_vmaddr]
+    files: list[CacheFileOffset] = [text.cache_fileoff]
     for seg in dylib.segments:
         for s in seg.input.sections:
-            if seg.chunk is None:  # sections of __LINKEDIT never appear in split seg info
-                old.append(s.addr)
-                new.append(s.addr)
-                files.append(-1)
+            addr = InputVMAddr(s.addr)
+            old.append(addr)
+            if seg.chunk is None:
+                # sections of __LINKEDIT never appear in split seg info: a reference to one is
+                # left as it is, and a location in one is refused (no file offset)
+                new.append(CacheVMAddr(addr))
+                files.append(UNPLACED_FILE)
                 continue
-            delta = s.addr - seg.input.vmaddr
-            old.append(s.addr)
-            new.append(seg.chunk.vm_addr + delta)
-            files.append(seg.chunk.file_offset + delta)
+            moved = moved_address(addr, seg.input_vmaddr, seg.cache_vmaddr)
+            new.append(moved)
+            files.append(file_offset_of_vm(moved, seg.cache_vmaddr, seg.cache_fileoff))
     o = np.array(old, dtype=_I64)
     n = np.array(new, dtype=_I64)
     return SectionTable(o, n, n - o, np.array(files, dtype=_I64))

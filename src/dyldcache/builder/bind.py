@@ -20,6 +20,7 @@ from ..macho.fixups import FixupKind, Import
 from .adjust import PointerSlides
 from .cache_dylib import CacheDylib
 from .symbol_resolution import ExportIndex, Found
+from .types import InputVMAddr
 
 #: every pointer the cache must hold after binding: location and value as cache addresses
 CACHE_POINTER_FIELDS = np.dtype(
@@ -87,8 +88,7 @@ class CacheExports(ExportIndex):
         d = self.dylibs[index]
         if e.is_absolute:
             return BindTarget(e.address, None, e.name, e.is_weak_def)
-        addr = d.image.base_address + e.address
-        cache = int(d.cache_addresses(np.array([addr], dtype=np.uint64))[0])
+        cache = d.cache_address(InputVMAddr(d.image.base_address + e.address))
         return BindTarget(cache, index, e.name, e.is_weak_def)
 
     def resolve(self, client: int, imp: Import) -> BindTarget | None:
@@ -187,7 +187,7 @@ def bind_dylib(dylib: CacheDylib, index: CacheExports, slides: PointerSlides) ->
         t = index.resolve(dylib.index, Import(wb.name, C.BIND_SPECIAL_DYLIB_WEAK_LOOKUP))
         if t is None or t.dylib is None:
             continue
-        loc = int(dylib.cache_addresses(np.array([wb.address], dtype=np.uint64))[0])
+        loc = dylib.cache_address(InputVMAddr(wb.address))
         hit = np.flatnonzero(out["location"] == loc)
         if len(hit):
             out["target"][hit] = t.value + wb.addend

@@ -1,5 +1,6 @@
-"""One dylib on its way into the cache: its segments (each becomes a chunk), its LINKEDIT
-pieces, its dependents, and the mapping from input addresses to cache addresses.
+"""One dylib on its way into the cache, and everything its per-dylib passes need: its segments
+(each becomes a chunk), its LINKEDIT pieces and new symbol table, its dependents, and the
+mapping from input addresses to cache addresses.
 
 Segment categorization follows dyld-1162 (``docs/cache-format.md`` §7.6 and §8.3): the kind
 of a segment decides its region, and the region decides its permissions in the cache.
@@ -18,8 +19,9 @@ from ..macho.fixups import FixupKind
 from ..synth.synthesize import ADRP_PAGE
 from .config import MACH_HEADER_ALIGNMENT, CacheConfig
 from .eligibility import segment_content_size
-from .inputs import CacheInput
-from .layout import Chunk, ChunkKind, RegionKind
+from .inputs import CacheInput, Inputs
+from .layout import Chunk, ChunkKind, Region, RegionKind
+from .types import CacheFileOffset, CacheVMAddr, InputFileOffset, InputVMAddr
 
 #: chunk kind -> region it goes to
 REGION_OF_KIND = {
@@ -55,13 +57,51 @@ class DylibSegment:
     keeps_page_offsets: bool = False
 
     @property
-    def cache_vmaddr(self) -> int:
+    def input_vmaddr(self) -> InputVMAddr:
+        return InputVMAddr(self.input.vmaddr)
+
+    @property
+    def input_fileoff(self) -> InputFileOffset:
+        return InputFileOffset(self.input.fileoff)
+
+    @property
+    def cache_vmaddr(self) -> CacheVMAddr:
         assert self.chunk is not None
         return self.chunk.vm_addr
 
     @property
+    def cache_fileoff(self) -> CacheFileOffset:
+        assert self.chunk is not None
+        return self.chunk.file_offset
+
+    @property
     def slide(self) -> int:
-        return self.cache_vmaddr - self.input.vmaddr
+        """How far the segment moved: cache address minus input address."""
+        return self.cache_vmaddr - self.input_vmaddr
+
+
+@dataclass(slots=True)
+class DylibSymbols:
+    """A dylib's new symbol table (symbol_strings.py): nlist (input n_values, adjusted when
+    emitted, n_strx into the LINKEDIT region's shared pool), counts, indirect table."""
+
+    nlist: np.ndarray
+    locals_count: int
+    globals_count: int
+    undefs_count: int
+    indirect: np.ndarray
+
+
+@dataclass(eq=False, slots=True)
+class DylibLinkedit:
+    """Where a dylib's LINKEDIT lives in the cache: the region (its LC_SEGMENT_64 __LINKEDIT
+    spans all of it), the pieces by name ("nlist", "indirect", "exports", "function_starts",
+    "data_in_code"), the region's shared string pool and the new symbol table."""
+
+    region: Region
+    pieces: dict[str, Chunk] = field(default_factory=dict)
+    pool: Chunk | None = None
+    symbols: DylibSymbols | None = None
 
 
 @dataclass(eq=False, slots=True)
@@ -69,11 +109,11 @@ class CacheDylib:
     index: int
     input: CacheInput
     segments: list[DylibSegment] = field(default_factory=list)
-    #: LINKEDIT pieces by name: "nlist", "indirect", "exports", "function_starts", "data_in_code"
-    linkedit: dict[str, Chunk] = field(default_factory=dict)
+    #: its LINKEDIT in the cache (phase 3: remove_unused_linkedit.py and symbol_strings.py)
+    linkedit: DylibLinkedit | None = None
     #: dependency install names resolved to cache dylib indexes (None = missing weak dylib)
     dependents: list[tuple[int | None, str]] = field(default_factory=list)
-    #: the exports kept in the cache and their trie's shape (linkedit.py fills it once)
+    #: the exports kept in the cache and their trie's shape (remove_unused_linkedit.py fills it once)
     export_plan: tuple[list[Export], TrieShape] | None = None
 
     @property
@@ -89,14 +129,18 @@ class CacheDylib:
         return self.segments[0]
 
     @property
-    def cache_load_address(self) -> int:
+    def cache_load_address(self) -> CacheVMAddr:
         return self.text.cache_vmaddr
 
-    def segment_for_input_address(self, addr: int) -> DylibSegment | None:
+    def segment_for_input_address(self, addr: InputVMAddr) -> DylibSegment | None:
         for seg in self.segments:
-            if seg.input.vmaddr <= addr < seg.input.vmaddr + seg.input.vmsize:
+            if seg.input_vmaddr <= addr < seg.input_vmaddr + seg.input.vmsize:
                 return seg
         return None
+
+    def cache_address(self, addr: InputVMAddr) -> CacheVMAddr:
+        """One input VM address -> cache VM address (see :meth:`cache_addresses`)."""
+        return CacheVMAddr(int(self.cache_addresses(np.array([addr], dtype=np.uint64))[0]))
 
     def cache_addresses(self, input_addrs: np.ndarray) -> np.ndarray:
         """Vectorized input VM address -> cache VM address (by the segment containing it).
@@ -201,3 +245,18 @@ def segment_alignment(seg: DylibSegment) -> int:
         # offset, the promise synthesize_split_seg(keep_page_offsets=True) relies on
         align = max(align, ADRP_PAGE)
     return max(align, 8)
+
+
+def make_cache_dylibs(inputs: Inputs, config: CacheConfig) -> list[CacheDylib]:
+    """The cache dylibs in cache order, their dependents resolved to indexes (aliases too), their
+    segments categorized."""
+    dylibs = [CacheDylib(ci.index, ci) for ci in inputs.dylibs]
+    by_name = {d.install_name: d.index for d in dylibs}
+    for d in dylibs:
+        for path, kind in d.input.dependencies:
+            target = by_name.get(path)
+            if target is None and path in inputs.aliases:
+                target = by_name.get(inputs.aliases[path])
+            d.dependents.append((target, kind))
+        d.segments = categorize_segments(d.input, config)
+    return dylibs

@@ -12,6 +12,7 @@ from ..arch import Arch, arch_named
 from ..errors import UsageError
 from ..macho import constants as C
 from .install_names import InstallNameMap
+from .types import CacheVMAddr
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -32,7 +33,7 @@ class CacheConfig:
     arch: Arch
     platform: int
     #: unslid address of the first mapping (SHARED_REGION_BASE_*)
-    base_address: int
+    base_address: CacheVMAddr
     #: size of the shared region the cache must fit in (SHARED_REGION_SIZE_*)
     cache_size: int
     #: "contiguous" (all arm64 variants: 32 MiB padding) or "discontiguous" (x86_64: 1 GiB regions)
@@ -98,7 +99,7 @@ def make_config(
         if embedded:
             raise UsageError("x86_64 caches exist only for macOS (and simulators)")
         cfg = dict(
-            base_address=0x7FF800000000,
+            base_address=CacheVMAddr(0x7FF800000000),
             cache_size=0x7FE000000,
             layout="discontiguous",
             region_padding=0,
@@ -117,7 +118,7 @@ def make_config(
         else:
             slide_version, slide_page = 2, 0x1000
         cfg = dict(
-            base_address=0x180000000,
+            base_address=CacheVMAddr(0x180000000),
             cache_size=cache_size,
             layout="contiguous",
             region_padding=32 * MiB,

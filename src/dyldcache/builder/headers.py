@@ -1,11 +1,15 @@
-"""Phase 7's cache headers: the dyld_cache_header of every file, its two mapping arrays, the
-image lists with their path strings, and the subcache table (``docs/cache-format.md`` §1, §2).
+"""The cache headers, placed in phase 3 and written in phase 7: the dyld_cache_header of every
+file, its two mapping arrays, the image lists with their path strings, and the subcache table
+(``docs/cache-format.md`` §1, §2). The optimizers supply the fields of the tables they own.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
 
 from ..cache.format import (
     CacheHeader,
@@ -17,10 +21,21 @@ from ..cache.format import (
     cache_magic,
 )
 from ..names import encode_name
+from .buffers import CacheBuffers
 from .cache_dylib import CacheDylib
 from .config import REGION_ALIGNMENT, CacheConfig
-from .layout import Chunk, RegionKind, SubCache, SubCacheKind
-from .types import align_up
+from .layout import (
+    Chunk,
+    ChunkKind,
+    RegionKind,
+    SubCache,
+    SubCacheKind,
+    add_dynamic_config,
+    max_slide,
+    name_subcaches,
+)
+from .model import CacheModel
+from .types import CacheFileOffset, align_up, vm_offset
 
 HEADER_SIZE = CacheHeader.SIZE  # 0x200 in dyld-1162
 #: region kinds the header area reserves mapping slots for (dyld-1162 reserves all of them)
@@ -43,20 +58,66 @@ def header_size(sub: SubCache, dylibs: list[CacheDylib], subcache_count: int) ->
 
 
 @dataclass(slots=True)
-class MainHeaderInfo:
-    """What only the main file's header carries."""
+class HeaderFields:
+    """What the optimizers put in one file's dyld_cache_header (phase 7)."""
 
-    shared_region_size: int
-    max_slide: int
-    dylibs_trie: Chunk
-    patch_table: Chunk
-    prebuilt_loaders: Chunk
-    dynamic_config: Chunk
-    os_version: int
-    alt_platform: int = 0
-    alt_os_version: int = 0
-    objc_opts: Chunk | None = None
-    swift_opts: Chunk | None = None
+    #: CacheHeader field name -> value
+    values: dict[str, int] = field(default_factory=dict)
+    #: data region -> (file offset, bytes used) of its slide info
+    slide_info: dict[RegionKind, tuple[CacheFileOffset, int]] = field(default_factory=dict)
+
+
+def os_version(dylibs: list[CacheDylib], platform: int) -> int:
+    """The cache's OS version: libdyld's (or libSystem's) minOS, else the highest of all."""
+    for suffix in ("/libdyld.dylib", "/libSystem.B.dylib"):
+        for d in dylibs:
+            if d.install_name.endswith(suffix):
+                for bv in d.image.build_versions:
+                    if bv.platform == platform:
+                        return bv.minos
+    return max((d.image.minos or 0) for d in dylibs)
+
+
+class CacheHeaders:
+    """Every file's header chunk and the main file's own fields (the seed's addCacheHeaderChunk
+    and computeCacheHeaders)."""
+
+    def __init__(self) -> None:
+        self.chunks: dict[SubCache, Chunk] = {}
+        self.dynamic_config: Chunk | None = None
+
+    def place(self, model: CacheModel) -> None:
+        """After every optimizer placed its chunks: dyld's dynamic data, names, header chunks."""
+        self.dynamic_config = add_dynamic_config(model.mapped_files()[-1])
+        name_subcaches(model.subcaches, model.config.platform)
+        listed = len([s for s in model.subcaches if s.kind is SubCacheKind.SUB])
+        for sub in model.subcaches:
+            size = header_size(sub, model.dylibs, listed)
+            self.chunks[sub] = sub.region(RegionKind.TEXT).add(
+                Chunk("cache header", ChunkKind.CACHE_HEADER, size, REGION_ALIGNMENT)
+            )
+
+    def main_fields(self, model: CacheModel) -> dict[str, int]:
+        """What only the main file's header carries, besides the optimizers' tables."""
+        assert self.dynamic_config is not None
+        return {
+            "shared_region_size": model.total_vm_size,
+            "max_slide": max_slide(model.subcaches, model.config),
+            "os_version": os_version(model.dylibs, model.config.platform),
+            "dynamic_data_offset": vm_offset(self.dynamic_config.vm_addr, model.config.base_address),
+            "dynamic_data_max_size": self.dynamic_config.size,
+        }
+
+    def write(self, model: CacheModel, buffers: CacheBuffers, fields: dict[SubCache, HeaderFields]) -> None:
+        """Write every file's header area (UUIDs and code signature fields come with signing)."""
+        for sub in model.subcaches:
+            chunk = self.chunks[sub]
+            own = fields[sub]
+            if sub.kind is SubCacheKind.MAIN:
+                own.values.update(self.main_fields(model))
+            view = buffers.of(sub)[chunk.file_offset : chunk.file_end].data
+            write_header(view, sub, model.config, model.dylibs, model.subcaches, own)
+            view.release()
 
 
 def write_header(
@@ -65,14 +126,12 @@ def write_header(
     config: CacheConfig,
     dylibs: list[CacheDylib],
     subcaches: list[SubCache],
-    slide_infos: dict[RegionKind, tuple[int, int]],
-    main: MainHeaderInfo | None,
-    symbols_info: tuple[int, int] | None,
+    fields: HeaderFields,
 ) -> CacheHeader:
     """Write ``sub``'s header area into ``buf`` (its first bytes); returns the header record.
 
-    ``slide_infos`` maps a data region kind to (file offset, used size) of its slide info.
-    UUIDs and the code signature fields are filled in later (finalize).
+    ``fields`` holds the slide info of each data region and the fields the optimizers own.
+    UUIDs and the code signature fields are filled in later (code_sign.py).
     """
     regions = sub.mapped_regions()
     n = len(regions)
@@ -82,7 +141,7 @@ def write_header(
         MappingInfo(r.vm_addr, r.file_size, r.file_offset, r.kind.max_prot, r.kind.init_prot).pack_into(
             buf, mapping_off + i * MappingInfo.SIZE
         )
-        so, ss = slide_infos.get(r.kind, (0, 0))
+        so, ss = fields.slide_info.get(r.kind, (0, 0))
         MappingAndSlideInfo(
             r.vm_addr,
             r.file_size,
@@ -131,7 +190,7 @@ def write_header(
         for i, s in enumerate(listed):
             # the UUID is copied in once that file is signed
             SubcacheEntry(
-                bytes(16), s.vm_addr - config.base_address, s.suffix.encode().ljust(32, b"\0")
+                bytes(16), vm_offset(s.vm_addr, config.base_address), s.suffix.encode().ljust(32, b"\0")
             ).pack_into(buf, sub_off + i * SubcacheEntry.SIZE)
         header = dataclasses.replace(
             header,
@@ -142,30 +201,12 @@ def write_header(
             sub_cache_array_offset=sub_off,
             sub_cache_array_count=len(listed),
         )
-    if main is not None:
-        base = config.base_address
-        header = dataclasses.replace(
-            header,
-            shared_region_size=main.shared_region_size,
-            max_slide=main.max_slide,
-            dylibs_trie_addr=main.dylibs_trie.vm_addr,
-            dylibs_trie_size=main.dylibs_trie.size,
-            patch_info_addr=main.patch_table.vm_addr,
-            patch_info_size=main.patch_table.size,
-            dylibs_pbl_set_addr=main.prebuilt_loaders.vm_addr,
-            os_version=main.os_version,
-            alt_platform=main.alt_platform,
-            alt_os_version=main.alt_os_version,
-            dynamic_data_offset=main.dynamic_config.vm_addr - base,
-            dynamic_data_max_size=main.dynamic_config.size,
-            objc_opts_offset=main.objc_opts.vm_addr - base if main.objc_opts is not None else 0,
-            objc_opts_size=main.objc_opts.size if main.objc_opts is not None else 0,
-            swift_opts_offset=main.swift_opts.vm_addr - base if main.swift_opts is not None else 0,
-            swift_opts_size=main.swift_opts.size if main.swift_opts is not None else 0,
-        )
-    if symbols_info is not None:
-        header = dataclasses.replace(
-            header, local_symbols_offset=symbols_info[0], local_symbols_size=symbols_info[1]
-        )
+    values: dict[str, Any] = dict(fields.values)
+    header = dataclasses.replace(header, **values)
     header.pack_into(buf, 0)
     return header
+
+
+def header_uuid(buf: np.ndarray) -> bytes:
+    """The UUID in the header at the start of ``buf`` (set when the file is signed)."""
+    return CacheHeader.unpack_from(buf, 0).uuid

@@ -188,3 +188,63 @@ def files_from_paths(paths: Iterable[str]) -> list[InputFile]:
             raise UsageError(f"{p}: cannot read: {exc.strerror}") from None
         out.append(InputFile("", p, mtime, ino))
     return out
+
+
+def read_list(path: str, option: str) -> list[str]:
+    """The entries of a list file given as ``option``: one a line, blank lines and # comments skipped."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
+    except OSError as exc:
+        raise UsageError(f"{option} {path}: {exc.strerror}") from None
+
+
+@dataclass(slots=True)
+class InputSet:
+    """The files one build examines, the root's aliases and what the walk warned about."""
+
+    files: list[InputFile]
+    aliases: dict[str, str]
+    warnings: list[str]
+    root: RootFS | None
+
+
+def gather_inputs(root: str | None, dylib_list: str | None, paths: list[str]) -> InputSet:
+    """The files of ``--root`` (all, or those ``--dylib-list`` names), else the list's host paths,
+    and the dylibs given by host path. UsageError when that is nothing, saying what to give."""
+    listed = read_list(dylib_list, "--dylib-list") if dylib_list is not None else None
+    files: list[InputFile] = []
+    aliases: dict[str, str] = {}
+    warnings: list[str] = []
+    fs = None
+    if root is not None:
+        files, aliases, warnings, fs = files_from_root(root, listed)
+    elif listed is not None:
+        try:
+            files = files_from_paths(listed)
+        except UsageError as exc:
+            raise UsageError(
+                f"--dylib-list {dylib_list}: {exc} (without --root, its entries are host paths)"
+            ) from None
+    files += files_from_paths(paths)
+    if not files:
+        raise UsageError(_no_inputs_message(root, dylib_list, listed, warnings))
+    return InputSet(files, aliases, warnings, fs)
+
+
+def _no_inputs_message(
+    root: str | None, dylib_list: str | None, listed: list[str] | None, warnings: list[str]
+) -> str:
+    """Why the inputs given hold no file to examine, and what to do."""
+    first = f" (first: {warnings[0]})" if warnings else ""
+    if listed is not None:
+        if not listed:
+            return f"--dylib-list {dylib_list}: lists no dylibs (one path a line)"
+        under = f" under --root {root}" if root is not None else ""
+        return (
+            f"--dylib-list {dylib_list}: none of its {len(listed)} entries is a file{under}"
+            f"{first}; entries are paths inside the root"
+        )
+    if root is not None:
+        return f"--root {root}: holds no Mach-O file (dylibs are found at their install paths in it)"
+    return "no inputs: give --root, --dylib-list or dylib paths"

@@ -15,7 +15,20 @@ from enum import IntEnum
 from ..errors import BuildError
 from ..macho import constants as C
 from .config import DYNAMIC_CONFIG_SIZE, REGION_ALIGNMENT, CacheConfig
-from .types import CacheFileOffset, CacheVMAddr, align_up
+from .types import (
+    UNPLACED_FILE,
+    UNPLACED_VM,
+    ZERO_FILE,
+    ZERO_VM,
+    CacheFileOffset,
+    CacheVMAddr,
+    align_file,
+    align_up,
+    align_vm,
+    file_add,
+    vm_add,
+    vm_of_file_offset,
+)
 
 _R = C.VM_PROT_READ
 _RW = C.VM_PROT_READ | C.VM_PROT_WRITE
@@ -109,13 +122,17 @@ class Chunk:
     #: zero-fill chunks take VM but no file space (only at a region's end)
     zerofill: bool = False
     # set by layout
-    vm_addr: int = -1
-    file_offset: int = -1
+    vm_addr: CacheVMAddr = UNPLACED_VM
+    file_offset: CacheFileOffset = UNPLACED_FILE
     region: Region | None = None
 
     @property
-    def vm_end(self) -> int:
-        return self.vm_addr + self.size
+    def vm_end(self) -> CacheVMAddr:
+        return vm_add(self.vm_addr, self.size)
+
+    @property
+    def file_end(self) -> CacheFileOffset:
+        return file_add(self.file_offset, self.size)
 
     @property
     def subcache(self) -> SubCache:
@@ -128,14 +145,18 @@ class Region:
     kind: RegionKind
     chunks: list[Chunk] = field(default_factory=list)
     subcache: SubCache | None = None
-    vm_addr: int = 0
+    vm_addr: CacheVMAddr = ZERO_VM
     vm_size: int = 0
-    file_offset: int = 0
+    file_offset: CacheFileOffset = ZERO_FILE
     file_size: int = 0
 
     @property
-    def vm_end(self) -> int:
-        return self.vm_addr + self.vm_size
+    def vm_end(self) -> CacheVMAddr:
+        return vm_add(self.vm_addr, self.vm_size)
+
+    @property
+    def file_end(self) -> CacheFileOffset:
+        return file_add(self.file_offset, self.file_size)
 
     def add(self, chunk: Chunk) -> Chunk:
         chunk.region = self
@@ -156,12 +177,13 @@ class SubCache:
     index: int = 0
     suffix: str = ""
     regions: dict[RegionKind, Region] = field(default_factory=dict)
-    vm_addr: int = 0
+    vm_addr: CacheVMAddr = ZERO_VM
     file_size: int = 0
     #: dylib indexes whose __TEXT this file holds
     dylibs: list[int] = field(default_factory=list)
-    rosetta_read_only: tuple[int, int] = (0, 0)
-    rosetta_read_write: tuple[int, int] = (0, 0)
+    #: (address, size) of the VM Rosetta may fill (x86_64)
+    rosetta_read_only: tuple[CacheVMAddr, int] = (ZERO_VM, 0)
+    rosetta_read_write: tuple[CacheVMAddr, int] = (ZERO_VM, 0)
 
     def region(self, kind: RegionKind) -> Region:
         r = self.regions.get(kind)
@@ -227,7 +249,7 @@ def needs_padding(prev: RegionKind, nxt: RegionKind) -> bool:
 def layout_vm(subcaches: list[SubCache], config: CacheConfig) -> int:
     """Give every region and subcache its VM address; returns the total VM size (excl. .symbols).
 
-    Region sizes must already be known (``layout_regions_in_files``).
+    Region sizes must already be known (``layout_files``).
     """
     addr = config.base_address
     if config.layout == "contiguous":
@@ -241,9 +263,9 @@ def layout_vm(subcaches: list[SubCache], config: CacheConfig) -> int:
                 if not r.kind.reserves_vm:
                     continue
                 if prev is not None and needs_padding(prev, r.kind):
-                    addr += config.region_padding
+                    addr = vm_add(addr, config.region_padding)
                 r.vm_addr = addr
-                addr += r.vm_size
+                addr = r.vm_end
                 prev = r.kind
         end = symbols_start if symbols_start is not None else addr
         return end - config.base_address
@@ -251,15 +273,15 @@ def layout_vm(subcaches: list[SubCache], config: CacheConfig) -> int:
     align = config.discontiguous_alignment
     prev_max = 0
     for sub in subcaches:
-        addr = align_up(addr, align)
+        addr = align_vm(addr, align)
         sub.vm_addr = addr
         for r in sub.ordered_regions():
             if not r.kind.reserves_vm:
                 continue
             if (prev_max & C.VM_PROT_WRITE) != (r.kind.max_prot & C.VM_PROT_WRITE):
-                addr = align_up(addr, align)
+                addr = align_vm(addr, align)
             r.vm_addr = addr
-            addr += r.vm_size
+            addr = r.vm_end
             prev_max = r.kind.max_prot
         if sub.kind is not SubCacheKind.SYMBOLS:
             ro = [
@@ -268,7 +290,7 @@ def layout_vm(subcaches: list[SubCache], config: CacheConfig) -> int:
             rw = [r for r in sub.ordered_regions() if r.kind.is_data]
             if ro:
                 end_ro = ro[-1].vm_end
-                addr = align_up(addr + (1 << 30), align)
+                addr = align_vm(vm_add(addr, 1 << 30), align)
                 sub.rosetta_read_only = (end_ro, addr - end_ro)
             if rw:
                 end_rw = rw[-1].vm_end
@@ -281,29 +303,33 @@ def place_chunks(subcaches: list[SubCache]) -> None:
     for sub in subcaches:
         for r in sub.ordered_regions():
             for c in r.chunks:
-                c.vm_addr = r.vm_addr + (c.file_offset - r.file_offset)
+                c.vm_addr = vm_of_file_offset(c.file_offset, r.file_offset, r.vm_addr)
 
 
 def layout_files(subcaches: list[SubCache]) -> None:
-    """Sort chunks, give them file offsets, and size every region (VM and file)."""
+    """Sort chunks, give them file offsets, and size every region (VM and file).
+
+    It depends only on the chunks' kinds, sizes and alignments, so it runs again whenever a
+    chunk's size is set from an earlier layout (slide info, code signature).
+    """
     for sub in subcaches:
-        offset = 0
+        offset = CacheFileOffset(0)
         for r in sub.ordered_regions():
             r.chunks.sort(key=lambda c: c.kind)
-            offset = align_up(offset, REGION_ALIGNMENT)
+            offset = align_file(offset, REGION_ALIGNMENT)
             r.file_offset = offset
             cursor = offset
             vm_extra = 0
             for c in r.chunks:
                 if c.zerofill:
                     vm_extra = align_up(vm_extra, c.alignment) + c.size
-                    c.file_offset = cursor + vm_extra - c.size
+                    c.file_offset = file_add(cursor, vm_extra - c.size)
                     continue
                 if vm_extra:
                     raise BuildError(f"internal: chunk {c.name} follows a zero-fill chunk in {r.kind.name}")
-                cursor = align_up(cursor, c.alignment)
+                cursor = align_file(cursor, c.alignment)
                 c.file_offset = cursor
-                cursor += c.size
+                cursor = c.file_end
             if r.kind is RegionKind.CODE_SIGNATURE:
                 r.file_size = cursor - offset
                 r.vm_size = 0
@@ -314,8 +340,23 @@ def layout_files(subcaches: list[SubCache]) -> None:
                     else 0
                 )
                 r.vm_size = align_up(cursor - offset + vm_extra, REGION_ALIGNMENT)
-            offset += r.file_size
+            offset = r.file_end
         sub.file_size = offset
+
+
+def lay_out(subcaches: list[SubCache], config: CacheConfig) -> int:
+    """File offsets, then VM addresses, of every region and chunk; returns the VM the cache
+    spans (BuildError when that is more than the shared region)."""
+    layout_files(subcaches)
+    total_vm_size = layout_vm(subcaches, config)
+    place_chunks(subcaches)
+    check_no_overlap(subcaches)
+    if total_vm_size > config.cache_size:
+        raise BuildError(
+            f"cache needs {total_vm_size:#x} bytes of VM, more than the shared region "
+            f"({config.cache_size:#x})"
+        )
+    return total_vm_size
 
 
 def check_no_overlap(subcaches: list[SubCache]) -> None:
@@ -329,7 +370,16 @@ def check_no_overlap(subcaches: list[SubCache]) -> None:
                 raise BuildError(f"internal: chunks {an} and {bn} overlap in {sub.suffix or 'main'}")
 
 
+def name_subcaches(subcaches: list[SubCache], platform: int) -> None:
+    """Number the subcaches the main file lists (1, 2, ...) and give every file its suffix."""
+    for i, sub in enumerate(s for s in subcaches if s.kind is SubCacheKind.SUB):
+        sub.index = i + 1
+    for sub in subcaches:
+        sub.suffix = subcache_suffix(sub, platform)
+
+
 def add_dynamic_config(sub: SubCache) -> Chunk:
+    """VM reserved after the last LINKEDIT for dyld's dynamic data (zero-fill, no file bytes)."""
     return sub.region(RegionKind.DYNAMIC_CONFIG).add(
         Chunk(
             "dynamic config", ChunkKind.DYNAMIC_CONFIG, DYNAMIC_CONFIG_SIZE, REGION_ALIGNMENT, zerofill=True
@@ -337,14 +387,26 @@ def add_dynamic_config(sub: SubCache) -> Chunk:
     )
 
 
-def region_of(chunk: Chunk) -> Region:
-    assert chunk.region is not None
-    return chunk.region
-
-
-def chunk_vm(chunk: Chunk) -> CacheVMAddr:
-    return CacheVMAddr(chunk.vm_addr)
-
-
-def chunk_file(chunk: Chunk) -> CacheFileOffset:
-    return CacheFileOffset(chunk.file_offset)
+def max_slide(subcaches: list[SubCache], config: CacheConfig) -> int:
+    """The largest slide the kernel may pick for this layout (the main header's maxSlide)."""
+    subs = [s for s in subcaches if s.kind is not SubCacheKind.SYMBOLS]
+    if config.layout == "discontiguous":
+        limit = config.discontiguous_alignment
+        best = limit
+        for s in subs:
+            data = [r for r in s.ordered_regions() if r.kind.is_data]
+            for r in s.ordered_regions():
+                if r.kind in (RegionKind.TEXT, RegionKind.LINKEDIT, RegionKind.DYNAMIC_CONFIG):
+                    best = min(best, limit - r.vm_size)
+            if data:
+                best = min(best, limit - (data[-1].vm_end - data[0].vm_addr))
+        return best
+    last = subcaches[-1]
+    end = max(r.vm_end for r in last.ordered_regions() if r.kind.reserves_vm)
+    slide = config.base_address + config.cache_size - end
+    text_end = max(r.vm_end for s in subcaches for r in s.ordered_regions() if r.kind is RegionKind.TEXT)
+    if text_end - config.base_address <= 0x80000000:
+        slide = 0x80000000 - (text_end - config.base_address)
+    if config.max_slide_cap is not None:
+        slide = min(slide, config.max_slide_cap)
+    return slide

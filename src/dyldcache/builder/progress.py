@@ -15,8 +15,8 @@ from typing import Any, TextIO
 PHASES: dict[str, str] = {
     "calculate_inputs": "reading the inputs",
     "estimate_global_optimizations": "estimating the global tables",
-    "create_subcaches": "laying out the cache",
-    "pre_dylib_emit": "creating the files",
+    "create_subcaches": "laying out the cache and creating the files",
+    "pre_dylib_emit": "preparing the dylib passes",
     "run_dylib_passes": "copying, adjusting and binding the dylibs",
     "post_dylib_emit": "slide info, patch table and symbols",
     "finalize": "signing, checking and committing",

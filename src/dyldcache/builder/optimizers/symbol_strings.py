@@ -1,75 +1,68 @@
-"""The LINKEDIT optimizers: deduplicated symbol strings per LINKEDIT region, unmapped local
-symbols, rebuilt export tries, and each dylib's copied LINKEDIT pieces.
-
-Planning happens in phase 3 (sizes must be known before layout); emission in phase 5
-(per dylib) and 6 (the shared string pools and the .symbols payload).
+"""Deduplicate LINKEDIT Symbol Strings: one string pool per LINKEDIT region, shared by the new
+symbol tables of the dylibs whose LINKEDIT it holds (the seed's calculateSubCacheSymbolStrings,
+phase 3; the pools are written in phase 6, emitSymbolTable). With unmapped locals, the locals
+move to the .symbols file (unmapped_locals.py) and the ones in __text stay as "<redacted>".
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from typing import ClassVar
 
 import numpy as np
 
-from ..errors import BuildError
-from ..macho import constants as C
-from ..macho.exports_trie import Export, TrieShape, export_payload
-from ..macho.format import NLIST64_DTYPE
-from ..names import encode_name
-from .cache_dylib import CacheDylib
+from ...errors import BuildError
+from ...macho import constants as C
+from ...macho.format import NLIST64_DTYPE
+from ..buffers import CacheBuffers
+from ..cache_dylib import CacheDylib, DylibSymbols
+from ..layout import Chunk, ChunkKind, Region
+from ..model import CacheModel
+from .base import DylibResult, Optimizer
+from .string_pool import StringPool
+from .unmapped_locals import UnmappedLocals
 
 REDACTED = "<redacted>"
 _SKIPPED_GLOBAL_PREFIXES = (".objc_", "$ld$")
-_SKIPPED_EXPORT_PREFIXES = ("$ld$", ".objc_class_name", ".objc_category_name")
 
 
-class StringPool:
-    """One deduplicated string pool (a LINKEDIT region's, or the .symbols file's); starts with ""."""
+class DeduplicateSymbolStrings(Optimizer):
+    name: ClassVar[str] = "Deduplicate LINKEDIT Symbol Strings"
 
-    def __init__(self, first: tuple[str, ...] = ()) -> None:
-        self.offsets: dict[bytes, int] = {b"": 0}
-        self.size = 1
-        for s in first:
-            self.add(encode_name(s))
+    def __init__(self, unmapped: UnmappedLocals | None) -> None:
+        #: where the locals go when they are unmapped (None: they stay)
+        self.unmapped = unmapped
+        self.pools: list[tuple[StringPool, Chunk]] = []
 
-    def add(self, s: bytes) -> int:
-        off = self.offsets.get(s)
-        if off is None:
-            off = self.size
-            self.offsets[s] = off
-            self.size += len(s) + 1
-        return off
+    def place(self, model: CacheModel) -> None:
+        """Per LINKEDIT region (remove_unused_linkedit.py chose them): the pool and every nlist."""
+        groups: dict[Region, list[CacheDylib]] = {}
+        for d in model.dylibs:
+            assert d.linkedit is not None
+            groups.setdefault(d.linkedit.region, []).append(d)
+        mode = "unmap" if self.unmapped is not None else "keep"
+        for le, group in groups.items():
+            pool, tables = plan_symbol_tables(group, mode, self.unmapped)
+            pool_chunk = le.add(Chunk("symbol strings", ChunkKind.SYMBOL_STRINGS, pool.size, 1))
+            self.pools.append((pool, pool_chunk))
+            for d in group:
+                assert d.linkedit is not None
+                syms = tables[d.index]
+                d.linkedit.symbols = syms
+                d.linkedit.pool = pool_chunk
+                d.linkedit.pieces["nlist"] = le.add(
+                    Chunk(
+                        f"{d.install_name} nlist",
+                        ChunkKind.SYMBOL_NLIST,
+                        len(syms.nlist) * NLIST64_DTYPE.itemsize,
+                        8,
+                        d.index,
+                    )
+                )
 
-    def bytes(self) -> bytes:
-        buf = bytearray(self.size)
-        for s, off in self.offsets.items():
-            buf[off : off + len(s)] = s
-        return bytes(buf)
-
-
-@dataclass(slots=True)
-class DylibSymbols:
-    """A dylib's new symbol table: nlist (input n_values, adjusted when emitted), counts, indirect table."""
-
-    nlist: np.ndarray
-    locals_count: int
-    globals_count: int
-    undefs_count: int
-    indirect: np.ndarray
-
-
-@dataclass(slots=True)
-class UnmappedLocals:
-    """The .symbols payload: every dylib's locals with the input addresses."""
-
-    pool: StringPool = field(default_factory=StringPool)
-    nlists: list[np.ndarray] = field(default_factory=list)
-    #: per dylib: (first nlist index, count)
-    ranges: list[tuple[int, int]] = field(default_factory=list)
-
-    @property
-    def count(self) -> int:
-        return sum(len(n) for n in self.nlists)
+    def emit(self, model: CacheModel, buffers: CacheBuffers, results: Sequence[DylibResult]) -> None:
+        for pool, chunk in self.pools:
+            buffers.put(chunk, pool.bytes())
 
 
 def _symbol_ranges(dylib: CacheDylib) -> tuple[range, range, range]:
@@ -191,39 +184,3 @@ def plan_symbol_tables(
         nloc, nglob, nund = counts[d.index]
         out[d.index] = DylibSymbols(nl, nloc, nglob, nund, new_ind)
     return pool, out
-
-
-def _export_plan(dylib: CacheDylib) -> tuple[list[Export], TrieShape]:
-    """The exports that stay in the cache and the shape of their trie (computed once per dylib)."""
-    if dylib.export_plan is None:
-        kept = [e for e in dylib.image.exports if not e.name.startswith(_SKIPPED_EXPORT_PREFIXES)]
-        dylib.export_plan = (kept, TrieShape(encode_name(e.name) for e in kept))
-    plan: tuple[list[Export], TrieShape] = dylib.export_plan
-    return plan
-
-
-def rebuilt_exports(dylib: CacheDylib, estimate: bool = False) -> bytes:
-    """The dylib's export trie with offsets of moved segments adjusted, padded to 8 bytes.
-
-    With ``estimate``, every non-absolute offset is bumped by 2 GiB instead: an upper bound on
-    the size whatever the final layout is (ULEB lengths only grow with the value).
-    """
-    exports, shape = _export_plan(dylib)
-    base = dylib.image.base_address
-    text_slide = 0 if estimate else dylib.text.slide
-    payloads = []
-    for e in exports:
-        if e.is_reexport or e.is_absolute:
-            payloads.append(export_payload(e))
-            continue
-        if estimate:
-            delta = 1 << 31
-        else:
-            seg = dylib.segment_for_input_address(base + e.address)
-            delta = (seg.slide - text_slide) if seg is not None and seg.chunk is not None else 0
-        resolver = e.resolver + delta if e.is_resolver else e.resolver
-        payloads.append(
-            export_payload(Export(e.name, e.flags, e.address + delta, resolver, e.ordinal, e.import_name))
-        )
-    raw = shape.encode(payloads)
-    return raw + bytes(-len(raw) % 8)

@@ -1,17 +1,23 @@
-"""Per-dylib emission: copy the segments, write the dylib's LINKEDIT pieces, and rewrite its
-mach header and load commands for the cache (``docs/cache-format.md`` §13).
+"""Remove unused LINKEDIT: each dylib's LINKEDIT is rebuilt in the cache with only what a cached
+dylib keeps (its new symbol table, indirect symbols, rebuilt export trie, function starts and
+data in code), and its mach header and load commands are rewritten for the cache
+(``docs/cache-format.md`` §13; the seed's Adjustor::rebuildLinkEditAndLoadCommands).
+
+Phase 3 places each dylib's pieces in the LINKEDIT region of the file it goes to (the nlist is
+placed with the shared string pool by symbol_strings.py); phase 5 writes them, per dylib.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
-from ..errors import BuildError
-from ..macho import constants as C
-from ..macho.format import (
+from ...errors import BuildError
+from ...macho import constants as C
+from ...macho.exports_trie import Export, TrieShape, export_payload
+from ...macho.format import (
     DyldInfoCommand,
     DylibCommand,
     DysymtabCommand,
@@ -22,39 +28,56 @@ from ..macho.format import (
     SegmentCommand64,
     SymtabCommand,
 )
-from .cache_dylib import CacheDylib
-from .layout import Chunk, Region
-from .linkedit import DylibSymbols
-from .load_commands import DROPPED_COMMANDS, DYLIB_COMMANDS, dylib_command, dylib_command_names
+from ...names import encode_name
+from ..buffers import CacheBuffers
+from ..cache_dylib import CacheDylib, DylibLinkedit
+from ..layout import Chunk, ChunkKind, RegionKind
+from ..load_commands import DROPPED_COMMANDS, DYLIB_COMMANDS, dylib_command, dylib_command_names
+from ..model import CacheModel
+from ..types import CacheFileOffset, InputFileOffset, InputVMAddr, moved_address, moved_file_offset
+from .base import DylibResult, Optimizer
+
+_SKIPPED_EXPORT_PREFIXES = ("$ld$", ".objc_class_name", ".objc_category_name")
 
 
-def copy_segments(dylib: CacheDylib, buf: np.ndarray) -> None:
-    """Copy every segment's bytes into its chunk; the rest of a chunk is zero (zerofill)."""
-    src = np.frombuffer(dylib.input.mapped.data, dtype=np.uint8)
-    base = dylib.image.file_offset
-    for seg in dylib.segments:
-        if seg.chunk is None or seg.copy_size == 0:
-            continue
-        start = base + seg.input.fileoff
-        if start + seg.copy_size > len(src):
-            raise BuildError(f"{dylib.install_name}: segment {seg.name} extends past the end of the file")
-        dst = seg.chunk.file_offset
-        buf[dst : dst + seg.copy_size] = src[start : start + seg.copy_size]
+class RemoveUnusedLinkedit(Optimizer):
+    name: ClassVar[str] = "Remove unused LINKEDIT"
+
+    def place(self, model: CacheModel) -> None:
+        """Each dylib's LINKEDIT goes with it, or all into the last file (regions <= 4 GiB)."""
+        files = model.mapped_files()
+        for sub in files:
+            target = files[-1] if model.config.all_linkedit_in_last_subcache else sub
+            le = target.region(RegionKind.LINKEDIT)
+            for i in sub.dylibs:
+                d = model.dylibs[i]
+                d.linkedit = DylibLinkedit(le)
+                sizes = {
+                    # one entry per input entry (symbol_strings.py renumbers them)
+                    "indirect": len(d.image.indirect_symbols) * 4,
+                    "exports": len(rebuilt_exports(d, estimate=True)),
+                    "function_starts": len(d.image.linkedit_data(C.LC_FUNCTION_STARTS) or b""),
+                    "data_in_code": len(d.image.linkedit_data(C.LC_DATA_IN_CODE) or b""),
+                }
+                for name, size in sizes.items():
+                    if size:
+                        d.linkedit.pieces[name] = le.add(
+                            Chunk(f"{d.install_name} {name}", ChunkKind.LINKEDIT_DYLIB, size, 8, d.index)
+                        )
+
+    def dylib_pass(self, dylib: CacheDylib, buffers: CacheBuffers, result: DylibResult) -> None:
+        assert dylib.linkedit is not None and dylib.linkedit.pool is not None and dylib.text.chunk is not None
+        with result.timed("linkedit and load commands"):
+            trie = rebuilt_exports(dylib)
+            write_linkedit(dylib, buffers.holding(dylib.linkedit.pool), trie)
+            rewrite_load_commands(dylib, buffers.holding(dylib.text.chunk), len(trie), result.warnings)
 
 
-@dataclass(slots=True)
-class LinkeditPlacement:
-    """Where a dylib's LINKEDIT lives: the region, its pieces, and the shared string pool."""
-
-    region: Region
-    pieces: dict[str, Chunk]
-    pool: Chunk
-
-
-def write_linkedit(
-    dylib: CacheDylib, buf: np.ndarray, place: LinkeditPlacement, symbols: DylibSymbols, exports_trie: bytes
-) -> None:
+def write_linkedit(dylib: CacheDylib, buf: np.ndarray, exports_trie: bytes) -> None:
     """Write the nlist (n_values slid), indirect table, export trie, function starts, data in code."""
+    place = dylib.linkedit
+    assert place is not None and place.symbols is not None
+    symbols = place.symbols
     nlist = symbols.nlist.copy()
     # N_SECT symbols move with their segment (stabs and N_ABS do not)
     sect_syms = ((nlist["n_type"] & C.N_STAB) == 0) & ((nlist["n_type"] & C.N_TYPE) == C.N_SECT)
@@ -84,16 +107,14 @@ def write_linkedit(
 
 
 def rewrite_load_commands(
-    dylib: CacheDylib,
-    text_buf: np.ndarray,
-    place: LinkeditPlacement,
-    symbols: DylibSymbols,
-    exports_size: int,
-    warnings: list[str],
+    dylib: CacheDylib, text_buf: np.ndarray, exports_size: int, warnings: list[str]
 ) -> None:
     """Rewrite the copied mach header + load commands inside the dylib's __TEXT chunk."""
     image = dylib.image
-    hdr_off = dylib.text.chunk.file_offset if dylib.text.chunk is not None else 0
+    place = dylib.linkedit
+    assert place is not None and place.symbols is not None and place.pool is not None
+    symbols, pool = place.symbols, place.pool
+    hdr_off = dylib.text.cache_fileoff
     old = bytes(text_buf[hdr_off : hdr_off + MachHeader64.SIZE + image.header.sizeofcmds])
     out = bytearray()
     ncmds = 0
@@ -101,9 +122,9 @@ def rewrite_load_commands(
     region = place.region
     pieces = place.pieces
 
-    def piece(name: str) -> tuple[int, int]:
+    def piece(name: str) -> tuple[CacheFileOffset, int]:
         c = pieces.get(name)
-        return (c.file_offset, c.size) if c is not None else (0, 0)
+        return (c.file_offset, c.size) if c is not None else (CacheFileOffset(0), 0)
 
     ci = dylib.input
     refs = iter([image.id_dylib, *image.dylibs] if image.id_dylib is not None else image.dylibs)
@@ -133,12 +154,8 @@ def rewrite_load_commands(
             seg = next(seg_iter)
             sc = SegmentCommand64.unpack_from(raw, 0)
             if seg.chunk is None:  # __LINKEDIT: the whole LINKEDIT region of the file holding it
-                vmaddr, vmsize, fileoff, filesize = (
-                    region.vm_addr,
-                    region.vm_size,
-                    region.file_offset,
-                    region.file_size,
-                )
+                vmaddr, vmsize = region.vm_addr, region.vm_size
+                fileoff, filesize = region.file_offset, region.file_size
             else:
                 vmaddr, vmsize = seg.chunk.vm_addr, seg.cache_size
                 fileoff, filesize = seg.chunk.file_offset, seg.cache_size
@@ -155,17 +172,17 @@ def rewrite_load_commands(
                 sc.nsects,
                 sc.flags,
             ).pack_into(raw, 0)
-            slide = vmaddr - seg.input.vmaddr
-            file_delta = fileoff - seg.input.fileoff
             for k in range(sc.nsects):
                 so = SegmentCommand64.SIZE + k * Section64.SIZE
                 s = Section64.unpack_from(raw, so)
+                addr = moved_address(InputVMAddr(s.addr), seg.input_vmaddr, vmaddr)
+                offset = moved_file_offset(InputFileOffset(s.offset), seg.input_fileoff, fileoff)
                 Section64(
                     s.sectname,
                     s.segname,
-                    s.addr + slide,
+                    addr,
                     s.size,
-                    s.offset + file_delta if s.offset else 0,
+                    offset if s.offset else 0,
                     s.align,
                     0,
                     0,
@@ -176,9 +193,9 @@ def rewrite_load_commands(
                 ).pack_into(raw, so)
         elif cmd == C.LC_SYMTAB:
             off, _ = piece("nlist")
-            SymtabCommand(
-                cmd, lc.size, off, len(symbols.nlist), place.pool.file_offset, place.pool.size
-            ).pack_into(raw, 0)
+            SymtabCommand(cmd, lc.size, off, len(symbols.nlist), pool.file_offset, pool.size).pack_into(
+                raw, 0
+            )
         elif cmd == C.LC_DYSYMTAB:
             ind_off, _ = piece("indirect")
             nind = len(symbols.indirect)
@@ -220,7 +237,7 @@ def rewrite_load_commands(
             LinkeditDataCommand(cmd, lc.size, off if ld.datasize else 0, ld.datasize).pack_into(raw, 0)
         elif cmd == C.LC_ROUTINES_64:
             r = RoutinesCommand64.unpack_from(raw, 0)
-            new_init = int(dylib.cache_addresses(np.array([r.init_address], dtype=np.uint64))[0])
+            new_init = dylib.cache_address(InputVMAddr(r.init_address))
             dataclasses.replace(r, init_address=new_init).pack_into(raw, 0)
         out += raw
         ncmds += 1
@@ -232,3 +249,39 @@ def rewrite_load_commands(
     text_buf[hdr_off:region_end] = 0
     blob = new_header + bytes(out)
     text_buf[hdr_off : hdr_off + len(blob)] = np.frombuffer(blob, dtype=np.uint8)
+
+
+def _export_plan(dylib: CacheDylib) -> tuple[list[Export], TrieShape]:
+    """The exports that stay in the cache and the shape of their trie (computed once per dylib)."""
+    if dylib.export_plan is None:
+        kept = [e for e in dylib.image.exports if not e.name.startswith(_SKIPPED_EXPORT_PREFIXES)]
+        dylib.export_plan = (kept, TrieShape(encode_name(e.name) for e in kept))
+    plan: tuple[list[Export], TrieShape] = dylib.export_plan
+    return plan
+
+
+def rebuilt_exports(dylib: CacheDylib, estimate: bool = False) -> bytes:
+    """The dylib's export trie with offsets of moved segments adjusted, padded to 8 bytes.
+
+    With ``estimate``, every non-absolute offset is bumped by 2 GiB instead: an upper bound on
+    the size whatever the final layout is (ULEB lengths only grow with the value).
+    """
+    exports, shape = _export_plan(dylib)
+    base = dylib.image.base_address
+    text_slide = 0 if estimate else dylib.text.slide
+    payloads = []
+    for e in exports:
+        if e.is_reexport or e.is_absolute:
+            payloads.append(export_payload(e))
+            continue
+        if estimate:
+            delta = 1 << 31
+        else:
+            seg = dylib.segment_for_input_address(InputVMAddr(base + e.address))
+            delta = (seg.slide - text_slide) if seg is not None and seg.chunk is not None else 0
+        resolver = e.resolver + delta if e.is_resolver else e.resolver
+        payloads.append(
+            export_payload(Export(e.name, e.flags, e.address + delta, resolver, e.ordinal, e.import_name))
+        )
+    raw = shape.encode(payloads)
+    return raw + bytes(-len(raw) % 8)

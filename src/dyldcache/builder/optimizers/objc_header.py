@@ -12,18 +12,27 @@ whenever libobjc is in the cache, the header must point at a real
   relative-method-list selector base.
 
 It does not unique selectors or pre-attach categories, so no image is marked
-"optimized by dyld": libobjc keeps doing that work at run time for every image.
+"optimized by dyld": libobjc keeps doing that work at run time for every image. The empty
+tables and the selector strings belong to the ObjC hash tables and canonical selectors
+optimizers once those exist (the seed's emitObjCHeaderInfo and emitObjCOptsHeader are what
+stays here).
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
-from ..cache.format import ObjCOptimizationHeader
-from .cache_dylib import CacheDylib
-from .layout import Chunk, ChunkKind, RegionKind, SubCache
+from ...cache.format import ObjCOptimizationHeader
+from ..buffers import CacheBuffers
+from ..cache_dylib import CacheDylib
+from ..headers import HeaderFields
+from ..layout import Chunk, ChunkKind, RegionKind, SubCache, SubCacheKind
+from ..model import CacheModel
+from ..types import CacheVMAddr, InputVMAddr, moved_address, vm_add, vm_offset
+from .base import DylibResult, Optimizer
 
 LIBOBJC = "/usr/lib/libobjc.A.dylib"
 #: ObjCOptimizationHeader.flags
@@ -63,10 +72,8 @@ class ObjCChunks:
     opts: Chunk
 
 
-def add_objc_chunks(sub: SubCache, dylibs: list[CacheDylib], auth_regions: bool) -> ObjCChunks | None:
+def add_objc_chunks(sub: SubCache, dylibs: list[CacheDylib], auth_regions: bool) -> ObjCChunks:
     """Reserve the chunks in the subcache that holds libobjc (phase 3)."""
-    if not any(d.install_name == LIBOBJC for d in dylibs):
-        return None
     objc = objc_dylibs(dylibs)
     n = len(objc)
     text = sub.region(RegionKind.TEXT)
@@ -89,10 +96,8 @@ def add_objc_chunks(sub: SubCache, dylibs: list[CacheDylib], auth_regions: bool)
     )
 
 
-def emit_objc(
-    c: ObjCChunks, base_address: int, read: Callable[[int, int], bytes], write: Callable[[Chunk, bytes], None]
-) -> None:
-    """Fill the chunks (phase 6). ``read(addr, size)`` / ``write(chunk, bytes)`` access the cache."""
+def emit_objc(c: ObjCChunks, base_address: CacheVMAddr, buffers: CacheBuffers) -> None:
+    """Fill the header info, image infos and opts header (phase 6; the dylibs are in place)."""
     n = len(c.dylibs)
     ro = bytearray(struct.pack("<II", n, _RO_ENTRY))
     infos = bytearray()
@@ -100,26 +105,53 @@ def emit_objc(
         sect = next(
             s for s in d.image.sections if s.sectname == "__objc_imageinfo" and s.segname.startswith("__DATA")
         )
-        seg = d.segment_for_input_address(sect.addr)
+        seg = d.segment_for_input_address(InputVMAddr(sect.addr))
         assert seg is not None and seg.chunk is not None
-        info_addr = seg.chunk.vm_addr + (sect.addr - seg.input.vmaddr)
-        infos += bytes(read(info_addr, _IMAGE_INFO))
-        field = c.header_ro.vm_addr + 8 + i * _RO_ENTRY
-        copy = c.image_infos.vm_addr + i * _IMAGE_INFO
+        info_addr = moved_address(InputVMAddr(sect.addr), seg.input_vmaddr, seg.chunk.vm_addr)
+        infos += buffers.read(info_addr, _IMAGE_INFO)
+        field = vm_add(c.header_ro.vm_addr, 8 + i * _RO_ENTRY)
+        copy = vm_add(c.image_infos.vm_addr, i * _IMAGE_INFO)
         # no PrebuiltLoaderSet exists, so metadata_offset stays 0
         ro += struct.pack("<qqq", d.cache_load_address - field, copy - (field + 8), 0)
-    write(c.header_ro, bytes(ro))
-    write(c.image_infos, bytes(infos))
-    write(c.selector_strings, MAGIC_SELECTOR)
-    write(c.header_rw, struct.pack("<II", n, _RW_ENTRY) + bytes(_RW_ENTRY * n))
+    buffers.put(c.header_ro, bytes(ro))
+    buffers.put(c.image_infos, bytes(infos))
+    buffers.put(c.header_rw, struct.pack("<II", n, _RW_ENTRY) + bytes(_RW_ENTRY * n))
     hdr = ObjCOptimizationHeader(
         1,
         OBJC_OPT_LARGE_SHARED_CACHE,
-        c.header_ro.vm_addr - base_address,
-        c.header_rw.vm_addr - base_address,
-        c.selector_table.vm_addr - base_address,
-        c.class_table.vm_addr - base_address,
-        c.protocol_table.vm_addr - base_address,
-        c.selector_strings.vm_addr - base_address,
+        vm_offset(c.header_ro.vm_addr, base_address),
+        vm_offset(c.header_rw.vm_addr, base_address),
+        vm_offset(c.selector_table.vm_addr, base_address),
+        vm_offset(c.class_table.vm_addr, base_address),
+        vm_offset(c.protocol_table.vm_addr, base_address),
+        vm_offset(c.selector_strings.vm_addr, base_address),
     )
-    write(c.opts, hdr.pack())
+    buffers.put(c.opts, hdr.pack())
+
+
+class ObjCHeader(Optimizer):
+    name: ClassVar[str] = "ObjC header info"
+
+    def __init__(self) -> None:
+        self.chunks: ObjCChunks | None = None
+
+    def place(self, model: CacheModel) -> None:
+        """The ObjC tables go to the file that holds libobjc (none without libobjc)."""
+        sub = model.text_subcache(LIBOBJC)
+        if sub is not None:
+            self.chunks = add_objc_chunks(sub, model.dylibs, model.config.arch.uses_pointer_auth)
+
+    def pre_dylib_emit(self, model: CacheModel, buffers: CacheBuffers) -> None:
+        # the seed emits the selector strings before the dylib passes, which point into them
+        if self.chunks is not None:
+            buffers.put(self.chunks.selector_strings, MAGIC_SELECTOR)
+
+    def emit(self, model: CacheModel, buffers: CacheBuffers, results: Sequence[DylibResult]) -> None:
+        if self.chunks is not None:
+            emit_objc(self.chunks, model.config.base_address, buffers)
+
+    def header_fields(self, model: CacheModel, sub: SubCache, fields: HeaderFields) -> None:
+        if sub.kind is SubCacheKind.MAIN and self.chunks is not None:
+            opts = self.chunks.opts
+            fields.values["objc_opts_offset"] = vm_offset(opts.vm_addr, model.config.base_address)
+            fields.values["objc_opts_size"] = opts.size
