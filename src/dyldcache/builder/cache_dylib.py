@@ -15,7 +15,6 @@ import numpy as np
 from ..macho import constants as C
 from ..macho.exports_trie import Export, TrieShape
 from ..macho.file import MachOFile, Segment
-from ..macho.fixups import FixupKind
 from ..synth.synthesize import ADRP_PAGE
 from .config import MACH_HEADER_ALIGNMENT, CacheConfig
 from .eligibility import segment_content_size
@@ -156,11 +155,8 @@ class CacheDylib:
         return (input_addrs.astype(np.int64) + slides[order][idx]).astype(np.uint64)
 
 
-def _has_auth_fixups(image: MachOFile, seg: Segment) -> bool:
-    recs = image.fixups.records
-    in_seg = (recs["address"] >= seg.vmaddr) & (recs["address"] < seg.vmaddr + seg.vmsize)
-    kinds = recs["kind"][in_seg]
-    if np.any((kinds == FixupKind.AUTH_REBASE) | (kinds == FixupKind.AUTH_BIND)):
+def _has_auth_fixups(ci: CacheInput, seg: Segment) -> bool:
+    if seg.index in ci.fixup_facts.auth_segments:
         return True
     # class data gets signed method lists from the ObjC optimizers, so it lives in AUTH too
     return any(s.sectname in ("__objc_const", "__objc_data") for s in seg.sections)
@@ -182,8 +178,8 @@ def supports_data_const(image: MachOFile, install_name: str, exports: list[Expor
 def categorize_segments(ci: CacheInput, config: CacheConfig) -> list[DylibSegment]:
     """One DylibSegment per input segment, with the chunk kind that decides its region."""
     image = ci.image
-    info = image.split_seg  # the linker's, or synthesized (always v2)
-    split_v2 = info is not None and info.version == 2
+    # the linker's split seg info, or synthesized (always v2)
+    split_v2 = ci.synthesized_split_seg or image.split_seg_version == 2
     auth_regions = config.arch.uses_pointer_auth
     const_ok: bool | None = None
     out = []
@@ -206,7 +202,7 @@ def categorize_segments(ci: CacheInput, config: CacheConfig) -> list[DylibSegmen
                 kind = ChunkKind.DYLIB_DATA_DIRTY
             else:
                 is_auth = seg.name in ("__AUTH", "__AUTH_CONST") or (
-                    auth_regions and _has_auth_fixups(image, seg)
+                    auth_regions and _has_auth_fixups(ci, seg)
                 )
                 is_const = seg.name.endswith("_CONST")
                 if is_const and const_ok is None:

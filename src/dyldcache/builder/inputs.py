@@ -23,9 +23,11 @@ from ..names import encode_name
 from ..synth import synthesized_split_seg_info
 from .config import CacheConfig
 from .eligibility import SILENT_SKIPS, check_eligibility, is_eligible_path
+from .fixup_facts import FixupFacts, fixup_facts
 from .input_files import InputFile, RootFS
 from .install_names import LOADER_PATH, is_relative_name, resolve_load
 from .load_commands import load_command_room_problem
+from .scratch import ScratchFiles
 from .symbol_resolution import ExportIndex
 from .workers import run_tasks
 
@@ -81,6 +83,8 @@ class CacheInput:
     synthesized_split_seg: bool = False
     #: its @rpath loads were resolved through its LC_RPATHs (which the cache drops)
     rpaths_resolved: bool = False
+    #: what phases 1-4 need of its fixups (phase 1's workers decode them; nobody keeps them)
+    facts: FixupFacts | None = None
 
     @property
     def install_name(self) -> str:
@@ -88,15 +92,29 @@ class CacheInput:
         assert name is not None
         return name
 
+    @property
+    def fixup_facts(self) -> FixupFacts:
+        assert self.facts is not None, "calculate_inputs fills it"
+        return self.facts
+
+    def restore_decodes(self) -> None:
+        """Give the image its decoded fixups and split seg info back, for the per-dylib passes."""
+        self.fixup_facts.restore(self.image)
+
+    def drop_decodes(self) -> None:
+        """Forget what :meth:`restore_decodes` gave."""
+        self.fixup_facts.forget(self.image)
+
 
 class _ResolutionNode:
     """A candidate as symbol resolution sees it: dependents as indexes among the candidates."""
 
-    __slots__ = ("dependents", "image", "install_name")
+    __slots__ = ("bound_imports", "dependents", "image", "install_name")
 
     def __init__(self, ci: CacheInput, at: dict[str, int], resolve: Callable[[str], str | None]) -> None:
         self.image = ci.image
         self.install_name = ci.install_name
+        self.bound_imports = ci.fixup_facts.bound_imports
         self.dependents: list[tuple[int | None, str]] = []
         for dep, kind in ci.dependencies:
             target = resolve(dep)
@@ -137,9 +155,12 @@ class _Examined:
     install_name: str | None
     #: eviction reason; "" for a silent skip; None when eligible
     reason: str | None
-    #: decoded LINKEDIT of an eligible dylib, handed back to the parent's MachOFile
+    #: decoded LINKEDIT of an eligible dylib that the parent keeps (its exports), handed back
+    #: to the parent's MachOFile
     decoded: dict[str, object] | None = None
-    #: its split seg info was synthesized (it is in ``decoded``)
+    #: the facts of its fixups and split seg info (the arrays are in the scratch files)
+    facts: FixupFacts | None = None
+    #: its split seg info was synthesized (it is in the scratch files)
     synthesized: bool = False
 
 
@@ -185,7 +206,7 @@ def cache_install_name(image: MachOFile, f: InputFile, config: CacheConfig) -> s
     return own
 
 
-def _examine(f: InputFile, config: CacheConfig, aliases: dict[str, str]) -> _Examined:
+def _examine(f: InputFile, config: CacheConfig, aliases: dict[str, str], scratch: ScratchFiles) -> _Examined:
     loaded = _load(f, config)
     if isinstance(loaded, str):
         return _Examined(f.path or f.host_path, None, loaded)
@@ -199,6 +220,7 @@ def _examine(f: InputFile, config: CacheConfig, aliases: dict[str, str]) -> _Exa
     if config.apple_rules and not is_eligible_path(path):
         return _Examined(path, install, "path is not in a shared cache location")
     decoded: dict[str, object] | None = None
+    facts: FixupFacts | None = None
     synthesized = False
     try:
         reason = check_eligibility(image, path, config, install)
@@ -210,14 +232,18 @@ def _examine(f: InputFile, config: CacheConfig, aliases: dict[str, str]) -> _Exa
             except SplitSegSynthesisError as exc:
                 reason = f"no split seg info, and it cannot be synthesized: {exc}"
         if reason is None:
-            # the expensive decodes; they come back to the parent with the verdict
-            decoded = {"fixups": image.fixups, "split_seg": image.split_seg, "exports": image.exports}
+            # the exports come back to the parent with the verdict; the fixups and split seg
+            # info (checked by check_eligibility) go to the scratch files
             _check_linkedit_tables(image)
+            decoded = {"exports": image.exports}
+            facts = fixup_facts(image, scratch)
     except FormatError as exc:
         reason, decoded = f"malformed Mach-O: {exc}", None
     except Exception as exc:  # a bug of ours on odd input: costs this dylib, not the build
         reason, decoded = internal_error_reason(exc), None
-    return _Examined(path, install, reason, decoded, synthesized and decoded is not None)
+    if decoded is None:
+        return _Examined(path, install, reason)
+    return _Examined(path, install, reason, decoded, facts, synthesized)
 
 
 def internal_error_reason(exc: BaseException) -> str:
@@ -254,11 +280,12 @@ def _examine_all(
     config: CacheConfig,
     aliases: dict[str, str],
     jobs: int,
+    scratch: ScratchFiles,
     on_examined: Callable[[], None] | None = None,
 ) -> list[_Examined]:
     """Examine every file, in worker processes when there are enough of them."""
     return run_tasks(
-        lambda i: _examine(files[i], config, aliases),
+        lambda i: _examine(files[i], config, aliases, scratch),
         len(files),
         jobs if len(files) >= 16 else 1,
         on_result=on_examined,
@@ -269,6 +296,7 @@ def calculate_inputs(
     files: list[InputFile],
     aliases: dict[str, str],
     config: CacheConfig,
+    scratch: ScratchFiles,
     order_file: list[str] | None = None,
     jobs: int = 1,
     excluded: dict[str, str] | None = None,
@@ -278,7 +306,8 @@ def calculate_inputs(
     """Parse every input once, evict what cannot go into the cache, order the rest.
 
     ``excluded`` (path -> reason) are dylibs a later phase of an earlier attempt failed on:
-    they are evicted with that reason. ``root`` resolves dependency paths through the root's
+    they are evicted with that reason. The decoded fixups and split seg info of eligible dylibs
+    are written to ``scratch``. ``root`` resolves dependency paths through the root's
     symlinks (a dependency may name a cache dylib through a symlinked folder). ``on_examined``
     is called once per input file examined (progress).
     """
@@ -292,7 +321,7 @@ def calculate_inputs(
     #: install path of every file examined, eligible or not
     examined: set[str] = set()
     pending: list[tuple[InputFile, _Examined]] = []
-    for f, ex in zip(files, _examine_all(files, config, aliases, jobs, on_examined), strict=True):
+    for f, ex in zip(files, _examine_all(files, config, aliases, jobs, scratch, on_examined), strict=True):
         if ex.install_name:
             input_names.add(ex.install_name)
         if f.path:
@@ -331,7 +360,7 @@ def calculate_inputs(
         if ex.decoded is not None:
             image.__dict__.update(ex.decoded)  # fill the cached properties from the worker's decode
         f.path = ex.path
-        ci = CacheInput(f, image, mapped, synthesized_split_seg=ex.synthesized)
+        ci = CacheInput(f, image, mapped, synthesized_split_seg=ex.synthesized, facts=ex.facts)
         if ex.install_name != image.install_name and ex.install_name is not None:
             ci.cache_name = ex.install_name
         problem = _resolve_dependencies(ci, config, locate)
@@ -387,7 +416,7 @@ def calculate_inputs(
         unresolved = []
         for i, name in enumerate(names):
             try:
-                reason = index.missing_symbol(i)
+                reason = index.missing_symbol(i, nodes[i].bound_imports)
             except FormatError as exc:
                 reason = f"malformed Mach-O: {exc}"
             if reason is not None:

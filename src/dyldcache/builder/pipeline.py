@@ -15,8 +15,6 @@ import contextlib
 import os
 from collections.abc import Iterator
 
-import numpy as np
-
 from ..cache.verify import verify_cache
 from ..errors import BuildError, DyldCacheError, NothingPlacedError
 from ..interrupts import interrupts_deferred
@@ -33,6 +31,7 @@ from .optimizers import DylibResult, optimizers_for
 from .options import BuildOptions, BuildResult, cache_config
 from .output import OutputSet
 from .progress import BuildProgress
+from .scratch import ScratchFiles
 from .timing import Timer
 from .workers import run_tasks
 
@@ -67,6 +66,14 @@ class CacheBuilder:
         self.progress.phase(name)
         with self.timer.phase(name):
             yield
+            self._release_pages()
+
+    def _release_pages(self) -> None:
+        """Drop the input and output pages this process touched from its resident set."""
+        self.buffers.release_pages()
+        if self.inputs is not None:
+            for ci in self.inputs.dylibs:
+                ci.mapped.release_pages()
 
     def _jobs(self) -> int:
         return self.options.jobs or (os.cpu_count() or 1)
@@ -114,6 +121,11 @@ class CacheBuilder:
     def calculate_inputs(self) -> None:
         """Inputs: files, root, lists. Outputs: cacheDylibs in order, evictions, aliases."""
         o = self.options
+        main_name = f"dyld_shared_cache_{self.config.arch.name}"
+        with interrupts_deferred():  # the staging folder is removed by _discard once it is known
+            self.output = OutputSet(o.output_dir, main_name)
+        # the staging folder also holds the build's scratch files (removed with it)
+        scratch = self.buffers.scratch = ScratchFiles(self.output.staging)
         found = gather_inputs(o.root, o.dylib_list, o.paths)
         self.warnings += found.warnings
         order = read_list(o.order_file, "--dylib-order") if o.order_file is not None else None
@@ -125,6 +137,7 @@ class CacheBuilder:
             found.files,
             found.aliases,
             self.config,
+            scratch,
             order,
             self._jobs(),
             self.excluded,
@@ -160,13 +173,12 @@ class CacheBuilder:
         for optimizer in self.optimizers:
             optimizer.measure(model)
         model.total_vm_size = lay_out(model.subcaches, self.config)
-        main_name = f"dyld_shared_cache_{self.config.arch.name}"
-        with interrupts_deferred():  # the staging folder is removed by _discard once it is known
-            self.output = OutputSet(self.options.output_dir, main_name)
+        assert self.output is not None
+        main_name = self.output.main_name
         for sub in model.subcaches:
             mm = self.output.create(main_name + sub.suffix, sub.file_size)
             self.final_paths.append(self.output.final(main_name + sub.suffix))
-            self.buffers.add(sub, np.frombuffer(mm, dtype=np.uint8))
+            self.buffers.add(sub, mm)
 
     # -- phase 4 --------------------------------------------------------------------------------
 
@@ -182,12 +194,18 @@ class CacheBuilder:
         dylib = self._model().dylibs[index]
         result = DylibResult(index)
         try:
+            dylib.input.restore_decodes()
             for optimizer in self.optimizers:
                 optimizer.dylib_pass(dylib, self.buffers, result)
         except DyldCacheError as exc:
             result.error = str(exc)
         except Exception as exc:  # a bug of ours on odd input: costs this dylib, not the build
             result.error = internal_error_reason(exc)
+        finally:
+            # what this dylib's passes decoded and touched; later dylibs need none of it
+            dylib.input.drop_decodes()
+            dylib.input.mapped.release_pages()
+            self.buffers.release_pages()
         result.slides = None  # read by the bind pass in this process only
         return result
 

@@ -9,13 +9,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-import numpy as np
-
 from ..errors import BuildError
 from ..macho import constants as C
 from ..macho.exports_trie import Export
 from ..macho.file import MachOFile
-from ..macho.fixups import FixupKind, Import
+from ..macho.fixups import Import
 
 
 class ExportSource(Protocol):
@@ -126,18 +124,15 @@ class ExportIndex:
             return None
         raise BuildError(f"unknown library ordinal {ordinal} in {d.install_name} when binding '{imp.name}'")
 
-    def missing_symbol(self, client: int) -> str | None:
+    def missing_symbol(self, client: int, bound: Sequence[Import]) -> str | None:
         """Why a bind of ``dylibs[client]`` cannot be resolved (dyld-1162's message), or None.
+        ``bound``: the client's imports that at least one bind uses.
 
         dyld-1162 stops the whole build on such a bind; the builder instead evicts the client
         in phase 1 (cache-format.md §8.2), so that one dylib's bad bind costs only that dylib.
         """
         d = self.dylibs[client]
-        fx = d.image.fixups
-        recs = fx.records
-        used = recs["bind"][(recs["kind"] == FixupKind.BIND) | (recs["kind"] == FixupKind.AUTH_BIND)]
-        for k in np.unique(used).tolist():
-            imp = fx.imports[k]
+        for imp in bound:
             try:
                 found = self.resolve_export(client, imp)
             except BuildError as exc:
@@ -148,8 +143,9 @@ class ExportIndex:
                 return f"weak-def symbol ({imp.name}) not found in dyld cache"
             deps = d.dependents
             where = "unknown"
-            if 1 <= imp.ordinal <= len(deps) and deps[imp.ordinal - 1][0] is not None:
-                where = self.dylibs[deps[imp.ordinal - 1][0]].install_name
+            dep = deps[imp.ordinal - 1][0] if 1 <= imp.ordinal <= len(deps) else None
+            if dep is not None:
+                where = self.dylibs[dep].install_name
             elif imp.ordinal == C.BIND_SPECIAL_DYLIB_SELF:
                 where = d.install_name
             return f"Symbol not found: {imp.name} (referenced from {d.install_name}, expected in {where})"

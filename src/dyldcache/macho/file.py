@@ -36,6 +36,7 @@ __all__ = [
     "format_version",
     "open_macho",
     "parse_macho",
+    "release_pages",
 ]
 
 
@@ -108,12 +109,27 @@ class MappedFile:
         finally:
             os.close(fd)
 
+    def release_pages(self) -> None:
+        """Drop the pages read so far from this process's resident set (the mapping stays
+        valid: a later read maps them again from the page cache)."""
+        release_pages(self._mmap)
+
     def close(self) -> None:
         """Release the mapping; views handed out must have been dropped first."""
         self.data.release()
         if self._mmap is not None:
             self._mmap.close()
             self._mmap = None
+
+
+def release_pages(mm: mmap.mmap | None) -> None:
+    """``madvise(MADV_DONTNEED)`` on a shared file mapping: its pages leave the resident set
+    (written ones stay in the page cache, owned by the file). A no-op where it is unsupported."""
+    if mm is not None and not mm.closed and _DONTNEED is not None:
+        mm.madvise(_DONTNEED)
+
+
+_DONTNEED: int | None = getattr(mmap, "MADV_DONTNEED", None)
 
 
 def parse_macho(

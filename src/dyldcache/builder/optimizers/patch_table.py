@@ -15,7 +15,6 @@ from typing import ClassVar
 import numpy as np
 
 from ...errors import BuildError
-from ...macho.fixups import FixupKind
 from ...names import encode_name
 from ..bind import USE_DTYPE, BindResult
 from ..buffers import CacheBuffers
@@ -92,12 +91,10 @@ def estimate_size(dylibs: list[CacheDylib]) -> int:
     """Upper bound on the emitted size, from the input dylibs' binds (an 8-byte multiple)."""
     locations = exports = names = clients = 0
     for d in dylibs:
-        fx = d.image.fixups
-        kinds = fx.records["kind"]
-        nbind = int(np.count_nonzero((kinds == FixupKind.BIND) | (kinds == FixupKind.AUTH_BIND)))
-        locations += nbind
-        exports += len(fx.imports)
-        names += sum(len(encode_name(i.name)) + 1 for i in fx.imports)
+        facts = d.input.fixup_facts
+        locations += facts.bind_count
+        exports += len(facts.imports)
+        names += sum(len(encode_name(i.name)) + 1 for i in facts.imports)
         clients += len(d.dependents) + 1
     size = (
         _HEADER.size

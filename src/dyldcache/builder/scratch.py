@@ -1,0 +1,79 @@
+"""Scratch files of one build: bulk numpy arrays that a later phase reads back, kept on disk
+instead of in the builder's memory (``docs/architecture.md``, "Memory").
+
+Each process (the builder or a forked worker) appends to its own file in the build's staging
+folder, which is removed with everything in it when the build ends. An array written here is
+known by a :class:`ScratchArray` (file, offset, count, dtype): a few dozen bytes that pickle
+cheaply back to the builder, and that any process of the build can read the array from.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import BuildError
+
+#: name of each process's file in the scratch folder (the process id follows)
+SCRATCH_PREFIX = "scratch."
+
+
+@dataclass(frozen=True, slots=True)
+class ScratchArray:
+    path: str
+    #: byte offset in the file and number of elements
+    offset: int
+    count: int
+    dtype: np.dtype
+
+    def load(self) -> np.ndarray:
+        """The array, read into memory of this process's own."""
+        if self.count == 0:
+            return np.zeros(0, dtype=self.dtype)
+        try:
+            out = np.fromfile(self.path, dtype=self.dtype, count=self.count, offset=self.offset)
+        except OSError as exc:
+            raise BuildError(f"{self.path}: cannot read the build's scratch file: {exc.strerror}") from None
+        if len(out) != self.count:
+            raise BuildError(
+                f"internal: {self.path} is short (read {len(out)} of {self.count} at {self.offset})"
+            )
+        return out
+
+    def part(self, start: int, stop: int) -> ScratchArray:
+        """Elements ``start:stop`` of this array."""
+        return ScratchArray(self.path, self.offset + start * self.dtype.itemsize, stop - start, self.dtype)
+
+
+class ScratchFiles:
+    """Appends arrays to one file per process in ``folder``."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+        #: process id -> (descriptor, bytes written): a forked worker opens a file of its own
+        self._files: dict[int, tuple[int, int]] = {}
+
+    def write(self, array: np.ndarray) -> ScratchArray:
+        pid = os.getpid()
+        path = os.path.join(self.folder, f"{SCRATCH_PREFIX}{pid}")
+        raw = memoryview(np.ascontiguousarray(array).view(np.uint8).reshape(-1).data)
+        try:
+            if pid not in self._files:
+                self._files[pid] = (os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), 0)
+            fd, at = self._files[pid]
+            view = raw
+            while view:
+                view = view[os.write(fd, view) :]
+        except OSError as exc:
+            raise BuildError(f"{path}: cannot write the build's scratch file: {exc.strerror}") from None
+        self._files[pid] = (fd, at + len(raw))
+        return ScratchArray(path, at, len(array), array.dtype)
+
+    def close(self) -> None:
+        """Close the files this process opened (a worker's close when it exits)."""
+        for pid, (fd, _) in list(self._files.items()):
+            if pid == os.getpid():
+                os.close(fd)
+                del self._files[pid]
