@@ -181,9 +181,18 @@ def hash_pages(data: memoryview | bytes, page_size: int, hash_type: int = CS_HAS
 
 
 def build_code_signature(
-    data: memoryview | bytes, *, identifier: str, page_size: int, exec_seg_base: int, exec_seg_limit: int
+    data: memoryview | bytes,
+    *,
+    identifier: str,
+    page_size: int,
+    exec_seg_base: int,
+    exec_seg_limit: int,
+    page_hashes: bytes | None = None,
 ) -> bytes:
-    """An ad-hoc SHA-256 embedded signature over ``data``: the whole file up to the signature."""
+    """An ad-hoc SHA-256 embedded signature over ``data``: the whole file up to the signature.
+
+    ``page_hashes``: ``hash_pages(data, page_size)`` when the caller has them already (the
+    builder hashes a large file window by window); ``data`` is then only measured."""
     log2 = _log2_page(page_size)
     data = _byte_view(data)
     code_limit = len(data)
@@ -211,7 +220,11 @@ def build_code_signature(
     )
     # special slots sit just before code slot 0, most negative first: -2 then -1
     special = hashlib.sha256(EMPTY_REQUIREMENTS).digest() + bytes(_SHA256_SIZE)
-    cd_bytes = cd.pack() + ident + special + hash_pages(data, page_size)
+    if page_hashes is None:
+        page_hashes = hash_pages(data, page_size)
+    elif len(page_hashes) != n_slots * _SHA256_SIZE:
+        raise ValueError(f"{len(page_hashes)} bytes of page hashes for {n_slots} pages")
+    cd_bytes = cd.pack() + ident + special + page_hashes
     assert len(cd_bytes) == cd_len
     reqs_offset = _CD_OFFSET + cd_len
     cms_offset = reqs_offset + len(EMPTY_REQUIREMENTS)

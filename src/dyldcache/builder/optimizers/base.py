@@ -29,8 +29,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-import numpy as np
-
 from ..adjust import PointerSlides
 from ..bind import BindResult
 from ..buffers import CacheBuffers
@@ -46,7 +44,8 @@ class DylibResult:
     everything on it pickles; ``slides`` stays in the worker."""
 
     index: int
-    #: every pointer and bind use of the dylib in cache terms (binds_to_rebases.py)
+    #: every pointer and bind use of the dylib in cache terms (binds_to_rebases.py); slide
+    #: info moves the pointers to the scratch files (slide_info.py)
     bound: BindResult | None = None
     #: optimizer name -> what its dylib pass left for its emit step
     extras: dict[str, object] = field(default_factory=dict)
@@ -94,8 +93,3 @@ class Optimizer:
 
     def finalize(self, model: CacheModel, buffers: CacheBuffers) -> None:
         """Phase 7, after every header is written."""
-
-
-def pointers_of(results: Sequence[DylibResult]) -> list[np.ndarray]:
-    """The bound pointer arrays of every dylib (CACHE_POINTER_FIELDS)."""
-    return [r.bound.pointers for r in results if r.bound is not None]

@@ -15,13 +15,14 @@ import numpy as np
 from ...cache.code_signature import (
     build_code_signature,
     code_directory,
+    hash_pages,
     signature_size,
     uuid_from_code_directory,
 )
 from ...cache.format import CacheHeader, SubcacheEntry
 from ...errors import BuildError
 from ..buffers import CacheBuffers
-from ..config import REGION_ALIGNMENT, CacheConfig
+from ..config import MEMORY_WINDOW, REGION_ALIGNMENT, CacheConfig
 from ..layout import Chunk, ChunkKind, RegionKind, SubCache, SubCacheKind, layout_files
 from ..model import CacheModel
 from ..types import align_up
@@ -34,7 +35,19 @@ def _put_at(buf: np.ndarray, offset: int, raw: bytes) -> None:
     buf[offset : offset + len(raw)] = np.frombuffer(raw, dtype=np.uint8)
 
 
-def sign_file(buf: np.ndarray, sub: SubCache, signature: Chunk, cfg: CacheConfig) -> bytes:
+def _hash_windows(buffers: CacheBuffers, buf: np.ndarray, code_limit: int, page_size: int) -> bytearray:
+    """``hash_pages(buf[:code_limit])``, one window at a time, releasing each window's pages."""
+    out = bytearray()
+    window = max(page_size, MEMORY_WINDOW - MEMORY_WINDOW % page_size)
+    for start in range(0, code_limit, window):
+        out += hash_pages(buf[start : min(start + window, code_limit)].data, page_size)
+        buffers.release_pages()
+    return out
+
+
+def sign_file(
+    buffers: CacheBuffers, buf: np.ndarray, sub: SubCache, signature: Chunk, cfg: CacheConfig
+) -> bytes:
     """Sign one file into its signature chunk; returns its UUID (written into its header too)."""
     code_limit = signature.file_offset
     text = sub.regions.get(RegionKind.TEXT)
@@ -47,13 +60,17 @@ def sign_file(buf: np.ndarray, sub: SubCache, signature: Chunk, cfg: CacheConfig
     uuid_off = CacheHeader.offset_of("uuid")
     _put_at(buf, uuid_off, bytes(_UUID_SIZE))
 
+    page = cfg.code_sign_page_size
+    hashes = _hash_windows(buffers, buf, code_limit, page)
+
     def sign() -> bytes:
         blob = build_code_signature(
             buf[:code_limit].data,
             identifier=cfg.code_sign_identifier,
-            page_size=cfg.code_sign_page_size,
+            page_size=page,
             exec_seg_base=exec_base,
             exec_seg_limit=exec_limit,
+            page_hashes=bytes(hashes),
         )
         if len(blob) > signature.size:
             raise BuildError("internal: code signature outgrew its reservation")
@@ -64,6 +81,10 @@ def sign_file(buf: np.ndarray, sub: SubCache, signature: Chunk, cfg: CacheConfig
     # the UUID is a hash of the signed bytes with a zero UUID; the bytes are then signed again
     uuid = uuid_from_code_directory(code_directory(sign()))
     _put_at(buf, uuid_off, uuid)
+    # the UUID is in the first page, the only one that changed: hash it again, sign again
+    assert uuid_off + _UUID_SIZE <= page
+    first = hash_pages(buf[: min(page, code_limit)].data, page)
+    hashes[: len(first)] = first
     sign()
     return uuid
 
@@ -93,7 +114,7 @@ class CodeSign(Optimizer):
         for sub in [*model.subcaches[1:], model.main]:
             if sub.kind is SubCacheKind.MAIN:
                 _record_uuids(buffers.of(sub), model.subcaches, uuids)
-            uuids[sub] = sign_file(buffers.of(sub), sub, self.chunks[sub], model.config)
+            uuids[sub] = sign_file(buffers, buffers.of(sub), sub, self.chunks[sub], model.config)
 
 
 def _record_uuids(main: np.ndarray, subcaches: list[SubCache], uuids: dict[SubCache, bytes]) -> None:

@@ -3,17 +3,29 @@ let dyld slide each pointer the bind pass left (``docs/cache-format.md`` §4; th
 calculateSlideInfoSize in phase 3 and computeSlideInfo in phase 6).
 
 Phase 5 checks each dylib's pointers on scratch pages first, so that a dylib with a pointer
-the format cannot express is evicted instead of failing the whole cache.
+the format cannot express is evicted instead of failing the whole cache, then writes them to
+the build's scratch files, cut by data region. Phase 6 encodes each region one window of
+pages at a time, from the pieces that fall in the window, and joins the windows' page starts
+(and v2 page extras): memory stays bounded by a window's pointers whatever the cache size.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 
+from ...cache.format import (
+    DYLD_CACHE_SLIDE_PAGE_ATTR_EXTRA,
+    DYLD_CACHE_SLIDE_PAGE_VALUE,
+    SlideInfo2,
+    SlideInfo3,
+    SlideInfo5,
+)
 from ...cache.slide_info import (
     CACHE_POINTER_DTYPE,
     encode_slide_info_v2,
@@ -25,17 +37,20 @@ from ...errors import BuildError
 from ..bind import CACHE_POINTER_FIELDS
 from ..buffers import CacheBuffers
 from ..cache_dylib import CacheDylib
-from ..config import CacheConfig
+from ..config import MEMORY_WINDOW, CacheConfig
 from ..headers import HeaderFields
-from ..layout import Chunk, ChunkKind, RegionKind, SubCache, layout_files
+from ..layout import Chunk, ChunkKind, Region, RegionKind, SubCache, layout_files
 from ..model import CacheModel
-from .base import DylibResult, Optimizer, pointers_of
+from ..scratch import ScratchArray
+from .base import DylibResult, Optimizer
 
 _DATA_REGIONS = (RegionKind.DATA_CONST, RegionKind.DATA, RegionKind.AUTH, RegionKind.AUTH_CONST)
 #: the fields a slide-info encoder takes from a bound pointer
 _POINTER_FIELDS = ("target", "high8", "auth", "key", "addr_div", "diversity")
 #: pointers further apart than this are checked in separate scratch buffers
 _SCRATCH_GAP = 1 << 20
+_MAPPING_OFFSET = re.compile(r"pointer at mapping offset (0x[0-9a-f]+)")
+_MAPPING_SIZE = re.compile(r"does not fit in the mapping \((0x[0-9a-f]+) bytes\)")
 
 
 def encode_slide_info(cfg: CacheConfig, mapping: memoryview, pointers: np.ndarray) -> bytes:
@@ -76,11 +91,60 @@ def check_slide_pointers(cfg: CacheConfig, pointers: np.ndarray) -> str | None:
         except ValueError as exc:
             # the encoder names a mapping offset; the user wants the cache address
             message = str(exc)
-            m = re.search(r"pointer at mapping offset (0x[0-9a-f]+)", message)
+            m = _MAPPING_OFFSET.search(message)
             if m is not None:
                 message = message.replace(m.group(0), f"pointer at {lo + int(m.group(1), 16):#x}")
             return message
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class SpilledPointers:
+    """One dylib's bound pointers in the scratch files: (index of the data region, the piece,
+    its lowest and highest location) per region, and the lowest location outside every data
+    region (an error in phase 6), if any."""
+
+    pieces: list[tuple[int, ScratchArray, int, int]]
+    outside: int | None
+
+
+def join_slide_info(version: int, blobs: list[bytes]) -> bytes:
+    """One blob from the blobs of consecutive windows of a mapping (each a whole number of
+    pages): their page starts one after the other; v2 page extras too, each window's start
+    indexes moved past the extras of the windows before it."""
+    if len(blobs) == 1:
+        return blobs[0]
+    if version == 2:
+        headers = [SlideInfo2.unpack_from(b) for b in blobs]
+        starts, extras = [], []
+        before = 0
+        for h, b in zip(headers, blobs, strict=True):
+            st = np.frombuffer(b, dtype="<u2", count=h.page_starts_count, offset=h.page_starts_offset).copy()
+            has = (st & DYLD_CACHE_SLIDE_PAGE_ATTR_EXTRA) != 0
+            index = (st[has] & DYLD_CACHE_SLIDE_PAGE_VALUE).astype(np.int64) + before
+            if index.size and int(index.max()) > DYLD_CACHE_SLIDE_PAGE_VALUE:
+                raise ValueError(f"page extras index {int(index.max())} does not fit in 14 bits")
+            st[has] = (index | DYLD_CACHE_SLIDE_PAGE_ATTR_EXTRA).astype("<u2")
+            starts.append(st)
+            extras.append(
+                np.frombuffer(b, dtype="<u2", count=h.page_extras_count, offset=h.page_extras_offset)
+            )
+            before += h.page_extras_count
+        npages = sum(h.page_starts_count for h in headers)
+        header2 = dataclasses.replace(
+            headers[0],
+            page_starts_count=npages,
+            page_extras_offset=SlideInfo2.SIZE + 2 * npages,
+            page_extras_count=before,
+        )
+        return header2.pack() + np.concatenate(starts).tobytes() + np.concatenate(extras).tobytes()
+    record = SlideInfo3 if version == 3 else SlideInfo5
+    heads = [record.unpack_from(b) for b in blobs]
+    npages = sum(h.page_starts_count for h in heads)
+    joined = b"".join(
+        b[record.SIZE : record.SIZE + 2 * h.page_starts_count] for h, b in zip(heads, blobs, strict=True)
+    )
+    return dataclasses.replace(heads[0], page_starts_count=npages).pack() + joined
 
 
 class SlideInfo(Optimizer):
@@ -112,26 +176,43 @@ class SlideInfo(Optimizer):
             chunk.size = slide_info_size(cfg.slide_info_version, region.vm_size, cfg.slide_page_size)
 
     def dylib_pass(self, dylib: CacheDylib, buffers: CacheBuffers, result: DylibResult) -> None:
-        assert self.config is not None and result.bound is not None
-        problem = check_slide_pointers(self.config, result.bound.pointers)
+        assert self.config is not None and result.bound is not None and buffers.scratch is not None
+        pointers = result.bound.pointers
+        problem = check_slide_pointers(self.config, pointers)
         if problem is not None:
             raise BuildError(f"a pointer cannot be slid: {problem}")
+        # to the scratch files, sorted, cut by region; the result keeps where they are
+        pointers = pointers[np.argsort(pointers["location"], kind="stable")]
+        locations = pointers["location"]
+        spilled = buffers.scratch.write(pointers)
+        pieces: list[tuple[int, ScratchArray, int, int]] = []
+        inside = np.zeros(len(pointers), dtype=bool)
+        for k, (sub, kind) in enumerate(self.chunks):
+            region = sub.regions[kind]
+            lo = int(np.searchsorted(locations, region.vm_addr))
+            hi = int(np.searchsorted(locations, region.vm_end))
+            if hi > lo:
+                pieces.append((k, spilled.part(lo, hi), int(locations[lo]), int(locations[hi - 1])))
+                inside[lo:hi] = True
+        outside = None if inside.all() else int(locations[np.flatnonzero(~inside)[0]])
+        result.extras[self.name] = SpilledPointers(pieces, outside)
+        result.bound.pointers = pointers[:0]
 
     def emit(self, model: CacheModel, buffers: CacheBuffers, results: Sequence[DylibResult]) -> None:
         """Encode every data region's pointers (after every step that writes pointers)."""
-        arrays = pointers_of(results)
-        pointers = np.concatenate(arrays) if arrays else np.zeros(0, dtype=CACHE_POINTER_FIELDS)
-        pointers = pointers[np.argsort(pointers["location"], kind="stable")]
-        claimed = np.zeros(len(pointers), dtype=bool)
-        for (sub, kind), chunk in self.chunks.items():
+        spilled = [r.extras[self.name] for r in results if self.name in r.extras]
+        by_region: dict[int, list[tuple[ScratchArray, int, int]]] = {}
+        outside = []
+        for s in spilled:
+            assert isinstance(s, SpilledPointers)
+            for k, piece, lo, hi in s.pieces:
+                by_region.setdefault(k, []).append((piece, lo, hi))
+            if s.outside is not None:
+                outside.append(s.outside)
+        for k, ((sub, kind), chunk) in enumerate(self.chunks.items()):
             region = sub.regions[kind]
-            lo = np.searchsorted(pointers["location"], region.vm_addr)
-            hi = np.searchsorted(pointers["location"], region.vm_end)
-            claimed[lo:hi] = True
-            p = _mapping_pointers(pointers[lo:hi], region.vm_addr)
-            mapping = buffers.of(sub)[region.file_offset : region.file_end].data
             try:
-                blob = encode_slide_info(model.config, mapping, p)
+                blob = self._encode_region(model.config, buffers, sub, region, by_region.get(k, []))
             except ValueError as exc:
                 raise BuildError(f"slide info for {kind.name}: {exc}") from None
             if len(blob) > chunk.size:
@@ -140,12 +221,54 @@ class SlideInfo(Optimizer):
                 )
             buffers.put(chunk, blob)
             self.used[chunk] = len(blob)
-        if not np.all(claimed):
-            k = int(np.flatnonzero(~claimed)[0])
+        if outside:
             raise BuildError(
-                f"pointer at {int(pointers['location'][k]):#x} is outside every data mapping "
+                f"pointer at {min(outside):#x} is outside every data mapping "
                 "(text relocations are not supported)"
             )
+
+    @staticmethod
+    def _encode_region(
+        cfg: CacheConfig,
+        buffers: CacheBuffers,
+        sub: SubCache,
+        region: Region,
+        pieces: list[tuple[ScratchArray, int, int]],
+    ) -> bytes:
+        """The region's slide info, encoded one MEMORY_WINDOW of its mapping at a time."""
+        size = region.file_end - region.file_offset
+        blobs = []
+        for start in range(0, max(size, 1), MEMORY_WINDOW):
+            length = min(MEMORY_WINDOW, size - start)
+            lo = region.vm_addr + start
+            # the last window takes every pointer up to the region's end, so that one past
+            # the file-backed part fails in the encoder as it would in one piece
+            hi = lo + length if start + MEMORY_WINDOW < size else region.vm_end
+            parts = []
+            for piece, first, last in pieces:  # in cache order, as the pointers were bound
+                if first < hi and last >= lo:
+                    ptrs = piece.load()
+                    loc = ptrs["location"]
+                    parts.append(ptrs[np.searchsorted(loc, lo) : np.searchsorted(loc, hi)])
+            window = np.concatenate(parts) if parts else np.zeros(0, dtype=CACHE_POINTER_FIELDS)
+            window = window[np.argsort(window["location"], kind="stable")]
+            at = region.file_offset + start
+            mapping = buffers.of(sub)[at : at + length].data
+            try:
+                blobs.append(encode_slide_info(cfg, mapping, _mapping_pointers(window, lo)))
+            except ValueError as exc:  # offsets and sizes as the whole mapping has them
+                message = str(exc)
+                m = _MAPPING_OFFSET.search(message)
+                if m is not None:
+                    offset = start + int(m.group(1), 16)
+                    message = message.replace(m.group(0), f"pointer at mapping offset {offset:#x}")
+                m = _MAPPING_SIZE.search(message)
+                if m is not None:
+                    message = message.replace(m.group(0), f"does not fit in the mapping ({size:#x} bytes)")
+                raise ValueError(message) from None
+            del window, parts, mapping
+            buffers.release_pages()
+        return join_slide_info(cfg.slide_info_version, blobs)
 
     def header_fields(self, model: CacheModel, sub: SubCache, fields: HeaderFields) -> None:
         for (s, kind), chunk in self.chunks.items():
