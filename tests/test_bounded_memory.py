@@ -13,7 +13,9 @@ fail:
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +34,8 @@ from dyldcache.cache.slide_info import (
     encode_slide_info_v3,
     encode_slide_info_v5,
 )
+from dyldcache.macho.exports_trie import Export
+from dyldcache.macho.fixups import Import
 
 
 def _random_pointers(rng: np.random.Generator, size: int, page: int, version: int) -> np.ndarray:
@@ -164,3 +168,21 @@ def test_the_builder_keeps_no_decoded_fixups_and_no_pointers(
     builder.post_dylib_emit()
     builder.finalize()
     assert not [n for n in os.listdir(out) if n.startswith(STAGING_PREFIX)], "scratch files left behind"
+
+
+def test_exports_and_imports_pickle_field_for_field() -> None:
+    """Phase 1's workers send every export back; Export and Import pickle through __reduce__."""
+    export = Export("_a", 0x4 | 0x8, 0x1234, 0x5678, 3, "_b")
+    imp = Import("_c", -3, True)
+    for obj in (export, imp):
+        back = pickle.loads(pickle.dumps(obj))
+        assert back == obj and type(back) is type(obj)
+    assert [f.name for f in dataclasses.fields(Export)] == [
+        "name",
+        "flags",
+        "address",
+        "resolver",
+        "ordinal",
+        "import_name",
+    ], "Export.__reduce__ lists the fields in this order"
+    assert [f.name for f in dataclasses.fields(Import)] == ["name", "ordinal", "weak"]

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..macho import constants as C
-from ..macho.exports_trie import Export, TrieShape
+from ..macho.exports_trie import Export
 from ..macho.file import MachOFile, Segment
 from ..synth.synthesize import ADRP_PAGE
 from .config import MACH_HEADER_ALIGNMENT, CacheConfig
@@ -112,8 +112,6 @@ class CacheDylib:
     linkedit: DylibLinkedit | None = None
     #: dependency install names resolved to cache dylib indexes (None = missing weak dylib)
     dependents: list[tuple[int | None, str]] = field(default_factory=list)
-    #: the exports kept in the cache and their trie's shape (remove_unused_linkedit.py fills it once)
-    export_plan: tuple[list[Export], TrieShape] | None = None
 
     @property
     def image(self) -> MachOFile:

@@ -27,6 +27,7 @@ from .fixup_facts import FixupFacts, fixup_facts
 from .input_files import InputFile, RootFS
 from .install_names import LOADER_PATH, is_relative_name, resolve_load
 from .load_commands import load_command_room_problem
+from .rebuilt_exports import exports_size_bound
 from .scratch import ScratchFiles
 from .symbol_resolution import ExportIndex
 from .workers import run_tasks
@@ -85,6 +86,8 @@ class CacheInput:
     rpaths_resolved: bool = False
     #: what phases 1-4 need of its fixups (phase 1's workers decode them; nobody keeps them)
     facts: FixupFacts | None = None
+    #: bytes its rebuilt export trie can take at most (rebuilt_exports.py)
+    exports_size_bound: int = 0
 
     @property
     def install_name(self) -> str:
@@ -162,6 +165,8 @@ class _Examined:
     facts: FixupFacts | None = None
     #: its split seg info was synthesized (it is in the scratch files)
     synthesized: bool = False
+    #: bytes its rebuilt export trie can take at most
+    exports_size_bound: int = 0
 
 
 def _load(f: InputFile, config: CacheConfig) -> tuple[MappedFile, MachOFile] | str:
@@ -222,6 +227,7 @@ def _examine(f: InputFile, config: CacheConfig, aliases: dict[str, str], scratch
     decoded: dict[str, object] | None = None
     facts: FixupFacts | None = None
     synthesized = False
+    trie_bound = 0
     try:
         reason = check_eligibility(image, path, config, install)
         if reason is None and image.split_seg_version is None:
@@ -237,13 +243,14 @@ def _examine(f: InputFile, config: CacheConfig, aliases: dict[str, str], scratch
             _check_linkedit_tables(image)
             decoded = {"exports": image.exports}
             facts = fixup_facts(image, scratch)
+            trie_bound = exports_size_bound(image.exports)
     except FormatError as exc:
         reason, decoded = f"malformed Mach-O: {exc}", None
     except Exception as exc:  # a bug of ours on odd input: costs this dylib, not the build
         reason, decoded = internal_error_reason(exc), None
     if decoded is None:
         return _Examined(path, install, reason)
-    return _Examined(path, install, reason, decoded, facts, synthesized)
+    return _Examined(path, install, reason, decoded, facts, synthesized, trie_bound)
 
 
 def internal_error_reason(exc: BaseException) -> str:
@@ -360,7 +367,14 @@ def calculate_inputs(
         if ex.decoded is not None:
             image.__dict__.update(ex.decoded)  # fill the cached properties from the worker's decode
         f.path = ex.path
-        ci = CacheInput(f, image, mapped, synthesized_split_seg=ex.synthesized, facts=ex.facts)
+        ci = CacheInput(
+            f,
+            image,
+            mapped,
+            synthesized_split_seg=ex.synthesized,
+            facts=ex.facts,
+            exports_size_bound=ex.exports_size_bound,
+        )
         if ex.install_name != image.install_name and ex.install_name is not None:
             ci.cache_name = ex.install_name
         problem = _resolve_dependencies(ci, config, locate)

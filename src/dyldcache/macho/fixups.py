@@ -65,6 +65,10 @@ class Import:
     ordinal: int
     weak: bool = False
 
+    def __reduce__(self) -> tuple[type[Import], tuple[str, int, bool]]:
+        # faster than a slotted dataclass's default pickling (see Export.__reduce__)
+        return (Import, (self.name, self.ordinal, self.weak))
+
 
 @dataclass(frozen=True, slots=True)
 class WeakBind:

@@ -16,7 +16,7 @@ import numpy as np
 
 from ...errors import BuildError
 from ...macho import constants as C
-from ...macho.exports_trie import Export, TrieShape, export_payload
+from ...macho.exports_trie import Export
 from ...macho.format import (
     DyldInfoCommand,
     DylibCommand,
@@ -28,16 +28,14 @@ from ...macho.format import (
     SegmentCommand64,
     SymtabCommand,
 )
-from ...names import encode_name
 from ..buffers import CacheBuffers
 from ..cache_dylib import CacheDylib, DylibLinkedit
 from ..layout import Chunk, ChunkKind, RegionKind
 from ..load_commands import DROPPED_COMMANDS, DYLIB_COMMANDS, dylib_command, dylib_command_names
 from ..model import CacheModel
+from ..rebuilt_exports import encode_exports
 from ..types import CacheFileOffset, InputFileOffset, InputVMAddr, moved_address, moved_file_offset
 from .base import DylibResult, Optimizer
-
-_SKIPPED_EXPORT_PREFIXES = ("$ld$", ".objc_class_name", ".objc_category_name")
 
 
 class RemoveUnusedLinkedit(Optimizer):
@@ -55,7 +53,7 @@ class RemoveUnusedLinkedit(Optimizer):
                 sizes = {
                     # one entry per input entry (symbol_strings.py renumbers them)
                     "indirect": len(d.image.indirect_symbols) * 4,
-                    "exports": len(rebuilt_exports(d, estimate=True)),
+                    "exports": d.input.exports_size_bound,
                     "function_starts": len(d.image.linkedit_data(C.LC_FUNCTION_STARTS) or b""),
                     "data_in_code": len(d.image.linkedit_data(C.LC_DATA_IN_CODE) or b""),
                 }
@@ -251,37 +249,13 @@ def rewrite_load_commands(
     text_buf[hdr_off : hdr_off + len(blob)] = np.frombuffer(blob, dtype=np.uint8)
 
 
-def _export_plan(dylib: CacheDylib) -> tuple[list[Export], TrieShape]:
-    """The exports that stay in the cache and the shape of their trie (computed once per dylib)."""
-    if dylib.export_plan is None:
-        kept = [e for e in dylib.image.exports if not e.name.startswith(_SKIPPED_EXPORT_PREFIXES)]
-        dylib.export_plan = (kept, TrieShape(encode_name(e.name) for e in kept))
-    plan: tuple[list[Export], TrieShape] = dylib.export_plan
-    return plan
-
-
-def rebuilt_exports(dylib: CacheDylib, estimate: bool = False) -> bytes:
-    """The dylib's export trie with offsets of moved segments adjusted, padded to 8 bytes.
-
-    With ``estimate``, every non-absolute offset is bumped by 2 GiB instead: an upper bound on
-    the size whatever the final layout is (ULEB lengths only grow with the value).
-    """
-    exports, shape = _export_plan(dylib)
+def rebuilt_exports(dylib: CacheDylib) -> bytes:
+    """The dylib's export trie with offsets of moved segments adjusted, padded to 8 bytes."""
     base = dylib.image.base_address
-    text_slide = 0 if estimate else dylib.text.slide
-    payloads = []
-    for e in exports:
-        if e.is_reexport or e.is_absolute:
-            payloads.append(export_payload(e))
-            continue
-        if estimate:
-            delta = 1 << 31
-        else:
-            seg = dylib.segment_for_input_address(InputVMAddr(base + e.address))
-            delta = (seg.slide - text_slide) if seg is not None and seg.chunk is not None else 0
-        resolver = e.resolver + delta if e.is_resolver else e.resolver
-        payloads.append(
-            export_payload(Export(e.name, e.flags, e.address + delta, resolver, e.ordinal, e.import_name))
-        )
-    raw = shape.encode(payloads)
-    return raw + bytes(-len(raw) % 8)
+    text_slide = dylib.text.slide
+
+    def delta(e: Export) -> int:
+        seg = dylib.segment_for_input_address(InputVMAddr(base + e.address))
+        return (seg.slide - text_slide) if seg is not None and seg.chunk is not None else 0
+
+    return encode_exports(dylib.image.exports, delta)
