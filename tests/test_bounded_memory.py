@@ -27,6 +27,7 @@ from dyldcache.builder.optimizers import slide_info as slide_info_optimizer
 from dyldcache.builder.optimizers.slide_info import join_slide_info
 from dyldcache.builder.output import STAGING_PREFIX
 from dyldcache.builder.pipeline import BuildOptions, CacheBuilder, build_cache
+from dyldcache.cache.reader import DyldCache
 from dyldcache.cache.slide_info import (
     CACHE_POINTER_DTYPE,
     decode_slide_info,
@@ -34,6 +35,7 @@ from dyldcache.cache.slide_info import (
     encode_slide_info_v3,
     encode_slide_info_v5,
 )
+from dyldcache.errors import CacheFormatError
 from dyldcache.macho.exports_trie import Export
 from dyldcache.macho.fixups import Import
 
@@ -186,3 +188,49 @@ def test_exports_and_imports_pickle_field_for_field() -> None:
         "import_name",
     ], "Export.__reduce__ lists the fields in this order"
     assert [f.name for f in dataclasses.fields(Import)] == ["name", "ordinal", "weak"]
+
+
+@pytest.mark.parametrize("arch", ["arm64", "arm64e", "x86_64"])
+def test_slide_info_read_window_by_window_is_the_whole_mapping(
+    cache_factory: CacheFactory, tmp_path: Path, arch: str
+) -> None:
+    """CacheFile.slide_info_windows (what verify uses) against slide_info (one decode)."""
+    root = cache_factory.root(arch)
+    built = build_cache(BuildOptions(arch=arch, output_dir=str(tmp_path), root=root, jobs=1))
+    windows_seen = 0
+    with DyldCache.open(built.files[0]) as cache:
+        for f in cache.files:
+            for i in range(len(f.mappings)):
+                whole = f.slide_info(i)
+                if whole is None:
+                    continue
+                parts = list(f.slide_info_windows(i, window=16384))
+                windows_seen += len(parts)
+                np.testing.assert_array_equal(np.concatenate(parts), whole[1])
+    assert windows_seen >= 4, "the data mappings must span several 16 KiB windows"
+
+
+def test_a_broken_chain_in_a_later_window_reports_what_the_whole_decode_reports(
+    cache_factory: CacheFactory, tmp_path: Path
+) -> None:
+    root = cache_factory.root("arm64")
+    built = build_cache(BuildOptions(arch="arm64", output_dir=str(tmp_path), root=root, jobs=1))
+    path = built.files[0]
+    with DyldCache.open(path) as cache:
+        f = cache.files[0]
+        k, m = next((k, m) for k, m in enumerate(f.mappings) if m.slide_info_size and m.size > 0x8000)
+        first = m.slide_info_offset + 40  # v2: the page starts follow the 40-byte header
+        starts = np.frombuffer(bytes(f.data[first : first + 2 * (m.size // 4096)]), "<u2")
+        page = int(np.flatnonzero((starts != 0x4000) & (np.arange(len(starts)) >= 5))[0])
+        at = first + 2 * page
+    raw = bytearray(Path(path).read_bytes())
+    raw[at : at + 2] = (0x3FF).to_bytes(2, "little")  # a chain start past its page
+    Path(path).write_bytes(bytes(raw))
+    with DyldCache.open(path) as cache:
+        f = cache.files[0]
+        with pytest.raises(CacheFormatError) as whole:
+            f.slide_info(k)
+        with pytest.raises(CacheFormatError) as windowed:
+            list(f.slide_info_windows(k, window=16384))
+    assert str(windowed.value) == str(whole.value)
+    assert "outside its page" in str(whole.value)

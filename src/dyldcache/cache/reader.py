@@ -10,9 +10,11 @@ malformed input raises :class:`~dyldcache.errors.CacheFormatError` naming the fi
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import mmap
 import os
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from types import TracebackType
@@ -22,7 +24,7 @@ import numpy as np
 
 from ..errors import CacheFormatError, MachOFormatError, UsageError
 from ..macho import constants as C
-from ..macho.file import MachOFile
+from ..macho.file import MachOFile, release_pages
 from ..macho.format import NLIST64_DTYPE, LoadCommandHeader, MachHeader64, SegmentCommand64
 from ..macho.leb128 import uleb_decode
 from ..names import printable
@@ -37,6 +39,9 @@ from .format import (
     LocalSymbolsInfo,
     MappingAndSlideInfo,
     MappingInfo,
+    SlideInfo2,
+    SlideInfo3,
+    SlideInfo5,
     SubcacheEntry,
     SubcacheEntryV1,
     mapping_name,
@@ -45,6 +50,8 @@ from .format import (
 )
 from .slide_info import decode_slide_info
 
+#: bytes of a mapping whose pointers ``CacheFile.slide_info_windows`` decodes at once
+SLIDE_WINDOW = 64 << 20
 #: dyld maps at most this many mappings per file
 MAX_MAPPINGS = 8
 #: the kernel maps at most 256 files per shared region (main file included)
@@ -307,6 +314,61 @@ class CacheFile:
         return decode_slide_info(
             blob, self.mapping_bytes(m), m.address, self.path, m.slide_info_offset, null_links=null_links
         )
+
+    def slide_info_windows(self, index: int, window: int = SLIDE_WINDOW) -> Iterator[np.ndarray]:
+        """The pointers of mapping ``index`` (as :meth:`slide_info`, offsets from the mapping's
+        start), decoded ``window`` bytes of the mapping at a time: each window's page starts
+        (and v2's page extras) as a blob of its own, the window's pages released from this
+        process's resident set once decoded. A mapping of one window, or slide info v1, is
+        decoded whole; so is a mapping where a window fails, for the exact error."""
+        m = self.mappings[index]
+        version = self.slide_info_version(index)
+        blob = self.data[m.slide_info_offset : m.slide_info_offset + m.slide_info_size]
+        cls = SlideInfo2 if version == 2 else SlideInfo3 if version == 3 else SlideInfo5
+        h = None
+        if m.size > window and version in (2, 3, 5) and len(blob) >= cls.SIZE:
+            h = cls.unpack_from(blob, 0)
+            if h.page_size <= 0 or window % h.page_size:
+                h = None
+        if h is None:
+            decoded = self.slide_info(index)
+            if decoded is not None:
+                yield decoded[1]
+            return
+        try:
+            page = h.page_size
+            starts_at = h.page_starts_offset if isinstance(h, SlideInfo2) else cls.SIZE
+            per_window = window // page
+            for first in range(0, h.page_starts_count, per_window):
+                n = min(per_window, h.page_starts_count - first)
+                starts = bytes(blob[starts_at + 2 * first : starts_at + 2 * (first + n)])
+                if isinstance(h, SlideInfo2):
+                    extras = bytes(
+                        blob[h.page_extras_offset : h.page_extras_offset + 2 * h.page_extras_count]
+                    )
+                    head = dataclasses.replace(
+                        h,
+                        page_starts_offset=SlideInfo2.SIZE,
+                        page_starts_count=n,
+                        page_extras_offset=SlideInfo2.SIZE + 2 * n,
+                    )
+                    sub = head.pack() + starts + extras
+                else:
+                    sub = dataclasses.replace(h, page_starts_count=n).pack() + starts
+                lo = first * page
+                mapping = self.mapping_bytes(m)[lo : lo + n * page]
+                _, ptrs = decode_slide_info(sub, mapping, m.address + lo, self.path, m.slide_info_offset)
+                ptrs["offset"] += np.uint64(lo)
+                del mapping
+                self.release_pages()
+                yield ptrs
+        except CacheFormatError:
+            self.slide_info(index)  # the whole mapping's own error
+            raise
+
+    def release_pages(self) -> None:
+        """Drop the pages read so far from this process's resident set (they stay readable)."""
+        release_pages(self._mmap)
 
     def slide_info_version(self, index: int) -> int | None:
         """The version word of mapping ``index``'s slide info (cheap: nothing is decoded)."""

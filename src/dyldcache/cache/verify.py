@@ -19,7 +19,7 @@ import itertools
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -137,27 +137,39 @@ def _check_slide_info(cache: DyldCache) -> list[str]:
             if not m.slide_info_size:
                 continue
             try:
-                decoded = f.slide_info(i)
+                windows = list(_bad_targets(f.slide_info_windows(i), starts, ends))
             except CacheFormatError as exc:
                 out.append(f"{name}: slide info of {m.name}: {exc.message}")
                 continue
-            if decoded is None:
-                continue
-            version, ptrs = decoded
-            targets = ptrs["target"]
-            live = targets != 0
-            idx = np.searchsorted(starts, targets, side="right") - 1
-            inside = (idx >= 0) & (targets < ends[np.clip(idx, 0, len(ends) - 1)])
-            bad = np.flatnonzero(live & ~inside)
-            if len(bad):
-                k = int(bad[0])
-                page = int(ptrs["offset"][k]) // _page_size(version)
+            version = f.slide_info_version(i) or 0
+            bad = [w for w in windows if w[1]]
+            if bad:
+                offset, count, target = bad[0][0], sum(w[1] for w in bad), bad[0][2]
+                page = offset // _page_size(version)
                 out.append(
                     f"{name}: slide info v{version} of {m.name}, page {page}: pointer at "
-                    f"{m.address + int(ptrs['offset'][k]):#x} holds {int(targets[k]):#x}, outside the cache "
-                    f"({len(bad)} such pointers)"
+                    f"{m.address + offset:#x} holds {target:#x}, outside the cache "
+                    f"({count} such pointers)"
                 )
     return out
+
+
+def _bad_targets(
+    windows: Iterator[np.ndarray], starts: np.ndarray, ends: np.ndarray
+) -> Iterator[tuple[int, int, int]]:
+    """Per window of decoded pointers: (offset of the first pointer whose target is in no
+    mapping, how many there are, its target); (0, 0, 0) for a window without any."""
+    for ptrs in windows:
+        targets = ptrs["target"]
+        live = targets != 0
+        idx = np.searchsorted(starts, targets, side="right") - 1
+        inside = (idx >= 0) & (targets < ends[np.clip(idx, 0, len(ends) - 1)])
+        bad = np.flatnonzero(live & ~inside)
+        if len(bad):
+            k = int(bad[0])
+            yield int(ptrs["offset"][k]), len(bad), int(targets[k])
+        else:
+            yield 0, 0, 0
 
 
 def _page_size(version: int) -> int:
