@@ -5,7 +5,7 @@ fail:
   and the chained words that slide info's encoders (cache/slide_info.py) produce for the whole
   mapping at once, for v2 with page extras, v3 and v5;
 - a build that encodes slide info and hashes pages for the code signature 16 KiB at a time is
-  byte-identical to a normal build (32 MiB windows: one for every test cache);
+  byte-identical to a normal build (8 MiB windows: one for nearly every test cache);
 - the builder process keeps no decoded fixups or split seg info after phase 1, and no bound
   pointers after phase 5 (they are in the scratch files);
 - the scratch files go with the staging folder.

@@ -27,7 +27,7 @@ MACH_HEADER_ALIGNMENT = 0x1000
 #: bytes of a cache file that a serial step (slide info, code signing) works on at once before
 #: it releases their pages: what bounds the builder's resident output pages (a multiple of every
 #: slide and code-sign page size)
-MEMORY_WINDOW = 32 << 20
+MEMORY_WINDOW = 8 << 20
 #: VM reserved after the last LINKEDIT for dyld's dynamic data (dyld_cache_dynamic_data_header)
 DYNAMIC_CONFIG_SIZE = 0x4000
 

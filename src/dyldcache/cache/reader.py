@@ -51,7 +51,7 @@ from .format import (
 from .slide_info import decode_slide_info
 
 #: bytes of a mapping whose pointers ``CacheFile.slide_info_windows`` decodes at once
-SLIDE_WINDOW = 64 << 20
+SLIDE_WINDOW = 8 << 20
 #: dyld maps at most this many mappings per file
 MAX_MAPPINGS = 8
 #: the kernel maps at most 256 files per shared region (main file included)
