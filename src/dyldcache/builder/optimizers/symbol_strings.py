@@ -43,6 +43,7 @@ class DeduplicateSymbolStrings(Optimizer):
         mode = "unmap" if self.unmapped is not None else "keep"
         for le, group in groups.items():
             pool, tables = plan_symbol_tables(group, mode, self.unmapped)
+            pool.freeze()
             pool_chunk = le.add(Chunk("symbol strings", ChunkKind.SYMBOL_STRINGS, pool.size, 1))
             self.pools.append((pool, pool_chunk))
             for d in group:
