@@ -28,6 +28,7 @@ from typing import Any
 
 import objdump
 import pytest
+import split_seg_coverage as cov
 from apple_rules import headers, id_name, machos
 from cache_fixtures import RawCache, random_slide
 from conftest import python_module, run_cli
@@ -35,6 +36,9 @@ from standins import STANDIN_OBJECTS, StandIn, make_standins
 from wheel_corpus import CACHE_WHEELS, wheel_folders
 
 from dyldcache.builder.pipeline import BuildOptions, BuildResult, build_cache
+from dyldcache.errors import SplitSegSynthesisError
+from dyldcache.macho.file import open_macho
+from dyldcache.synth import synthesize_split_seg
 
 ARCHS = ("arm64", "x86_64")
 SITE = "/usr/local/lib/python3.11/site-packages"
@@ -136,6 +140,49 @@ def test_every_dylib_not_placed_has_a_named_reason(wheels: WheelBuild) -> None:
         assert _REFUSED.match(reason) or _STRANDED.match(reason), (path, reason)
     assert sorted(wheels.result.synthesized) == sorted(wheels.placed), "every wheel dylib needed synthesis"
     assert {s.install_name for s in wheels.standins} <= set(wheels.result.dylibs)
+
+
+#: an LLVM jump-table dispatch in llvm-objdump's text: range check, table base, entry load
+_DISPATCH = re.compile(
+    r"cmpl\t\$0x([0-9a-f]+), %\w+\n\s+[0-9a-f]+:\tja\t.*\n"
+    r"\s+[0-9a-f]+:\tleaq\t0x([0-9a-f]+)\(%rip\), %(\w+)\n"
+    r"\s+([0-9a-f]+):\tmovslq\t\(%\3,%r\w+,4\)"
+)
+
+
+def test_x86_64_jump_table_entry_into_another_segment_is_refused(tmp_path: Path) -> None:
+    """h5py's zlib (x86_64, no data-in-code) has jump tables in __text. llvm-objdump gives the
+    first: its base (the ``lea`` before ``movslq (base,index,4)``) and its length (``cmpl $n`` +
+    ``ja``: n + 1 entries). Its bytes are data: no synthesized entry lies in them. An entry
+    rewritten to reach __DATA (first, last, or far outside the image) refuses the dylib,
+    naming the table's section and offset: such an entry would change when segments move."""
+    (folder,) = [f for f in wheel_folders(CACHE_WHEELS["x86_64"]) if f.name.startswith("h5py-")]
+    src = folder / "h5py" / ".dylibs" / "libz.1.3.2.dylib"
+    found = _DISPATCH.search(objdump.run(src, "-d", "--no-show-raw-insn"))
+    assert found is not None
+    count, table = int(found.group(1), 16) + 1, int(found.group(2), 16) + int(found.group(4), 16)
+    data = src.read_bytes()
+    lay = cov.layout(data)
+    text = lay.names.index("__TEXT,__text")
+    data_start = lay.segments[lay.segment[lay.names.index("__DATA,__data")]][0]
+    assert lay.segment_of(table) == lay.segment[text]
+    entries = synthesize_split_seg(open_macho(src))
+    fields = [lay.addr[f] + fo for _, f, _, fo, _ in entries.tolist()]
+    assert fields and not [a for a in fields if table <= a < table + 4 * count]
+    (sect,) = [
+        s for s in objdump.private_headers(src).sections if (s.segname, s.sectname) == ("__TEXT", "__text")
+    ]
+    at = sect.offset + table - sect.addr
+    for k, target in ((0, data_start), (count - 1, data_start + 8), (count // 2, table - (1 << 28))):
+        mutated = bytearray(data)
+        struct.pack_into("<i", mutated, at + 4 * k, target - table)
+        path = tmp_path / f"libz-{k}.dylib"
+        path.write_bytes(bytes(mutated))
+        with pytest.raises(SplitSegSynthesisError) as err:
+            synthesize_split_seg(open_macho(path))
+        assert err.value.section == "__TEXT,__text", err.value
+        assert err.value.offset == table - sect.addr, err.value
+        assert "another segment" in err.value.message, err.value
 
 
 def _loads(raw: RawCache, name: str) -> list[tuple[str, str]]:
