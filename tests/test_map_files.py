@@ -74,6 +74,9 @@ def test_json_map_describes_the_cache(cache_factory: CacheFactory, key: str) -> 
     text = Path(built.main + ".json").read_text(encoding="utf-8")
     doc = json.loads(text)
     assert list(doc) == sorted(doc), "keys are sorted"
+    for img in doc["images"]:
+        assert list(img) == sorted(img), "keys are sorted at every level"
+        assert all(list(seg) == sorted(seg) for seg in img["segments"])
     assert set(doc) == {"base-address", "disposition", "evicted", "images", "uuid", "version"}
     assert doc["disposition"] == ""  # the device name of Apple's builds; none here
     assert doc["version"] == "1"
