@@ -27,6 +27,12 @@ from .x86_64_flow import CodeMap, explore
 _I64 = np.int64
 
 
+def _signed(address: int) -> int:
+    """The decoder's 64-bit address arithmetic wraps: an operand before address 0 (only in
+    corrupt code) comes back near 2**64; as a signed value it stays outside the image."""
+    return address - (1 << 64) if address >= 1 << 63 else address
+
+
 def _references(code: CodeMap, imap: ImageMap) -> tuple[list[int], list[int]]:
     """(field address, target) of every RIP-relative operand and rel32 branch of ``code``."""
     base = code.section.addr
@@ -43,10 +49,10 @@ def _references(code: CodeMap, imap: ImageMap) -> tuple[list[int], list[int]]:
             if offsets.displacement_size != 4:
                 raise imap.error(base + off, "a RIP-relative operand without a 32-bit displacement")
             fields.append(base + off + offsets.displacement_offset)
-            targets.append(insn.ip_rel_memory_address)
+            targets.append(_signed(insn.ip_rel_memory_address))
         elif insn.op0_kind == OpKind.NEAR_BRANCH64 and offsets.immediate_size == 4:
             fields.append(base + off + offsets.immediate_offset)
-            targets.append(insn.near_branch_target)
+            targets.append(_signed(insn.near_branch_target))
     return fields, targets
 
 

@@ -48,13 +48,21 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
-from iced_x86 import Code, Decoder, FlowControl, Instruction, Mnemonic, OpKind, Register, RegisterExt
+from iced_x86 import Code, Decoder, FlowControl, Instruction, OpKind, RegisterExt
 
 from ..errors import SplitSegSynthesisError
 from ..macho import constants as C
 from ..macho.file import MachOFile, Section
 from .code_sections import CodeRegion, code_regions
 from .image_map import ImageMap
+from .x86_64_instructions import (
+    copied_register,
+    ends_path,
+    implausible,
+    jumps_through,
+    left_alone,
+    rip_lea,
+)
 from .x86_64_tables import CALLER_SAVED, is_table_load, sum_register, table_use, written_registers
 
 #: the longest x86_64 instruction
@@ -63,8 +71,6 @@ MAX_INSTRUCTION = 15
 CHAIN = 64
 #: how many instructions a search for the definitions reaching a register may visit
 REACHING_BUDGET = 4096
-#: the most bytes of unreached instructions accepted between reached code (``_is_dead_code``)
-MAX_DEAD_CODE = 64
 #: how many times the descent may start over with newly found tables
 MAX_ROUNDS = 6
 #: byte states (``_Code.state``): 1..15 start an instruction of that length
@@ -75,27 +81,7 @@ _INSIDES = [bytes([_INSIDE]) * n for n in range(MAX_INSTRUCTION + 1)]
 #: instruction flags (``_Code.refs``)
 RIP_RELATIVE = 1
 REL32 = 2
-_PADDING = frozenset({Mnemonic.NOP, Mnemonic.INT3})
-#: the bytes of C strings: printable ASCII, tab, line breaks, NUL
-_TEXT = bytes([0, 9, 10, 13, *range(0x20, 0x7F)])
-_TERMINATORS = frozenset(
-    {FlowControl.UNCONDITIONAL_BRANCH, FlowControl.INDIRECT_BRANCH, FlowControl.RETURN, FlowControl.EXCEPTION}
-)
 _CALLS = frozenset({FlowControl.CALL, FlowControl.INDIRECT_CALL})
-_UNLIKELY = frozenset(
-    {Mnemonic.INT, Mnemonic.INTO, Mnemonic.XLATB, Mnemonic.IRET, Mnemonic.IRETD, Mnemonic.IRETQ}
-)
-_MOFFS = frozenset(
-    {
-        Code.MOV_AL_MOFFS8, Code.MOV_AX_MOFFS16, Code.MOV_EAX_MOFFS32, Code.MOV_RAX_MOFFS64,
-        Code.MOV_MOFFS8_AL, Code.MOV_MOFFS16_AX, Code.MOV_MOFFS32_EAX, Code.MOV_MOFFS64_RAX,
-    }
-)  # fmt: skip
-_OLD_SEGMENTS = frozenset({Register.ES, Register.CS, Register.SS, Register.DS})
-#: 32-bit base registers: an address-size prefix, which 64-bit code has no use for
-_GPR32 = frozenset(r for name, r in vars(Register).items() if name.isupper() and RegisterExt.is_gpr32(r))
-#: Code -> unlike compiled code, whatever the operands (filled as codes turn up)
-_UNLIKELY_CODES: dict[int, bool] = {}
 _MOVSXD = frozenset(c for name, c in vars(Code).items() if name.startswith("MOVSXD"))
 # enum members as plain ints for the decoding loop
 _INVALID = int(Code.INVALID)
@@ -265,7 +251,7 @@ class _Descent:
         #: tentative descents undone: where they started -> why
         self.undone: dict[int, _Undo] = {}
         self.log: list[tuple[_Code, int]] | None = None
-        #: tentative descents stop at instructions compilers do not emit (``_implausible``)
+        #: tentative descents stop at instructions compilers do not emit (``implausible``)
         #: until nothing else is left; those put off so far
         self.strict = True
         self.doubtful: list[int] = []
@@ -385,7 +371,7 @@ class _Descent:
                     self._fail(base + off, "bytes control flow reaches are no valid instruction")
                 if n > 1 and state.count(0, off + 1, off + n) != n - 1:
                     self._fail(base + off, "an instruction overlaps another instruction or data")
-                if strict and _implausible(insn, kind):
+                if strict and implausible(insn, kind):
                     raise _Undo(base + off, f"'{insn}' is unlike compiled code", doubtful=True)
                 state[off] = n
                 state[off + 1 : off + n] = _INSIDES[n - 1]
@@ -477,7 +463,7 @@ class _Descent:
         total = sum_register(load, after)
         if total is None:
             return  # an array of 32-bit integers, not a table of offsets
-        dispatch = next((int(i.ip) for i in after if _jumps_through(i, total)), None)
+        dispatch = next((int(i.ip) for i in after if jumps_through(i, total)), None)
         jump = dispatch is not None
         chain, taken = self._chain(code, address)
         use = table_use(chain, load, taken)
@@ -532,7 +518,7 @@ class _Descent:
             if is_table_load(insn) and sum_register(insn, chain[k + 1 :]) == reg:
                 return  # a table dispatch: ``_site`` resolves it
             if reg in written_registers(insn):
-                if _rip_lea(insn):
+                if rip_lea(insn):
                     self._label(insn.memory_displacement, address)
                 return
         if stage < _REACHING:
@@ -567,7 +553,7 @@ class _Descent:
         instruction before it if that falls through."""
         before = list(self.sources.get(address, []))
         previous = code.previous(address)
-        if previous is not None and not _ends_path(code.at(previous)):
+        if previous is not None and not ends_path(code.at(previous)):
             before.append(previous)
         return before
 
@@ -581,7 +567,7 @@ class _Descent:
         at = address
         while len(out) < CHAIN:
             previous = code.previous(at)
-            if previous is not None and not _ends_path(insn := code.at(previous)):
+            if previous is not None and not ends_path(insn := code.at(previous)):
                 out.append(insn)
                 at = previous
                 continue
@@ -610,7 +596,7 @@ class _Descent:
             at, reg = todo.pop()
             before = sources.get(at, [])
             previous = code.previous(at)
-            if previous is not None and not _ends_path(code.at(previous)):
+            if previous is not None and not ends_path(code.at(previous)):
                 before = [*before, previous]
             if not before or at in self.entries:
                 return None
@@ -625,9 +611,9 @@ class _Descent:
                     return None  # the value might come from the call
                 if reg not in written_registers(insn):
                     todo.append((p, reg))
-                elif _rip_lea(insn):
+                elif rip_lea(insn):
                     found.add(int(insn.memory_displacement))
-                elif (copied := _copied_register(insn)) is not None:
+                elif (copied := copied_register(insn)) is not None:
                     todo.append((p, copied))
                 else:
                     return None
@@ -641,7 +627,7 @@ class _Descent:
         out = []
         for off in np.flatnonzero((state > 0) & (state <= MAX_INSTRUCTION)).tolist():
             insn = code.at(lo + off)
-            if _rip_lea(insn) and reg in (None, RegisterExt.full_register(insn.op0_register)):
+            if rip_lea(insn) and reg in (None, RegisterExt.full_register(insn.op0_register)):
                 out.append(int(insn.memory_displacement))
         return out
 
@@ -716,7 +702,7 @@ class _Descent:
         starts = unknown[np.concatenate([[0], breaks + 1])]
         ends = unknown[np.concatenate([breaks, [len(unknown) - 1]])] + 1
         for lo, hi in zip(starts.tolist(), ends.tolist(), strict=True):
-            if _left_alone(code.content[lo:hi]):
+            if left_alone(code.content[lo:hi]):
                 continue
             address = code.base + lo
             why = f"{hi - lo} bytes that no control flow reaches and no data-in-code or table explains"
@@ -764,107 +750,6 @@ def _lea_targets(code: _Code, lo: int, hi: int) -> np.ndarray:
     disp = raw[at[:, None] + np.arange(3, 7)].copy().view("<i4").reshape(-1).astype(np.int64)
     targets: np.ndarray = lo + at + 7 + disp
     return targets
-
-
-def _ends_path(insn: Instruction) -> bool:
-    """Control never falls through ``insn`` to the next instruction."""
-    return insn.flow_control in _TERMINATORS or insn.mnemonic == Mnemonic.INT3
-
-
-def _jumps_through(insn: Instruction, reg: int) -> bool:
-    return (
-        insn.flow_control == FlowControl.INDIRECT_BRANCH
-        and insn.op0_kind == OpKind.REGISTER
-        and RegisterExt.full_register(insn.op0_register) == reg
-    )
-
-
-def _copied_register(insn: Instruction) -> int | None:
-    """The source of ``mov %r64, %r64``, else None."""
-    if (
-        insn.mnemonic == Mnemonic.MOV
-        and insn.op0_kind == OpKind.REGISTER
-        and insn.op1_kind == OpKind.REGISTER
-        and RegisterExt.is_gpr64(insn.op0_register)
-        and RegisterExt.is_gpr64(insn.op1_register)
-    ):
-        return int(insn.op1_register)
-    return None
-
-
-def _implausible(insn: Instruction, kind: int) -> bool:
-    """An instruction compilers and assembly libraries do not emit in user code: most bytes
-    that are not code decode to one of these soon."""
-    unlikely = _UNLIKELY_CODES.get(kind)
-    if unlikely is None:
-        unlikely = _UNLIKELY_CODES[kind] = (
-            insn.is_privileged
-            or insn.is_jmp_far
-            or insn.is_jmp_far_indirect
-            or insn.is_call_far
-            or insn.is_call_far_indirect
-            or insn.mnemonic in _UNLIKELY
-            or kind in _MOFFS
-        )
-    return unlikely or insn.segment_prefix in _OLD_SEGMENTS or insn.memory_base in _GPR32
-
-
-def _rip_lea(insn: Instruction) -> bool:
-    return insn.mnemonic == Mnemonic.LEA and insn.memory_base == Register.RIP
-
-
-def _padding(raw: bytes) -> int:
-    """How many bytes at the start of ``raw`` are padding: NOPs or ``int3`` (the compiler's
-    alignment), zero bytes (the linker's)."""
-    pos = 0
-    decoder = Decoder(64, raw)
-    insn = Instruction()
-    while pos < len(raw):
-        decoder.position = pos
-        decoder.decode_out(insn)
-        if insn.mnemonic in _PADDING:
-            pos += insn.len
-        elif raw[pos] == 0:
-            pos += 1
-        else:
-            break
-    return pos
-
-
-def _is_padding(raw: bytes) -> bool:
-    return _padding(raw) == len(raw)
-
-
-def _is_text(raw: bytes) -> bool:
-    """NUL-terminated printable ASCII, then padding (OpenSSL's assembly puts its credits,
-    ``.asciz "... CRYPTOGAMS by <appro@openssl.org>"``, and option strings in the code). Any
-    four such bytes read as a 32-bit offset are at least 0x20202020 away: no reference into
-    an image."""
-    end = len(raw) - len(raw.lstrip(_TEXT))
-    end = raw.rfind(0, 0, end) + 1
-    return end > 0 and _is_padding(raw[end:])
-
-
-def _is_dead_code(raw: bytes) -> bool:
-    """Instructions nothing reaches, then padding. Hand-written assembly leaves such code
-    (OpenSSL: ``ud2`` then ``xor %eax,%eax; cmp $0,%rdi; je ...; ud2``, and ``ret`` after
-    jumps). Accepted when they are few, decode one after the other, refer to nothing by a
-    RIP-relative operand or a 32-bit branch, and the last does not fall through: whatever such
-    bytes are, moving segments changes nothing in them, and nothing runs off their end."""
-    for insn in Decoder(64, raw[:MAX_DEAD_CODE]):
-        if insn.code == Code.INVALID or insn.is_ip_rel_memory_operand:
-            return False
-        if insn.op0_kind == OpKind.NEAR_BRANCH64 and insn.len >= 5:
-            return False
-        if _ends_path(insn) and _is_padding(raw[insn.next_ip :]):
-            return True
-    return False
-
-
-def _left_alone(raw: bytes) -> bool:
-    """Unreached bytes that may stay as they are: padding, then nothing, text or dead code."""
-    rest = raw[_padding(raw) :]
-    return not rest or _is_text(rest) or _is_dead_code(rest)
 
 
 def explore(image: MachOFile, imap: ImageMap, entries: Iterable[int]) -> Explored:
