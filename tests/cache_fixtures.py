@@ -666,6 +666,33 @@ class InputImages:
                     return found
         return None
 
+    def objc_rewritten(self, install_name: str) -> set[int]:
+        """Cache locations whose values the ObjC optimizers change when libobjc is cached: the
+        selector references and the words of pointer method list entries (retargeted to the
+        canonical selector strings, entries sorted) and protocols' extended method types (moved
+        with their methods). tests/test_objc_optimizers.py checks them by their meaning (names,
+        IMPs, order); the input structure comes from the builder's ObjC reader (no values)."""
+        from dyldcache.builder.optimizers.objc_input import has_objc, read_objc_input
+        from dyldcache.macho.file import open_macho
+
+        if "/usr/lib/libobjc.A.dylib" not in dict(self.raw.images):
+            return set()
+        image = open_macho(self.built.input_path(install_name), self.built.spec.arch)
+        if not has_objc(image):
+            return set()
+        meta = read_objc_input(image, install_name)
+        if meta.problem is not None:
+            return set()
+        out = {int(a) for a in meta.selref_locations.tolist()}
+        for ml in meta.method_lists():
+            if not ml.relative:
+                out |= set(range(ml.first, ml.first + ml.entsize * len(ml.names), 8))
+        for p in meta.protocols:
+            if p.extended_types:
+                n = sum(len(ml.names) for ml in p.method_lists if ml is not None)
+                out |= set(range(p.extended_types, p.extended_types + 8 * n, 8))
+        return {self.to_cache(install_name, a) for a in out}
+
     def expected_pointers(self, install_name: str) -> list[ExpectedPointer]:
         """Every rebase and bind of the input dylib (chained fixups), as it must be in the cache."""
         b = self.binary(install_name)
@@ -790,9 +817,7 @@ class EmulationRun:
     calls: int
 
 
-def emulate_calls(
-    main_path: str, arch: str, slide: int, names: dict[str, str] | None = None
-) -> EmulationRun:
+def emulate_calls(main_path: str, arch: str, slide: int, names: dict[str, str] | None = None) -> EmulationRun:
     """Map the cache at ``slide`` (the emulator applies the slide info itself), run the
     initializers of every fixture dylib bottom-up, then call every function of expected.json.
 

@@ -12,11 +12,14 @@ Unmap Local Symbols                        ``unmapped_locals``
 (calculateCacheDylibsTrie)                 ``dylibs_trie``
 Patch Table                                ``patch_table``
 dyld4 PrebuiltLoader's                     ``prebuilt_loaders`` (none built: a placeholder)
-ObjC header info and opts header           ``objc_header``
-ObjC IMP Caches, Hash Tables, Canonical    not yet (libobjc does that work at run time)
-Selector References, Canonical Protocols,
-Relative Method Lists, Method Lists
-Sorting, Selector References Loading
+(findObjCDylibs .. findObjCCategories)      ``objc_input`` (read in objc_header's estimate)
+ObjC header info and opts header           ``objc_header``              warnings, weak superclass
+ObjC Canonical Selector References         ``objc_canonical_selectors``
+ObjC Hash Tables                           ``objc_hash_tables``
+ObjC Selector References Loading           ``objc_selector_refs``       selrefs, method names
+ObjC Method Lists Sorting                  ``objc_method_sorting``      method lists
+ObjC IMP Caches, Canonical Protocols,      not yet (libobjc does that work at run time)
+Relative Method Lists Conversion
 Swift Protocol Conformance Hash Table      not yet
 Optimize Stubs, GOT uniquing, FIPS Sign    not yet
 (calculateSlideInfoSize, computeSlideInfo) ``slide_info``               pointer check
@@ -32,7 +35,12 @@ from .base import DylibResult, Optimizer
 from .binds_to_rebases import ConvertBindsToRebases
 from .code_sign import CodeSign
 from .dylibs_trie import DylibsTrie
+from .objc_canonical_selectors import ObjCCanonicalSelectors
+from .objc_hash_tables import ObjCHashTables
 from .objc_header import ObjCHeader
+from .objc_input import ObjCInputs
+from .objc_method_sorting import ObjCMethodListsSorting
+from .objc_selector_refs import ObjCSelectorReferencesLoading
 from .pack_segments import PackSegments
 from .patch_table import PatchTable
 from .prebuilt_loaders import PrebuiltLoaders
@@ -51,9 +59,15 @@ def optimizers_for(config: CacheConfig) -> list[Optimizer]:
     subcaches; remove_unused_linkedit picks each dylib's LINKEDIT region before symbol_strings
     fills it and unmapped_locals sizes what symbol_strings collected; slide info comes after
     every optimizer that places data chunks or writes pointers, and code signing is last. A new
-    optimizer goes before slide_info.
+    optimizer goes before slide_info. The ObjC optimizers share what objc_header reads in its
+    estimate (ObjCInputs); objc_header places its chunks first (the seed's order in the
+    file: header info, image infos, selector strings, then the tables), and the dylib passes
+    that retarget selectors run after the bind pass, sorting last.
     """
     unmapped = UnmapLocalSymbols(config.unmap_local_symbols)
+    objc = ObjCInputs()
+    selectors = ObjCCanonicalSelectors(objc)
+    tables = ObjCHashTables(objc, selectors)
     return [
         PackSegments(),
         ConvertBindsToRebases(),
@@ -63,7 +77,11 @@ def optimizers_for(config: CacheConfig) -> list[Optimizer]:
         DylibsTrie(),
         PatchTable(),
         PrebuiltLoaders(),
-        ObjCHeader(),
+        ObjCHeader(objc, selectors, tables),
+        selectors,
+        tables,
+        ObjCSelectorReferencesLoading(objc, selectors),
+        ObjCMethodListsSorting(objc, selectors),
         SlideInfo(),
         CodeSign(),
     ]
