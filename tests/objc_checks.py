@@ -24,6 +24,11 @@ The rules are libobjc's (objc4 objc-runtime-new.h/.mm, objc-abi.h) and dyld-1162
   list's (selector name, IMP) pairs, IMPs moved to their cache addresses;
 - check_sorted_method_lists: every list libobjc binary-searches ((flags & 3) == 3, expected
   entry size) is sorted by selector address (findMethodInSortedMethodList);
+- check_preattached_categories: in an image marked DyldCategoriesOptimized (libobjc then skips its
+  catlist at launch), every category with methods has each non-empty method list in the
+  relative_list_list_t of its class (instance methods) or metaclass (class methods), with the
+  input's (selector name, IMP) pairs and the category image's header_info index; the class's own
+  list is the last entry (what OBJC_DISABLE_PREATTACHED_CATEGORIES keeps);
 - check_header_info: one header_info per ObjC image, ascending by mach header, with the image's
   own objc_image_info; libobjc's objc_opt_t names the same tables as dyld's header; an image
   marked OptimizedByDyld has canonical selector references and its classes in the class table.
@@ -39,8 +44,9 @@ from dataclasses import dataclass, field
 from cache_fixtures import RawCache, input_segments, slide_of
 from objc_oracle import Klass, ObjCMemory, ObjCOracle, Opt, StandaloneObjC, Table
 
-#: objc_image_info flag (objc-abi.h)
+#: objc_image_info flags (objc-abi.h)
 OPTIMIZED_BY_DYLD = 1 << 3
+DYLD_CATEGORIES_OPTIMIZED = 1 << 0
 #: method_list_t flags (objc-runtime-new.h)
 FIXED_UP = 3
 SMALL_LIST = 0x80000000
@@ -258,6 +264,43 @@ def check_method_lists(cache: CacheObjC, inputs: InputObjC) -> list[str]:
                 problems.append(
                     f"{name}: category {cls}({cat}) methods {cats.get((cat, cls))} != {want_lists}"
                 )
+    return problems
+
+
+def check_preattached_categories(cache: CacheObjC, inputs: InputObjC) -> list[str]:
+    o, opt = cache.oracle, cache.opt
+    if opt is None:
+        return ["the cache has no ObjC optimization header"]
+    index_of = {h[0]: i for i, h in enumerate(opt.header_infos)}
+    problems = []
+    for name, im in inputs.images.items():
+        info = o.image_info(name)
+        if info is None or not info[1] & DYLD_CATEGORIES_OPTIMIZED:
+            continue
+        mine = index_of.get(cache.image_addresses[name])
+        for slot, (cat, cls_name, inst, clsm) in zip(
+            o.pointer_section(name, "__objc_catlist"), im.categories, strict=True
+        ):
+            cls = o.ptr(slot + 8)
+            if not cls:
+                continue
+            for klass, methods, sign in ((cls, inst, "-"), (o.ptr(cls), clsm, "+")):
+                if not methods:
+                    continue
+                what = f"{name}: {sign}[{cls_name}({cat})]"
+                field = o.ptr((o.ptr(klass + 32) & 0x00007FFFFFFFFFF8) + 32)
+                if not field & 1:
+                    problems.append(f"{what}: the class's method list is not a list of lists")
+                    continue
+                lists = o.list_of_lists(field & ~1)
+                want = _moved(inputs, name, methods)
+                found = [
+                    i
+                    for i, (index, la) in enumerate(lists[:-1])
+                    if index == mine and sorted(o.method_list(la, cache.base_selector)) == want
+                ]
+                if not found:
+                    problems.append(f"{what}: no pre-attached list of image {mine} holds {want}")
     return problems
 
 

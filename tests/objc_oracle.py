@@ -251,7 +251,10 @@ class ObjCMemory:
         for a in self.pointer_section(install_name, "__objc_classlist"):
             for cls in (a, self.ptr(a)):
                 ro = self.ptr(cls + 32) & 0x00007FFFFFFFFFF8
-                out.append((("+" if cls != a else "-") + self.text(self.ptr(ro + 24)), self.ptr(ro + 32)))
+                owner = ("+" if cls != a else "-") + self.text(self.ptr(ro + 24))
+                base = self.ptr(ro + 32)
+                lists = [la for _i, la in self.list_of_lists(base & ~1)] if base & 1 else [base]
+                out += [(owner, la) for la in lists]
         for a in self.pointer_section(install_name, "__objc_catlist"):
             name = self.text(self.ptr(a))
             out += [(f"-({name})", self.ptr(a + 16)), (f"+({name})", self.ptr(a + 24))]
@@ -259,6 +262,25 @@ class ObjCMemory:
             name = self.text(self.ptr(a + 8))
             out += [(f"<{name}>[{k}]", self.ptr(a + 24 + 8 * k)) for k in range(4)]
         return [(owner, list_address) for owner, list_address in out if list_address]
+
+    def list_of_lists(self, a: int) -> list[tuple[int, int]]:
+        """(imageIndex, list address) of each entry of the relative_list_list_t at ``a`` (tag bit
+        cleared): objc4's relative_list_list_entry_t, imageIndex:16 then a signed 48-bit offset
+        from the entry."""
+        entsize, count = self.u32(a), self.u32(a + 4)
+        out = []
+        for i in range(count):
+            e = a + 8 + i * entsize
+            out.append((self.u64(e) & 0xFFFF, e + (self.i64(e) >> 16)))
+        return out
+
+    def own_list(self, value: int) -> int:
+        """A class_ro_t list field: the list itself, or with tag bit 0 (dyld's pre-attached
+        categories) the last list of the list-of-lists, the class's own."""
+        if value & 1:
+            lists = self.list_of_lists(value & ~1)
+            return lists[-1][1] if lists else 0
+        return value
 
     def protocol_list(self, a: int) -> list[str]:
         if not a:
@@ -278,8 +300,8 @@ class ObjCMemory:
             flags,
             start,
             size,
-            self.method_list(self.ptr(ro + 32), base_selector),
-            self.protocol_list(self.ptr(ro + 40)),
+            self.method_list(self.own_list(self.ptr(ro + 32)), base_selector),
+            self.protocol_list(self.own_list(self.ptr(ro + 40))),
         )
 
     def _super_name(self, cls: int) -> str | None:

@@ -30,6 +30,7 @@ import numpy as np
 
 from ...cache.format import ObjCOptimizationHeader
 from ...cache.objc_format import (
+    IMAGE_INFO_DYLD_CATEGORIES_OPTIMIZED,
     IMAGE_INFO_OPTIMIZED_BY_DYLD,
     LIBOBJC_PATH,
     OBJC_OPT_LARGE_SHARED_CACHE,
@@ -133,7 +134,8 @@ class ObjCHeader(Optimizer):
         for i, d in enumerate(self.objc.dylibs):
             info_addr = _image_info_address(d)
             if self.objc.active and self.objc.images[i].problem is None:
-                self._set_optimized(d, buffers)
+                extra = IMAGE_INFO_DYLD_CATEGORIES_OPTIMIZED if i in self.objc.categories_optimized else 0
+                self._set_optimized(d, buffers, extra)
             infos += buffers.read(info_addr, _IMAGE_INFO)
             field = vm_add(c.header_ro.vm_addr, 8 + i * _RO_ENTRY)
             copy = vm_add(c.image_infos.vm_addr, i * _IMAGE_INFO)
@@ -161,14 +163,14 @@ class ObjCHeader(Optimizer):
         buffers.put(c.opts, hdr.pack())
         self._emit_libobjc_opt(model, buffers, hdr)
 
-    def _set_optimized(self, d: CacheDylib, buffers: CacheBuffers) -> None:
+    def _set_optimized(self, d: CacheDylib, buffers: CacheBuffers, extra: int) -> None:
         sect = next(
             s for s in d.image.sections if s.sectname == "__objc_imageinfo" and s.segname.startswith("__DATA")
         )
         assert d.text.chunk is not None
         buf = buffers.holding(d.text.chunk)
         at = buffer_offset(d, sect.addr) + 4
-        flags = int.from_bytes(bytes(buf[at : at + 4]), "little") | IMAGE_INFO_OPTIMIZED_BY_DYLD
+        flags = int.from_bytes(bytes(buf[at : at + 4]), "little") | IMAGE_INFO_OPTIMIZED_BY_DYLD | extra
         buf[at : at + 4] = np.frombuffer(flags.to_bytes(4, "little"), dtype=np.uint8)
 
     def _emit_libobjc_opt(

@@ -25,11 +25,14 @@ from ...cache.objc_format import (
     CLASS_RO_HEAD,
     CLASS_RO_METHODS_WORD,
     CLASS_RO_NAME_WORD,
+    CLASS_RO_PROPERTIES_WORD,
+    CLASS_RO_PROTOCOLS_WORD,
     CLASS_T_BITS_WORD,
     CLASS_T_WORDS,
     ENTSIZE_LIST,
     FAST_DATA_MASK,
     IMAGE_INFO,
+    IMAGE_INFO_HAS_CATEGORY_CLASS_PROPERTIES,
     MAX_LIST_COUNT,
     METHOD_LIST_FLAG_MASK,
     PROTOCOL_T_SIZE_FLAGS,
@@ -85,6 +88,12 @@ class ClassInput:
     address: int
     is_meta: bool
     methods: MethodListInput | None
+    #: its class_ro_t, and the class_ro_t's baseProtocols and baseProperties (0: none)
+    ro: int = 0
+    protocols: int = 0
+    properties: int = 0
+    #: the isa (a class's metaclass; 0 when bound elsewhere)
+    isa: int = 0
 
 
 @dataclass(slots=True)
@@ -93,6 +102,14 @@ class CategoryInput:
     address: int
     instance_methods: MethodListInput | None
     class_methods: MethodListInput | None
+    #: the class it extends: its address in this image, None when bound to another image
+    #: (category_t.cls at ``address + 8``), 0 when null
+    cls: int | None = 0
+    #: protocol list, instance and class property lists with at least one entry (0: none);
+    #: class properties only when the image info says categories have them
+    protocols: int = 0
+    instance_properties: int = 0
+    class_properties: int = 0
 
 
 @dataclass(slots=True)
@@ -121,6 +138,8 @@ class ObjCImageInput:
     protocols: list[ProtocolInput] = field(default_factory=list)
     #: why the image's ObjC metadata cannot be optimized (None: it can)
     problem: str | None = None
+    #: its fixups are dyld-info opcodes (dyld-1162 pre-attaches no category of such an image)
+    opcode_fixups: bool = False
 
     def method_lists(self) -> list[MethodListInput]:
         """Every method list of classes, metaclasses, categories and protocols (each once)."""
@@ -251,8 +270,28 @@ class _Reader:
         ro_words = CLASS_RO_HEAD.size
         name = self.local(bits + ro_words + 8 * CLASS_RO_NAME_WORD, f"{what} name")
         methods = self.local(bits + ro_words + 8 * CLASS_RO_METHODS_WORD, f"{what} method list")
+        protocols = self.local(bits + ro_words + 8 * CLASS_RO_PROTOCOLS_WORD, f"{what} protocol list")
+        properties = self.local(bits + ro_words + 8 * CLASS_RO_PROPERTIES_WORD, f"{what} property list")
         label = self.string(name, f"{what} name")
-        return ClassInput(label, addr, is_meta, self.method_list(methods, f"{what} {label!r} methods"))
+        isa = self.pointer(addr, "isa") or 0
+        return ClassInput(
+            label,
+            addr,
+            is_meta,
+            self.method_list(methods, f"{what} {label!r} methods"),
+            bits,
+            self.counted(protocols, 8, "protocol list"),
+            self.counted(properties, 4, "property list"),
+            isa,
+        )
+
+    def counted(self, addr: int, count_size: int, what: str) -> int:
+        """``addr`` if the list there has entries (a protocol_list_t's count is its first word,
+        an entsize list's the second 32-bit word), else 0."""
+        if not addr:
+            return 0
+        at = addr + (0 if count_size == 8 else 4)
+        return addr if int.from_bytes(self.read(at, count_size, what), "little") else 0
 
     def superclass_chain(self, addr: int) -> None:
         seen = {addr}
@@ -283,12 +322,25 @@ class _Reader:
             ext = self.local(addr + _PROTOCOL_EXT_TYPES_AT, "protocol extended method types")
         return ProtocolInput(name, addr, lists, ext)
 
-    def category(self, addr: int) -> CategoryInput:
+    def category(self, addr: int, class_properties: bool) -> CategoryInput:
         self.read(addr, 8 * CATEGORY_T_WORDS - 16, "category")
         name = self.string(self.local(addr, "category name"), "category name")
         inst = self.method_list(self.local(addr + 16, "category methods"), f"category {name!r} methods")
         cls = self.method_list(self.local(addr + 24, "category class methods"), f"category {name!r} methods")
-        return CategoryInput(name, addr, inst, cls)
+        target = self.pointer(addr + 8, "category class")
+        if target and not self.inside(target):
+            raise ObjCInputError(addr + 8, f"category class points outside the image ({target:#x})")
+        out = CategoryInput(name, addr, inst, cls, target)
+        out.protocols = self.counted(self.local(addr + 32, "category protocols"), 8, "protocol list")
+        out.instance_properties = self.counted(
+            self.local(addr + 40, "category properties"), 4, "property list"
+        )
+        if class_properties:
+            self.read(addr, 8 * CATEGORY_T_WORDS, "category")
+            out.class_properties = self.counted(
+                self.local(addr + 48, "category class properties"), 4, "property list"
+            )
+        return out
 
     def classes(self) -> list[ClassInput]:
         out: list[ClassInput] = []
@@ -330,7 +382,7 @@ def _split_strings(raw: bytes, base: int) -> dict[int, bytes]:
 def read_objc_input(image: MachOFile, install_name: str) -> ObjCImageInput:
     """The ObjC metadata of a dylib that :func:`has_objc`; ``problem`` says why it cannot be
     optimized (and the lists stay empty) when it is malformed."""
-    out = ObjCImageInput(install_name)
+    out = ObjCImageInput(install_name, opcode_fixups=image.fixups.source == "opcodes")
     r = _Reader(image)
     try:
         r.image_info(out)
@@ -342,14 +394,17 @@ def read_objc_input(image: MachOFile, install_name: str) -> ObjCImageInput:
         out.selref_locations = np.array(slots, dtype=np.uint64)
         out.selref_names = [r.string(r.local(a, "selector reference"), "selector name") for a in slots]
         out.classes = r.classes()
+        class_properties = bool(out.image_info_flags & IMAGE_INFO_HAS_CATEGORY_CLASS_PROPERTIES)
         out.categories = [
-            r.category(r.local(a, "category list entry")) for a in r.section_words("__objc_catlist")
+            r.category(r.local(a, "category list entry"), class_properties)
+            for a in r.section_words("__objc_catlist")
         ]
         out.protocols = [
             r.protocol(r.local(a, "protocol list entry")) for a in r.section_words("__objc_protolist")
         ]
     except ObjCInputError as exc:
-        return ObjCImageInput(install_name, out.image_info, out.image_info_flags, problem=str(exc))
+        info, flags = out.image_info, out.image_info_flags
+        return ObjCImageInput(install_name, info, flags, problem=str(exc), opcode_fixups=out.opcode_fixups)
     return out
 
 
@@ -364,6 +419,9 @@ class ObjCInputs:
     images: list[ObjCImageInput] = field(default_factory=list)
     #: cache dylib index -> objc index
     objc_index: dict[int, int] = field(default_factory=dict)
+    #: objc indices of the images whose categories dyld pre-attached (objc_categories.py):
+    #: their objc_image_info gets DyldCategoriesOptimized
+    categories_optimized: set[int] = field(default_factory=set)
     #: libobjc is in the cache: the ObjC optimizations are written
     active: bool = False
 
