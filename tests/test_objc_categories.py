@@ -17,6 +17,7 @@ libfxtop's NSObject (FXTopDebug) one of libobjc.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import random
 import shutil
@@ -29,10 +30,9 @@ import objc_checks as oc
 import objc_fixtures as fx
 import pytest
 from cache_fixtures import RawCache, random_slide
+from conftest import run_cli
 from test_objc_semantics import APPLE_OBJC, _apple, _file_offset, _map_images, check_calls
 
-from dyldcache.builder import pipeline
-from dyldcache.builder.optimizers import optimizers_for
 from dyldcache.builder.pipeline import BuildOptions, build_cache
 
 
@@ -40,12 +40,10 @@ from dyldcache.builder.pipeline import BuildOptions, build_cache
 def _built(arch: str) -> fx.ObjCBuilt:
     root, inputs = fx.objc_root(arch)
     out = os.path.join(tempfile.mkdtemp(prefix=f"dyldcache-objccat-{arch}-"), "cache")
-    saved = pipeline.optimizers_for
-    pipeline.optimizers_for = functools.partial(optimizers_for, preattached_categories=True)  # type: ignore[assignment]
-    try:
-        result = build_cache(BuildOptions(arch=arch, platform="macos", output_dir=out, root=root, jobs=1))
-    finally:
-        pipeline.optimizers_for = saved  # type: ignore[assignment]
+    options = BuildOptions(
+        arch=arch, platform="macos", output_dir=out, root=root, jobs=1, objc_preattached_categories=True
+    )
+    result = build_cache(options)
     return fx.ObjCBuilt(arch, "macos", root, inputs, result)
 
 
@@ -114,3 +112,19 @@ def test_apple_caches_have_no_preattached_categories(name: str) -> None:
     infos = [cache.oracle.image_info(n) for n in cache.images]
     assert not any(i and i[1] & oc.DYLD_CATEGORIES_OPTIMIZED for i in infos)
     assert oc.check_preattached_categories(cache, oc.inputs_from_cache(cache)) == []
+
+
+#: objc4's objc_image_info flag (objc-abi.h / objc-runtime-new.h: the old IsReplacement bit)
+DYLD_CATEGORIES_OPTIMIZED = 1 << 0
+
+
+@pytest.mark.parametrize("switch", [False, True])
+def test_the_command_line_switch(switch: bool, tmp_path: Path) -> None:
+    """`build --objc-preattached-categories` attaches them; without it no image is flagged."""
+    root, _inputs = fx.objc_root("arm64")
+    out = tmp_path / "out"
+    args = ["build", "--arch", "arm64", "--root", root, "-o", str(out), "-q"]
+    assert run_cli(*args, *(["--objc-preattached-categories"] if switch else [])).returncode == 0
+    shown = json.loads(run_cli("objc", str(out / "dyld_shared_cache_arm64"), "--json").stdout)
+    flagged = {i["path"] for i in shown["images"] if i["image_info_flags"] & DYLD_CATEGORIES_OPTIMIZED}
+    assert flagged == (set(fx.OBJC_IMAGES) if switch else set())
