@@ -6,7 +6,9 @@
 - Messages sent in unicorn through the libobjc stand-in's objc_msgSend (C, searching the cache's
   method lists) give the values the methods' arithmetic gives, on every arch, at a random slide.
 - On our caches of the fixture root every check passes too (the ObjC optimizers of
-  builder/optimizers/objc_*.py).
+  builder/optimizers/objc_*.py), with the pointer method lists our linker writes and with the
+  relative method lists ld64.lld-22 writes (which the builder converts to selectors named from
+  the selector strings base, as dyld-1162's convertObjCMethodListsToOffsets does).
 """
 
 from __future__ import annotations
@@ -159,9 +161,15 @@ def _map_images(loaded: emulator.LoadedCache) -> int:
     return sum(loaded.machine.call_int(map_image, loaded.images[n] + loaded.slide) for n in fx.OBJC_IMAGES)
 
 
-@pytest.mark.parametrize("arch", fx.ARCHS)
-def test_messages_across_dylibs_in_emulation(arch: str) -> None:
-    built = fx.objc_cache(arch)
+def _fixture_cache(lists: str, arch: str) -> fx.ObjCBuilt:
+    return fx.objc_cache(arch) if lists == "pointer" else fx.relative_objc_cache(arch)
+
+
+@pytest.mark.parametrize(
+    ("lists", "arch"), [("pointer", a) for a in fx.ARCHS] + [("relative", a) for a in fx.RELATIVE_ARCHS]
+)
+def test_messages_across_dylibs_in_emulation(lists: str, arch: str) -> None:
+    built = _fixture_cache(lists, arch)
     assert set(fx.OBJC_IMAGES) <= set(built.result.dylibs), built.result.evictions
     loaded = emulator.load_cache(built.main, arch, random_slide(built.main))
     assert _map_images(loaded) == 2  # FXBase (FXPolyExtras), NSObject (FXTopDebug)
@@ -237,11 +245,21 @@ def test_stub_searches_relative_method_lists(form: str, fixed_up: bool) -> None:
 # ---------------------------------------------------------------------------------------------
 # our caches of the fixture root
 
+
+def _open_ours(built: fx.ObjCBuilt) -> tuple[oc.CacheObjC, oc.InputObjC]:
+    cache = oc.open_cache(built.main, random_slide(built.main))
+    return cache, oc.inputs_from_files(built.main, built.inputs, built.arch, random.randrange(1 << 30))
+
+
 @pytest.fixture(scope="module")
 def ours() -> tuple[oc.CacheObjC, oc.InputObjC]:
-    built = fx.objc_cache("arm64")
-    cache = oc.open_cache(built.main, random_slide(built.main))
-    return cache, oc.inputs_from_files(built.main, built.inputs, "arm64", random.randrange(1 << 30))
+    return _open_ours(fx.objc_cache("arm64"))
+
+
+@pytest.fixture(scope="module", params=fx.RELATIVE_ARCHS)
+def ours_relative(request: pytest.FixtureRequest) -> tuple[fx.ObjCBuilt, oc.CacheObjC, oc.InputObjC]:
+    built = fx.relative_objc_cache(request.param)
+    return (built, *_open_ours(built))
 
 
 @pytest.mark.parametrize(
@@ -259,6 +277,51 @@ def test_checks_on_our_fixture_cache(ours: tuple[oc.CacheObjC, oc.InputObjC], ch
     cache, inputs = ours
     assert sorted(inputs.images) == sorted(fx.OBJC_IMAGES)
     assert oc.CHECKS[check](cache, inputs) == []
+
+
+@pytest.mark.parametrize("check", list(oc.CHECKS))
+def test_checks_on_our_relative_fixture_cache(
+    ours_relative: tuple[fx.ObjCBuilt, oc.CacheObjC, oc.InputObjC], check: str
+) -> None:
+    _built, cache, inputs = ours_relative
+    assert sorted(inputs.images) == sorted(fx.OBJC_IMAGES)
+    assert oc.CHECKS[check](cache, inputs) == []
+
+
+#: method_list_t entsizeAndFlags (objc4 objc-runtime-new.h): smallMethodListFlag,
+#: relativeMethodSelectorsAreDirectFlag; dyld-1162's uniqued and sorted bits
+_SMALL, _DIRECT, _FIXED_UP = 0x80000000, 0x40000000, 0x3
+
+
+def test_relative_lists_name_selectors_from_the_selector_base(
+    ours_relative: tuple[fx.ObjCBuilt, oc.CacheObjC, oc.InputObjC],
+) -> None:
+    """ld64.lld-22's class and category lists are relative and name selectors through selector
+    references (protocols keep pointer lists, as ld64 writes them); in the cache every relative
+    list is direct (u32 offsets from the base objc_opt_t names: the magic selector) and every
+    list is fixed up, each name the canonical string the selector table gives."""
+    built, cache, _inputs = ours_relative
+    standalone = StandaloneObjC(list(built.inputs.values()), built.arch, 7)
+    base = cache.base_selector
+    assert base is not None and cache.oracle.text(base) == "\U0001f92f"
+    assert cache.opt is not None
+    table = oc._table_addresses(cache, cache.opt.selectors)
+    relative = 0
+    for name in fx.OBJC_IMAGES:
+        for owner, address in standalone.method_list_addresses(name):
+            if address:
+                flags, _ = standalone.method_list_selectors(address, None)
+                want = 0 if owner.startswith("<") else _SMALL
+                assert flags & (_SMALL | _DIRECT) == want, (name, owner)
+        for owner, address in cache.oracle.method_list_addresses(name):
+            if not address:
+                continue
+            flags, sels = cache.oracle.method_list_selectors(address, base)
+            want = _FIXED_UP if owner.startswith("<") else _SMALL | _DIRECT | _FIXED_UP
+            assert flags & (_SMALL | _DIRECT | _FIXED_UP) == want, (name, owner)
+            relative += bool(flags & _SMALL) * len(sels)
+            assert all(table[cache.oracle.text(a)] == a for a in sels), (name, owner)
+    assert relative > 20
 
 
 def test_fixture_inputs_are_what_the_sources_say(ours: tuple[oc.CacheObjC, oc.InputObjC]) -> None:
@@ -283,7 +346,12 @@ def test_fixture_inputs_are_what_the_sources_say(ours: tuple[oc.CacheObjC, oc.In
 
 def test_dyldextractor_objc_fixer_on_our_cache(tmp_path: Path) -> None:
     """DyldExtractor's ObjC fixer (with the stub fixer) warns about nothing on the fixture cache,
-    and the extracted images' method lists are the inputs' (IMPs at their cache addresses)."""
+    and the extracted images' method lists are the inputs' (IMPs at their cache addresses).
+
+    Not on the relative fixture cache: DyldExtractor finds the base of direct selectors only
+    through libobjc's __objc_scoffs (objc_opt_offsets), which dyld-1162 fills only when it
+    builds IMP caches (arm64 iOS with the objcOptimizations file); without them it reads the
+    offsets as relative to their field, as on a 1162 cache without IMP caches."""
     python_module("DyldExtractor")
     from dyldextractor_gate import run_gate
 

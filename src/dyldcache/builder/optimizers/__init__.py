@@ -17,9 +17,10 @@ ObjC header info and opts header           ``objc_header``              warnings
 ObjC Canonical Selector References         ``objc_canonical_selectors``
 ObjC Hash Tables                           ``objc_hash_tables``
 ObjC Selector References Loading           ``objc_selector_refs``       selrefs, method names
+ObjC Relative Method Lists Conversion      ``objc_relative_method_lists``
+                                                                        relative lists' selectors
 ObjC Method Lists Sorting                  ``objc_method_sorting``      method lists
-ObjC IMP Caches, Canonical Protocols,      not yet (libobjc does that work at run time)
-Relative Method Lists Conversion
+ObjC IMP Caches, Canonical Protocols       not yet (libobjc does that work at run time)
 Swift Protocol Conformance Hash Table      not yet
 Optimize Stubs, GOT uniquing, FIPS Sign    not yet
 (calculateSlideInfoSize, computeSlideInfo) ``slide_info``               pointer check
@@ -40,6 +41,7 @@ from .objc_hash_tables import ObjCHashTables
 from .objc_header import ObjCHeader
 from .objc_input import ObjCInputs
 from .objc_method_sorting import ObjCMethodListsSorting
+from .objc_relative_method_lists import ObjCRelativeMethodListsConversion
 from .objc_selector_refs import ObjCSelectorReferencesLoading
 from .pack_segments import PackSegments
 from .patch_table import PatchTable
@@ -81,6 +83,7 @@ def optimizers_for(config: CacheConfig) -> list[Optimizer]:
         selectors,
         tables,
         ObjCSelectorReferencesLoading(objc, selectors),
+        ObjCRelativeMethodListsConversion(objc, selectors),
         ObjCMethodListsSorting(objc, selectors),
         SlideInfo(),
         CodeSign(),
