@@ -107,6 +107,14 @@ def _mutate(src: Path, dst: Path, what: str) -> None:
             d = 0 if opt.base_selector is not None else 12
             put(e0, "<3i", n1 + d, t1 + 12, i1 + 12)
             put(e1, "<3i", n0 - d, t0 - 12, i0 - 12)
+    elif what == "canonical_protocols":  # a protocol list entry names libobjc's own NSObject
+        lib = "/usr/lib/libobjc.A.dylib"
+        (own,) = o.pointer_section(lib, "__objc_protolist")
+        _owner, ref = oc._protocol_ref_slots(o, lib)[0]
+        canonical = o.ptr(ref)
+        assert own != canonical and o.text(o.ptr(own + 8)) == "NSObject"
+        raw_word = struct.unpack_from("<Q", data, _file_offset(raw, ref))[0]
+        put(ref, "<Q", raw_word - canonical + own)
     elif what == "header_info":  # one image loses its header_info entry
         opt_ro = o.sections("/usr/lib/libobjc.A.dylib")[("__TEXT", "__objc_opt_ro")][0]
         ro = opt_ro + o.i32(opt_ro + 12)
@@ -271,6 +279,7 @@ def ours_relative(request: pytest.FixtureRequest) -> tuple[fx.ObjCBuilt, oc.Cach
         "method_lists",
         "sorted_method_lists",
         "header_info",
+        "canonical_protocols",
     ],
 )
 def test_checks_on_our_fixture_cache(ours: tuple[oc.CacheObjC, oc.InputObjC], check: str) -> None:

@@ -25,6 +25,7 @@ from ...cache.objc_format import (
     CLASS_RO_HEAD,
     CLASS_RO_METHODS_WORD,
     CLASS_RO_NAME_WORD,
+    CLASS_RO_PROTOCOLS_WORD,
     CLASS_T_BITS_WORD,
     CLASS_T_WORDS,
     ENTSIZE_LIST,
@@ -103,6 +104,8 @@ class ProtocolInput:
     method_lists: list[MethodListInput | None]
     #: address of the extendedMethodTypes array (one type string pointer per method), or 0
     extended_types: int = 0
+    #: its ``size`` field: how many bytes of protocol_t it has
+    size: int = 0
 
 
 @dataclass(slots=True)
@@ -119,6 +122,9 @@ class ObjCImageInput:
     classes: list[ClassInput] = field(default_factory=list)
     categories: list[CategoryInput] = field(default_factory=list)
     protocols: list[ProtocolInput] = field(default_factory=list)
+    #: every pointer slot naming a protocol: __objc_protorefs words and the entries of the
+    #: protocol lists of classes, metaclasses, categories and protocols (sorted, each once)
+    protocol_ref_slots: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
     #: why the image's ObjC metadata cannot be optimized (None: it can)
     problem: str | None = None
 
@@ -158,6 +164,7 @@ class _Reader:
         kinds = recs["kind"]
         self.fix_bind = (kinds == FixupKind.BIND) | (kinds == FixupKind.AUTH_BIND)
         self._strings: dict[int, dict[int, bytes]] = {}
+        self.protocol_slots: set[int] = set()
 
     def inside(self, addr: int) -> bool:
         return self.image.segment_for_address(addr) is not None
@@ -219,6 +226,18 @@ class _Reader:
 
     # -- records -----------------------------------------------------------------------------------
 
+    def protocol_list(self, at: int, what: str) -> None:
+        """Record the entries of the protocol_list_t the pointer at ``at`` leads to (u64 count,
+        then one pointer per protocol)."""
+        addr = self.local(at, f"{what} protocol list")
+        if not addr:
+            return
+        (count,) = struct.unpack("<Q", self.read(addr, 8, f"{what} protocol list"))
+        if count > MAX_LIST_COUNT:
+            raise ObjCInputError(addr, f"{what} protocol list claims {count} protocols")
+        self.read(addr, 8 + 8 * count, f"{what} protocol list")
+        self.protocol_slots.update(range(addr + 8, addr + 8 + 8 * count, 8))
+
     def method_list(self, addr: int, what: str) -> MethodListInput | None:
         if not addr:
             return None
@@ -252,6 +271,7 @@ class _Reader:
         name = self.local(bits + ro_words + 8 * CLASS_RO_NAME_WORD, f"{what} name")
         methods = self.local(bits + ro_words + 8 * CLASS_RO_METHODS_WORD, f"{what} method list")
         label = self.string(name, f"{what} name")
+        self.protocol_list(bits + ro_words + 8 * CLASS_RO_PROTOCOLS_WORD, f"{what} {label!r}")
         return ClassInput(label, addr, is_meta, self.method_list(methods, f"{what} {label!r} methods"))
 
     def superclass_chain(self, addr: int) -> None:
@@ -281,13 +301,16 @@ class _Reader:
         ext = 0
         if size >= _PROTOCOL_EXT_TYPES_AT + 8:
             ext = self.local(addr + _PROTOCOL_EXT_TYPES_AT, "protocol extended method types")
-        return ProtocolInput(name, addr, lists, ext)
+        self.read(addr, max(size, _PROTOCOL_EXT_TYPES_AT), f"protocol {name!r}")
+        self.protocol_list(addr + 16, f"protocol {name!r}")
+        return ProtocolInput(name, addr, lists, ext, size)
 
     def category(self, addr: int) -> CategoryInput:
         self.read(addr, 8 * CATEGORY_T_WORDS - 16, "category")
         name = self.string(self.local(addr, "category name"), "category name")
         inst = self.method_list(self.local(addr + 16, "category methods"), f"category {name!r} methods")
         cls = self.method_list(self.local(addr + 24, "category class methods"), f"category {name!r} methods")
+        self.protocol_list(addr + 32, f"category {name!r}")
         return CategoryInput(name, addr, inst, cls)
 
     def classes(self) -> list[ClassInput]:
@@ -348,6 +371,8 @@ def read_objc_input(image: MachOFile, install_name: str) -> ObjCImageInput:
         out.protocols = [
             r.protocol(r.local(a, "protocol list entry")) for a in r.section_words("__objc_protolist")
         ]
+        r.protocol_slots.update(r.section_words("__objc_protorefs"))
+        out.protocol_ref_slots = np.array(sorted(r.protocol_slots), dtype=np.uint64)
     except ObjCInputError as exc:
         return ObjCImageInput(install_name, out.image_info, out.image_info_flags, problem=str(exc))
     return out
