@@ -669,9 +669,10 @@ class InputImages:
     def objc_rewritten(self, install_name: str) -> set[int]:
         """Cache locations whose values the ObjC optimizers change when libobjc is cached: the
         selector references and the words of pointer method list entries (retargeted to the
-        canonical selector strings, entries sorted) and protocols' extended method types (moved
-        with their methods). tests/test_objc_optimizers.py checks them by their meaning (names,
-        IMPs, order); the input structure comes from the builder's ObjC reader (no values)."""
+        canonical selector strings, entries sorted), protocols' extended method types (moved
+        with their methods) and the protocol references (retargeted to canonical protocols).
+        tests/test_objc_*.py check them by their meaning (names, IMPs, order, canonical
+        protocols); the input structure comes from the builder's ObjC reader (no values)."""
         from dyldcache.builder.optimizers.objc_input import has_objc, read_objc_input
         from dyldcache.macho.file import open_macho
 
@@ -684,6 +685,7 @@ class InputImages:
         if meta.problem is not None:
             return set()
         out = {int(a) for a in meta.selref_locations.tolist()}
+        out |= {int(a) for a in meta.protocol_ref_slots.tolist()}  # canonical protocols
         for ml in meta.method_lists():
             if not ml.relative:
                 out |= set(range(ml.first, ml.first + ml.entsize * len(ml.names), 8))

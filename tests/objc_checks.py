@@ -29,6 +29,12 @@ The rules are libobjc's (objc4 objc-runtime-new.h/.mm, objc-abi.h) and dyld-1162
   relative_list_list_t of its class (instance methods) or metaclass (class methods), with the
   input's (selector name, IMP) pairs and the category image's header_info index; the class's own
   list is the last entry (what OBJC_DISABLE_PREATTACHED_CATEGORIES keeps);
+- check_canonical_protocols: every name of the protocol table leads to one protocol_t (the
+  canonical one): of that name, its isa the Protocol class (the class table's), flagged
+  PROTOCOL_IS_CANONICAL, its size the full protocol_t; every __objc_protorefs word and every
+  protocol list entry (classes, metaclasses, categories, protocols) of every image marked
+  OptimizedByDyld points at the canonical protocol of its name (libobjc's
+  getPreoptimizedProtocol / remapProtocol trust them);
 - check_header_info: one header_info per ObjC image, ascending by mach header, with the image's
   own objc_image_info; libobjc's objc_opt_t names the same tables as dyld's header; an image
   marked OptimizedByDyld has canonical selector references and its classes in the class table.
@@ -49,6 +55,13 @@ OPTIMIZED_BY_DYLD = 1 << 3
 DYLD_CATEGORIES_OPTIMIZED = 1 << 0
 #: method_list_t flags (objc-runtime-new.h)
 FIXED_UP = 3
+#: protocol_t.flags (objc-runtime-new.h)
+PROTOCOL_IS_CANONICAL = 1 << 29
+#: sizeof(protocol_t), 64-bit: 8 pointers, size, flags, extendedMethodTypes, demangledName,
+#: classProperties
+PROTOCOL_T_SIZE = 96
+#: class_ro_t pointer of class_t.bits (FAST_DATA_MASK)
+_FAST_DATA_MASK = 0x00007FFFFFFFFFF8
 SMALL_LIST = 0x80000000
 
 Method = tuple[str, str, int]
@@ -398,6 +411,76 @@ def _check_objc_opt(cache: CacheObjC, opt: Opt) -> list[str]:
     return problems
 
 
+def _protocol_ref_slots(mem: ObjCMemory, image: str) -> list[tuple[str, int]]:
+    """(owner, slot address) of every pointer naming a protocol in ``image``."""
+    slots = []
+    for (seg, sect), (addr, size) in mem.sections(image).items():
+        if sect == "__objc_protorefs" and seg != "__TEXT":
+            slots += [("__objc_protorefs", addr + 8 * i) for i in range(size // 8)]
+
+    def protocol_list(owner: str, a: int) -> None:
+        if a:
+            slots.extend((owner, a + 8 + 8 * i) for i in range(mem.u64(a)))
+
+    for a in mem.pointer_section(image, "__objc_classlist"):
+        for cls in (a, mem.ptr(a)):
+            ro = mem.ptr(cls + 32) & _FAST_DATA_MASK
+            protocol_list(f"class {mem.text(mem.ptr(ro + 24))}", mem.ptr(ro + 40))
+    for a in mem.pointer_section(image, "__objc_catlist"):
+        protocol_list(f"category {mem.text(mem.ptr(a))}", mem.ptr(a + 32))
+    for a in mem.pointer_section(image, "__objc_protolist"):
+        protocol_list(f"protocol {mem.text(mem.ptr(a + 8))}", mem.ptr(a + 16))
+    return slots
+
+
+def check_canonical_protocols(cache: CacheObjC, inputs: InputObjC) -> list[str]:
+    opt = cache.opt
+    if opt is None or opt.protocols is None or not opt.protocols.capacity:
+        return ["the cache has no protocol table"]
+    o = cache.oracle
+    protocol_class = {a for n, a, _i in opt.class_objects if n == "Protocol"}
+    if len(protocol_class) != 1:
+        return [f"the class table has {len(protocol_class)} classes named 'Protocol'"]
+    problems = []
+    canonical: dict[str, set[int]] = {}
+    for name, address, _index in opt.protocol_objects:
+        canonical.setdefault(name, set()).add(address)
+    for name, addresses in sorted(canonical.items()):
+        if len(addresses) != 1:
+            problems.append(f"protocol {name!r}: the table names {len(addresses)} protocol_t, not one")
+        for a in addresses:
+            what = f"canonical protocol {name!r} at {a:#x}"
+            if o.text(o.ptr(a + 8)) != name:
+                problems.append(f"{what}: its name is {o.text(o.ptr(a + 8))!r}")
+            if o.ptr(a) not in protocol_class:
+                problems.append(f"{what}: its isa {o.ptr(a):#x} is not the Protocol class")
+            size, flags = o.u32(a + 64), o.u32(a + 68)
+            if not flags & PROTOCOL_IS_CANONICAL:
+                problems.append(f"{what}: flags {flags:#x} lack PROTOCOL_IS_CANONICAL")
+            if size < PROTOCOL_T_SIZE:
+                problems.append(f"{what}: size {size} is not a full protocol_t")
+    for image, im in sorted(cache.images.items()):
+        if im.image_info is None or not im.image_info[1] & OPTIMIZED_BY_DYLD:
+            continue
+        for owner, slot in _protocol_ref_slots(o, image):
+            target = o.ptr(slot)
+            name = o.text(o.ptr(target + 8))
+            if {target} != canonical.get(name):
+                problems.append(
+                    f"{image}: {owner} names protocol {name!r} at {target:#x}, not its canonical one"
+                )
+    return problems
+
+
+def protocol_table_words(main_path: str) -> set[int]:
+    """The word addresses of every protocol_t the protocol table names (with canonical
+    protocols: the copies the builder adds, whose pointers no input fixup gives)."""
+    opt = ObjCOracle(main_path, 0).opt()
+    if opt is None or opt.protocols is None:
+        return set()
+    return {a + 8 * i for _n, a, _i in opt.protocol_objects for i in range(PROTOCOL_T_SIZE // 8)}
+
+
 CHECKS: dict[str, Callable[[CacheObjC, InputObjC], list[str]]] = {
     "selectors_resolve": check_selectors_resolve,
     "selector_references": check_selector_references,
@@ -405,4 +488,5 @@ CHECKS: dict[str, Callable[[CacheObjC, InputObjC], list[str]]] = {
     "method_lists": check_method_lists,
     "sorted_method_lists": check_sorted_method_lists,
     "header_info": check_header_info,
+    "canonical_protocols": check_canonical_protocols,
 }

@@ -10,6 +10,12 @@ protocols cross dylib boundaries), linked with our linker into a root, and cache
 - /usr/lib/libfxtop.dylib: top.o (FXTop : FXPoly, category NSObject (FXTopDebug), the C entry
   points the emulation test calls).
 
+The same objects linked by ld64.lld-22 with ``-objc_relative_method_lists`` give a root whose
+method lists are relative (12-byte entries naming selector references), as ld64 writes them
+for current OSes: :func:`relative_objc_cache` (arm64, x86_64; lld cannot link arm64e's
+authenticated pointers). lld writes no split seg info; the builder synthesizes it
+(``-ignore_optimization_hints`` keeps ADRP pairs the synthesis can move).
+
 Each root and cache is made once per test process.
 """
 
@@ -19,9 +25,12 @@ import atexit
 import functools
 import os
 import shutil
+import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from conftest import tool
 
 from dyldcache.builder.pipeline import BuildOptions, BuildResult, build_cache
 from dyldcache.examples import OBJ_DIR
@@ -105,3 +114,25 @@ def objc_cache(arch: str, platform: str = "macos") -> ObjCBuilt:
     out = os.path.join(_scratch(f"cache-{arch}-{platform}"), "cache")
     result = build_cache(BuildOptions(arch=arch, platform=platform, output_dir=out, root=root, jobs=1))
     return ObjCBuilt(arch, platform, root, inputs, result)
+
+
+#: the archs ld64.lld-22 links the fixture objects for
+RELATIVE_ARCHS = ("arm64", "x86_64")
+
+
+@functools.cache
+def relative_objc_cache(arch: str) -> ObjCBuilt:
+    """A cache of the fixture root linked by ld64.lld-22 with relative method lists."""
+    root = os.path.join(_scratch(f"lld-root-{arch}"), "root")
+    written: dict[str, str] = {}
+    for install_name, obj, deps in OBJC_DYLIBS:
+        out = os.path.join(root, install_name.lstrip("/"))
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        args = [tool("ld64.lld-22"), "-arch", arch, "-platform_version", "macos", "13.0", "13.0", "-dylib"]
+        args += ["-objc_relative_method_lists", "-ignore_optimization_hints", "-install_name", install_name]
+        args += ["-o", out, _object(arch, obj)] + [written[d] for d in deps]
+        subprocess.run(args, check=True, capture_output=True)
+        written[install_name] = out
+    out = os.path.join(_scratch(f"lld-cache-{arch}"), "cache")
+    result = build_cache(BuildOptions(arch=arch, output_dir=out, root=root, jobs=1))
+    return ObjCBuilt(arch, "macos", root, written, result)

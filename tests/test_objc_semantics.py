@@ -6,7 +6,9 @@
 - Messages sent in unicorn through the libobjc stand-in's objc_msgSend (C, searching the cache's
   method lists) give the values the methods' arithmetic gives, on every arch, at a random slide.
 - On our caches of the fixture root every check passes too (the ObjC optimizers of
-  builder/optimizers/objc_*.py).
+  builder/optimizers/objc_*.py), with the pointer method lists our linker writes and with the
+  relative method lists ld64.lld-22 writes (which the builder converts to selectors named from
+  the selector strings base, as dyld-1162's convertObjCMethodListsToOffsets does).
 """
 
 from __future__ import annotations
@@ -105,6 +107,14 @@ def _mutate(src: Path, dst: Path, what: str) -> None:
             d = 0 if opt.base_selector is not None else 12
             put(e0, "<3i", n1 + d, t1 + 12, i1 + 12)
             put(e1, "<3i", n0 - d, t0 - 12, i0 - 12)
+    elif what == "canonical_protocols":  # a protocol list entry names libobjc's own NSObject
+        lib = "/usr/lib/libobjc.A.dylib"
+        (own,) = o.pointer_section(lib, "__objc_protolist")
+        _owner, ref = oc._protocol_ref_slots(o, lib)[0]
+        canonical = o.ptr(ref)
+        assert own != canonical and o.text(o.ptr(own + 8)) == "NSObject"
+        raw_word = struct.unpack_from("<Q", data, _file_offset(raw, ref))[0]
+        put(ref, "<Q", raw_word - canonical + own)
     elif what == "header_info":  # one image loses its header_info entry
         opt_ro = o.sections("/usr/lib/libobjc.A.dylib")[("__TEXT", "__objc_opt_ro")][0]
         ro = opt_ro + o.i32(opt_ro + 12)
@@ -173,9 +183,15 @@ def check_calls(loaded: emulator.LoadedCache) -> None:
     assert _counter(loaded, "_fxrt_sorted_misses") == 0
 
 
-@pytest.mark.parametrize("arch", fx.ARCHS)
-def test_messages_across_dylibs_in_emulation(arch: str) -> None:
-    built = fx.objc_cache(arch)
+def _fixture_cache(lists: str, arch: str) -> fx.ObjCBuilt:
+    return fx.objc_cache(arch) if lists == "pointer" else fx.relative_objc_cache(arch)
+
+
+@pytest.mark.parametrize(
+    ("lists", "arch"), [("pointer", a) for a in fx.ARCHS] + [("relative", a) for a in fx.RELATIVE_ARCHS]
+)
+def test_messages_across_dylibs_in_emulation(lists: str, arch: str) -> None:
+    built = _fixture_cache(lists, arch)
     assert set(fx.OBJC_IMAGES) <= set(built.result.dylibs), built.result.evictions
     loaded = emulator.load_cache(built.main, arch, random_slide(built.main))
     assert _map_images(loaded) == 2  # FXBase (FXPolyExtras), NSObject (FXTopDebug)
@@ -244,11 +260,20 @@ def test_stub_searches_relative_method_lists(form: str, fixed_up: bool) -> None:
 # our caches of the fixture root
 
 
+def _open_ours(built: fx.ObjCBuilt) -> tuple[oc.CacheObjC, oc.InputObjC]:
+    cache = oc.open_cache(built.main, random_slide(built.main))
+    return cache, oc.inputs_from_files(built.main, built.inputs, built.arch, random.randrange(1 << 30))
+
+
 @pytest.fixture(scope="module")
 def ours() -> tuple[oc.CacheObjC, oc.InputObjC]:
-    built = fx.objc_cache("arm64")
-    cache = oc.open_cache(built.main, random_slide(built.main))
-    return cache, oc.inputs_from_files(built.main, built.inputs, "arm64", random.randrange(1 << 30))
+    return _open_ours(fx.objc_cache("arm64"))
+
+
+@pytest.fixture(scope="module", params=fx.RELATIVE_ARCHS)
+def ours_relative(request: pytest.FixtureRequest) -> tuple[fx.ObjCBuilt, oc.CacheObjC, oc.InputObjC]:
+    built = fx.relative_objc_cache(request.param)
+    return (built, *_open_ours(built))
 
 
 @pytest.mark.parametrize(
@@ -260,12 +285,58 @@ def ours() -> tuple[oc.CacheObjC, oc.InputObjC]:
         "method_lists",
         "sorted_method_lists",
         "header_info",
+        "canonical_protocols",
     ],
 )
 def test_checks_on_our_fixture_cache(ours: tuple[oc.CacheObjC, oc.InputObjC], check: str) -> None:
     cache, inputs = ours
     assert sorted(inputs.images) == sorted(fx.OBJC_IMAGES)
     assert oc.CHECKS[check](cache, inputs) == []
+
+
+@pytest.mark.parametrize("check", list(oc.CHECKS))
+def test_checks_on_our_relative_fixture_cache(
+    ours_relative: tuple[fx.ObjCBuilt, oc.CacheObjC, oc.InputObjC], check: str
+) -> None:
+    _built, cache, inputs = ours_relative
+    assert sorted(inputs.images) == sorted(fx.OBJC_IMAGES)
+    assert oc.CHECKS[check](cache, inputs) == []
+
+
+#: method_list_t entsizeAndFlags (objc4 objc-runtime-new.h): smallMethodListFlag,
+#: relativeMethodSelectorsAreDirectFlag; dyld-1162's uniqued and sorted bits
+_SMALL, _DIRECT, _FIXED_UP = 0x80000000, 0x40000000, 0x3
+
+
+def test_relative_lists_name_selectors_from_the_selector_base(
+    ours_relative: tuple[fx.ObjCBuilt, oc.CacheObjC, oc.InputObjC],
+) -> None:
+    """ld64.lld-22's class and category lists are relative and name selectors through selector
+    references (protocols keep pointer lists, as ld64 writes them); in the cache every relative
+    list is direct (u32 offsets from the base objc_opt_t names: the magic selector) and every
+    list is fixed up, each name the canonical string the selector table gives."""
+    built, cache, _inputs = ours_relative
+    standalone = StandaloneObjC(list(built.inputs.values()), built.arch, 7)
+    base = cache.base_selector
+    assert base is not None and cache.oracle.text(base) == "\U0001f92f"
+    assert cache.opt is not None
+    table = oc._table_addresses(cache, cache.opt.selectors)
+    relative = 0
+    for name in fx.OBJC_IMAGES:
+        for owner, address in standalone.method_list_addresses(name):
+            if address:
+                flags, _ = standalone.method_list_selectors(address, None)
+                want = 0 if owner.startswith("<") else _SMALL
+                assert flags & (_SMALL | _DIRECT) == want, (name, owner)
+        for owner, address in cache.oracle.method_list_addresses(name):
+            if not address:
+                continue
+            flags, sels = cache.oracle.method_list_selectors(address, base)
+            want = _FIXED_UP if owner.startswith("<") else _SMALL | _DIRECT | _FIXED_UP
+            assert flags & (_SMALL | _DIRECT | _FIXED_UP) == want, (name, owner)
+            relative += bool(flags & _SMALL) * len(sels)
+            assert all(table[cache.oracle.text(a)] == a for a in sels), (name, owner)
+    assert relative > 20
 
 
 def test_fixture_inputs_are_what_the_sources_say(ours: tuple[oc.CacheObjC, oc.InputObjC]) -> None:
@@ -290,7 +361,12 @@ def test_fixture_inputs_are_what_the_sources_say(ours: tuple[oc.CacheObjC, oc.In
 
 def test_dyldextractor_objc_fixer_on_our_cache(tmp_path: Path) -> None:
     """DyldExtractor's ObjC fixer (with the stub fixer) warns about nothing on the fixture cache,
-    and the extracted images' method lists are the inputs' (IMPs at their cache addresses)."""
+    and the extracted images' method lists are the inputs' (IMPs at their cache addresses).
+
+    Not on the relative fixture cache: DyldExtractor finds the base of direct selectors only
+    through libobjc's __objc_scoffs (objc_opt_offsets), which dyld-1162 fills only when it
+    builds IMP caches (arm64 iOS with the objcOptimizations file); without them it reads the
+    offsets as relative to their field, as on a 1162 cache without IMP caches."""
     python_module("DyldExtractor")
     from dyldextractor_gate import run_gate
 

@@ -16,11 +16,13 @@ dyld4 PrebuiltLoader's                     ``prebuilt_loaders`` (none built: a p
 ObjC header info and opts header           ``objc_header``              warnings, weak superclass
 ObjC Canonical Selector References         ``objc_canonical_selectors``
 ObjC Hash Tables                           ``objc_hash_tables``
+ObjC Canonical Protocols                   ``objc_canonical_protocols`` protocol refs, lists
 ObjC Selector References Loading           ``objc_selector_refs``       selrefs, method names
+ObjC Relative Method Lists Conversion      ``objc_relative_method_lists``
+                                                                        relative lists' selectors
 ObjC Method Lists Sorting                  ``objc_method_sorting``      method lists
 (emitPreAttachedObjCCategories)            ``objc_categories``          class_ro_t lists
-ObjC IMP Caches, Canonical Protocols,      not yet (libobjc does that work at run time)
-Relative Method Lists Conversion
+ObjC IMP Caches                            not yet (libobjc does that work at run time)
 Swift Protocol Conformance Hash Table      not yet
 Optimize Stubs, GOT uniquing, FIPS Sign    not yet
 (calculateSlideInfoSize, computeSlideInfo) ``slide_info``               pointer check
@@ -36,12 +38,14 @@ from .base import DylibResult, Optimizer
 from .binds_to_rebases import ConvertBindsToRebases
 from .code_sign import CodeSign
 from .dylibs_trie import DylibsTrie
+from .objc_canonical_protocols import ObjCCanonicalProtocols
 from .objc_canonical_selectors import ObjCCanonicalSelectors
 from .objc_categories import ObjCPreAttachedCategories
 from .objc_hash_tables import ObjCHashTables
 from .objc_header import ObjCHeader
 from .objc_input import ObjCInputs
 from .objc_method_sorting import ObjCMethodListsSorting
+from .objc_relative_method_lists import ObjCRelativeMethodListsConversion
 from .objc_selector_refs import ObjCSelectorReferencesLoading
 from .pack_segments import PackSegments
 from .patch_table import PatchTable
@@ -88,7 +92,9 @@ def optimizers_for(config: CacheConfig, preattached_categories: bool = False) ->
         ObjCHeader(objc, selectors, tables),
         selectors,
         tables,
+        ObjCCanonicalProtocols(objc, tables),
         ObjCSelectorReferencesLoading(objc, selectors),
+        ObjCRelativeMethodListsConversion(objc, selectors),
         ObjCMethodListsSorting(objc, selectors),
         *([ObjCPreAttachedCategories(objc, binds)] if preattached_categories else []),
         SlideInfo(),

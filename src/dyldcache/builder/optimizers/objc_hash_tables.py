@@ -162,6 +162,9 @@ class ObjCHashTables(Optimizer):
         self.classes = ObjectMap()
         self.protocols = ObjectMap()
         self.chunks: HashTableChunks | None = None
+        #: cache address of a protocol -> where the table points for it (its canonical copy,
+        #: set by objc_canonical_protocols.py before the dylib passes)
+        self.protocol_addresses: dict[int, int] = {}
 
     def estimate(self, model: CacheModel) -> None:
         if not self.objc.active:
@@ -212,10 +215,9 @@ class ObjCHashTables(Optimizer):
             (c.protocol_names, c.protocols, self.protocols),
         ):
             buffers.put(names, b"".join(n + b"\0" for n in m.names))
-            offsets = [
-                self.objc.dylibs[index].cache_address(InputVMAddr(addr)) - base
-                for _, index, addr in m.objects
-            ]
+            redirect = self.protocol_addresses if m is self.protocols else {}
+            addresses = [int(self.objc.dylibs[i].cache_address(InputVMAddr(a))) for _, i, a in m.objects]
+            offsets = [redirect.get(a, a) - base for a in addresses]
             buffers.put(table, m.encode(names.vm_addr, table.vm_addr, base, offsets))
 
     def table_addresses(self) -> tuple[CacheVMAddr, CacheVMAddr, CacheVMAddr] | None:

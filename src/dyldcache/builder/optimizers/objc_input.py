@@ -120,6 +120,8 @@ class ProtocolInput:
     method_lists: list[MethodListInput | None]
     #: address of the extendedMethodTypes array (one type string pointer per method), or 0
     extended_types: int = 0
+    #: its ``size`` field: how many bytes of protocol_t it has
+    size: int = 0
 
 
 @dataclass(slots=True)
@@ -136,6 +138,9 @@ class ObjCImageInput:
     classes: list[ClassInput] = field(default_factory=list)
     categories: list[CategoryInput] = field(default_factory=list)
     protocols: list[ProtocolInput] = field(default_factory=list)
+    #: every pointer slot naming a protocol: __objc_protorefs words and the entries of the
+    #: protocol lists of classes, metaclasses, categories and protocols (sorted, each once)
+    protocol_ref_slots: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
     #: why the image's ObjC metadata cannot be optimized (None: it can)
     problem: str | None = None
     #: its fixups are dyld-info opcodes (dyld-1162 pre-attaches no category of such an image)
@@ -177,6 +182,7 @@ class _Reader:
         kinds = recs["kind"]
         self.fix_bind = (kinds == FixupKind.BIND) | (kinds == FixupKind.AUTH_BIND)
         self._strings: dict[int, dict[int, bytes]] = {}
+        self.protocol_slots: set[int] = set()
 
     def inside(self, addr: int) -> bool:
         return self.image.segment_for_address(addr) is not None
@@ -238,6 +244,18 @@ class _Reader:
 
     # -- records -----------------------------------------------------------------------------------
 
+    def protocol_list(self, at: int, what: str) -> None:
+        """Record the entries of the protocol_list_t the pointer at ``at`` leads to (u64 count,
+        then one pointer per protocol)."""
+        addr = self.local(at, f"{what} protocol list")
+        if not addr:
+            return
+        (count,) = struct.unpack("<Q", self.read(addr, 8, f"{what} protocol list"))
+        if count > MAX_LIST_COUNT:
+            raise ObjCInputError(addr, f"{what} protocol list claims {count} protocols")
+        self.read(addr, 8 + 8 * count, f"{what} protocol list")
+        self.protocol_slots.update(range(addr + 8, addr + 8 + 8 * count, 8))
+
     def method_list(self, addr: int, what: str) -> MethodListInput | None:
         if not addr:
             return None
@@ -273,6 +291,7 @@ class _Reader:
         protocols = self.local(bits + ro_words + 8 * CLASS_RO_PROTOCOLS_WORD, f"{what} protocol list")
         properties = self.local(bits + ro_words + 8 * CLASS_RO_PROPERTIES_WORD, f"{what} property list")
         label = self.string(name, f"{what} name")
+        self.protocol_list(bits + ro_words + 8 * CLASS_RO_PROTOCOLS_WORD, f"{what} {label!r}")
         isa = self.pointer(addr, "isa") or 0
         return ClassInput(
             label,
@@ -320,7 +339,9 @@ class _Reader:
         ext = 0
         if size >= _PROTOCOL_EXT_TYPES_AT + 8:
             ext = self.local(addr + _PROTOCOL_EXT_TYPES_AT, "protocol extended method types")
-        return ProtocolInput(name, addr, lists, ext)
+        self.read(addr, max(size, _PROTOCOL_EXT_TYPES_AT), f"protocol {name!r}")
+        self.protocol_list(addr + 16, f"protocol {name!r}")
+        return ProtocolInput(name, addr, lists, ext, size)
 
     def category(self, addr: int, class_properties: bool) -> CategoryInput:
         self.read(addr, 8 * CATEGORY_T_WORDS - 16, "category")
@@ -330,6 +351,7 @@ class _Reader:
         target = self.pointer(addr + 8, "category class")
         if target and not self.inside(target):
             raise ObjCInputError(addr + 8, f"category class points outside the image ({target:#x})")
+        self.protocol_list(addr + 32, f"category {name!r}")
         out = CategoryInput(name, addr, inst, cls, target)
         out.protocols = self.counted(self.local(addr + 32, "category protocols"), 8, "protocol list")
         out.instance_properties = self.counted(
@@ -402,6 +424,8 @@ def read_objc_input(image: MachOFile, install_name: str) -> ObjCImageInput:
         out.protocols = [
             r.protocol(r.local(a, "protocol list entry")) for a in r.section_words("__objc_protolist")
         ]
+        r.protocol_slots.update(r.section_words("__objc_protorefs"))
+        out.protocol_ref_slots = np.array(sorted(r.protocol_slots), dtype=np.uint64)
     except ObjCInputError as exc:
         info, flags = out.image_info, out.image_info_flags
         return ObjCImageInput(install_name, info, flags, problem=str(exc), opcode_fixups=out.opcode_fixups)

@@ -6,8 +6,10 @@ dylib, after the selector references: the seed's sortObjCMethodLists).
 Selectors are the canonical strings (objc_canonical_selectors.py), so an entry's key is its
 name's offset in the selector strings. The sort is stable (a name listed twice keeps its order).
 A pointer list's entries move with their bound pointers (their locations change); a relative
-list's int32 offsets are recomputed for their new fields. A protocol's extendedMethodTypes
-array, one type string per method of its four lists, is permuted with them.
+list's int32 offsets are recomputed for their new fields (its selector field is already an
+offset from the selector strings, objc_relative_method_lists.py, and stays as it is). A
+protocol's extendedMethodTypes array, one type string per method of its four lists, is
+permuted with them.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from ...cache.objc_format import ENTSIZE_LIST, RELATIVE_SELECTORS_ARE_DIRECT_FLAG
 from ..bind import BindResult
 from ..buffers import CacheBuffers
 from ..cache_dylib import CacheDylib
@@ -51,13 +54,16 @@ def permute_entries(
         ptrs[lo:hi] = block[np.argsort(block["location"], kind="stable")]
 
 
-def fix_relative_offsets(buf: np.ndarray, at: int, n: int, order: np.ndarray, entsize: int) -> None:
+def fix_relative_offsets(
+    buf: np.ndarray, at: int, n: int, order: np.ndarray, entsize: int, direct: bool
+) -> None:
     """After entries of a relative list moved (bytes at file offset ``at``), make each int32
-    offset reach the same target from its new field."""
+    offset reach the same target from its new field; a ``direct`` list's selector field is an
+    offset from the selector strings (objc_relative_method_lists.py), which does not move."""
     fields = entsize // 4
     words = buf[at : at + entsize * n].view("<i4").reshape(n, fields).astype(np.int64)
     delta = (order.astype(np.int64) - np.arange(n)) * entsize  # old position - new position
-    words += delta[:, None]
+    words[:, 1 if direct else 0 :] += delta[:, None]
     buf[at : at + entsize * n] = words.astype("<i4").view(np.uint8).reshape(-1)
 
 
@@ -76,7 +82,10 @@ class ObjCMethodListsSorting(Optimizer):
         if np.any(order != np.arange(len(order))):
             permute_entries(dylib, buf, bound, ml.first, ml.entsize, order)
             if ml.relative:
-                fix_relative_offsets(buf, buffer_offset(dylib, ml.first), len(order), order, ml.entsize)
+                at = buffer_offset(dylib, ml.address)
+                word = int.from_bytes(bytes(buf[at : at + 4]), "little")
+                direct = bool(word & RELATIVE_SELECTORS_ARE_DIRECT_FLAG)
+                fix_relative_offsets(buf, at + ENTSIZE_LIST.size, len(order), order, ml.entsize, direct)
             if ext_types:
                 permute_entries(dylib, buf, bound, ext_types, _PTR, order)
         set_list_flags(dylib, buf, ml, METHOD_LIST_UNIQUED | METHOD_LIST_SORTED)
