@@ -237,9 +237,28 @@ def read_nlists(data: bytes, symoff: int, nsyms: int, strings: bytes) -> list[tu
     return out
 
 
-def input_segments(path: str | Path) -> list[RawSegment]:
-    """Segments of an input (standalone) dylib, from its load commands."""
+#: fat_arch cputype per arch (mach/machine.h)
+FAT_CPU_TYPES = {"x86_64": 0x01000007, "arm64": 0x0100000C}
+
+
+def slice_offset(data: bytes, arch: str) -> int:
+    """File offset of ``arch``'s slice in a fat file (fat.h, big-endian), 0 for a thin file."""
+    if data[:4] != b"\xca\xfe\xba\xbe":
+        return 0
+    cpu = FAT_CPU_TYPES[arch]
+    for i in range(int.from_bytes(data[4:8], "big")):
+        rec = data[8 + 20 * i : 28 + 20 * i]
+        if int.from_bytes(rec[0:4], "big") == cpu and int.from_bytes(rec[4:8], "big") & 0xFF == 3:
+            return int.from_bytes(rec[8:12], "big")
+    raise AssertionError(f"no {arch} slice")
+
+
+def input_segments(path: str | Path, arch: str = "") -> list[RawSegment]:
+    """Segments of an input (standalone) dylib, from its load commands (a fat file: of its
+    ``arch`` slice)."""
     data = Path(path).read_bytes()
+    if arch:
+        data = data[slice_offset(data, arch) :]
     _magic, _cpu, _sub, _ft, ncmds, _size = struct.unpack_from("<6I", data)
     out, off = [], 32
     for _ in range(ncmds):

@@ -142,11 +142,15 @@ def inputs_from_cache(cache: CacheObjC) -> InputObjC:
     return InputObjC(dict(cache.images), lambda _name, address: address)
 
 
-def inputs_from_files(main_path: str, inputs: dict[str, str], arch: str, seed: int) -> InputObjC:
-    """The input dylibs (install name -> path) of the cache at ``main_path``, mapped by the emulator."""
-    mem = StandaloneObjC(list(inputs.values()), arch, seed)
+def inputs_from_files(
+    main_path: str, inputs: dict[str, str], arch: str, seed: int, *, partial: bool = False
+) -> InputObjC:
+    """The input dylibs (install name -> path) of the cache at ``main_path``, mapped by the
+    emulator. ``partial``: the ObjC images of a real root without the rest of their closure
+    (binds to other images null: load_standalone)."""
+    mem = StandaloneObjC(list(inputs.values()), arch, seed, partial=partial)
     raw = RawCache(main_path)
-    segments = {name: (input_segments(path), raw.segments(name)) for name, path in inputs.items()}
+    segments = {name: (input_segments(path, arch), raw.segments(name)) for name, path in inputs.items()}
     images = {name: read_image(mem, name, None) for name in inputs if mem.image_info(name) is not None}
 
     def to_cache(_name: str, address: int) -> int:
@@ -270,13 +274,17 @@ def check_method_lists(cache: CacheObjC, inputs: InputObjC) -> list[str]:
                 problems.append(f"{what}: class missing from the cache image")
             elif ours[(k.name, k.meta)] != want:
                 problems.append(f"{what}: methods {ours[(k.name, k.meta)]} differ from the input's {want}")
-        cats = {(c[0], c[1]): (sorted(c[2]), sorted(c[3])) for c in cached.categories}
-        for cat, cls, inst, clsm in im.categories:
-            want_lists = (_moved(inputs, name, inst), _moved(inputs, name, clsm))
-            if cats.get((cat, cls)) != want_lists:
-                problems.append(
-                    f"{name}: category {cls}({cat}) methods {cats.get((cat, cls))} != {want_lists}"
-                )
+        # in catlist order: categories of one name on classes of other images (unnamed when
+        # those images are not read) are told apart by their place
+        if len(cached.categories) != len(im.categories):
+            problems.append(
+                f"{name}: {len(cached.categories)} categories, the input has {len(im.categories)}"
+            )
+        for (cat, cls, inst, clsm), ours in zip(im.categories, cached.categories, strict=False):
+            want = (cat, cls, _moved(inputs, name, inst), _moved(inputs, name, clsm))
+            got = (ours[0], ours[1], sorted(ours[2]), sorted(ours[3]))
+            if got != want:
+                problems.append(f"{name}: category {cls}({cat}) {got} != the input's {want}")
     return problems
 
 

@@ -305,10 +305,12 @@ class ObjCMemory:
         )
 
     def _super_name(self, cls: int) -> str | None:
+        """The name of the class at ``cls``; None for no class or one without a class_ro_t (a
+        stand-in library's zeroed data, tests/standins.py)."""
         if not cls:
             return None
         ro = self.ptr(cls + 32) & 0x00007FFFFFFFFFF8
-        return self.text(self.ptr(ro + 24))
+        return self.text(self.ptr(ro + 24)) if ro else None
 
     def classes(self, install_name: str, base_selector: int | None) -> list[Klass]:
         out = []
@@ -516,8 +518,8 @@ class StandaloneObjC(ObjCMemory):
     """Input dylibs mapped by the emulator (tests/emulator.py load_standalone: each at a random
     base, its rebases and binds applied with LIEF), read at runtime addresses."""
 
-    def __init__(self, paths: list[str], arch: str, seed: int) -> None:
-        self.m, self.images = load_standalone(paths, arch, seed)
+    def __init__(self, paths: list[str], arch: str, seed: int, *, partial: bool = False) -> None:
+        self.m, self.images = load_standalone(paths, arch, seed, partial=partial)
         #: install name -> what is added to the image's VM addresses in memory
         self.shift = {name: img.base for name, img in self.images.items()}
 
