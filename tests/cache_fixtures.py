@@ -237,9 +237,28 @@ def read_nlists(data: bytes, symoff: int, nsyms: int, strings: bytes) -> list[tu
     return out
 
 
-def input_segments(path: str | Path) -> list[RawSegment]:
-    """Segments of an input (standalone) dylib, from its load commands."""
+#: fat_arch cputype per arch (mach/machine.h)
+FAT_CPU_TYPES = {"x86_64": 0x01000007, "arm64": 0x0100000C}
+
+
+def slice_offset(data: bytes, arch: str) -> int:
+    """File offset of ``arch``'s slice in a fat file (fat.h, big-endian), 0 for a thin file."""
+    if data[:4] != b"\xca\xfe\xba\xbe":
+        return 0
+    cpu = FAT_CPU_TYPES[arch]
+    for i in range(int.from_bytes(data[4:8], "big")):
+        rec = data[8 + 20 * i : 28 + 20 * i]
+        if int.from_bytes(rec[0:4], "big") == cpu and int.from_bytes(rec[4:8], "big") & 0xFF == 3:
+            return int.from_bytes(rec[8:12], "big")
+    raise AssertionError(f"no {arch} slice")
+
+
+def input_segments(path: str | Path, arch: str = "") -> list[RawSegment]:
+    """Segments of an input (standalone) dylib, from its load commands (a fat file: of its
+    ``arch`` slice)."""
     data = Path(path).read_bytes()
+    if arch:
+        data = data[slice_offset(data, arch) :]
     _magic, _cpu, _sub, _ft, ncmds, _size = struct.unpack_from("<6I", data)
     out, off = [], 32
     for _ in range(ncmds):
@@ -666,6 +685,35 @@ class InputImages:
                     return found
         return None
 
+    def objc_rewritten(self, install_name: str) -> set[int]:
+        """Cache locations whose values the ObjC optimizers change when libobjc is cached: the
+        selector references and the words of pointer method list entries (retargeted to the
+        canonical selector strings, entries sorted), protocols' extended method types (moved
+        with their methods) and the protocol references (retargeted to canonical protocols).
+        tests/test_objc_*.py check them by their meaning (names, IMPs, order, canonical
+        protocols); the input structure comes from the builder's ObjC reader (no values)."""
+        from dyldcache.builder.optimizers.objc_input import has_objc, read_objc_input
+        from dyldcache.macho.file import open_macho
+
+        if "/usr/lib/libobjc.A.dylib" not in dict(self.raw.images):
+            return set()
+        image = open_macho(self.built.input_path(install_name), self.built.spec.arch)
+        if not has_objc(image):
+            return set()
+        meta = read_objc_input(image, install_name)
+        if meta.problem is not None:
+            return set()
+        out = {int(a) for a in meta.selref_locations.tolist()}
+        out |= {int(a) for a in meta.protocol_ref_slots.tolist()}  # canonical protocols
+        for ml in meta.method_lists():
+            if not ml.relative:
+                out |= set(range(ml.first, ml.first + ml.entsize * len(ml.names), 8))
+        for p in meta.protocols:
+            if p.extended_types:
+                n = sum(len(ml.names) for ml in p.method_lists if ml is not None)
+                out |= set(range(p.extended_types, p.extended_types + 8 * n, 8))
+        return {self.to_cache(install_name, a) for a in out}
+
     def expected_pointers(self, install_name: str) -> list[ExpectedPointer]:
         """Every rebase and bind of the input dylib (chained fixups), as it must be in the cache."""
         b = self.binary(install_name)
@@ -790,9 +838,7 @@ class EmulationRun:
     calls: int
 
 
-def emulate_calls(
-    main_path: str, arch: str, slide: int, names: dict[str, str] | None = None
-) -> EmulationRun:
+def emulate_calls(main_path: str, arch: str, slide: int, names: dict[str, str] | None = None) -> EmulationRun:
     """Map the cache at ``slide`` (the emulator applies the slide info itself), run the
     initializers of every fixture dylib bottom-up, then call every function of expected.json.
 

@@ -12,6 +12,7 @@ import random
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import unicorn as uc
 from oracles import read_uleb, trie_lookup
@@ -197,11 +198,25 @@ def _lazy_record(opcodes: bytes, offset: int) -> tuple[int, int, int, str]:
             raise EmulationError(f"lazy bind opcode {op | imm:#x} at {pos - 1:#x} in a lazy record")
 
 
+_LIEF_CPU = {"x86_64": "X86_64", "arm64": "ARM64", "arm64e": "ARM64"}
+
+
+def _slice(lief: Any, fat: Any, arch: str, path: str) -> Any:
+    """The ``arch`` slice of a parsed (fat or thin) file, owned by the caller."""
+    b = fat.take(getattr(lief.MachO.Header.CPU_TYPE, _LIEF_CPU[arch]))
+    if b is None:
+        raise EmulationError(f"{path}: no {arch} slice")
+    return b
+
+
 def load_standalone(
-    paths: list[str], arch: str, seed: int, lazy: bool = False
+    paths: list[str], arch: str, seed: int, lazy: bool = False, *, partial: bool = False
 ) -> tuple[Machine, dict[str, LoadedImage]]:
-    """Map each dylib at a random base, apply its fixups (binds resolved to the others), run
-    initializers. Returns the machine and the images by install name.
+    """Map each dylib at a random base (a fat file: its ``arch`` slice), apply its fixups (binds
+    resolved to the others), run initializers. Returns the machine and the images by install name.
+
+    With ``partial`` (metadata readers: a few images of a root, not its whole closure), a bind to
+    an image not given is null and no initializer runs.
 
     With ``lazy``, lazy binds are left to a dyld_stub_binder of ours: the lazy pointers keep
     their rebased __stub_helper targets, and a hook on each dyld_stub_binder export does what
@@ -217,7 +232,7 @@ def load_standalone(
         fat = lief.MachO.parse(p)
         if fat is None:
             raise EmulationError(f"LIEF cannot parse {p}")
-        b = fat.at(0)
+        b = _slice(lief, fat, arch, p)
         base = 0x1_0000_0000 + i * 0x1000_0000 + rng.randrange(1, 0x400) * PAGE
         ids = [lib.name for lib in b.libraries if lib.command == lief.MachO.LoadCommand.TYPE.ID_DYLIB]
         name = ids[0] if ids else p
@@ -299,7 +314,7 @@ def load_standalone(
             else:
                 value = None
             if value is None:
-                if not getattr(bi, "weak_import", False):
+                if not getattr(bi, "weak_import", False) and not partial:
                     raise EmulationError(f"{img.install_name}: cannot bind {sym} at {bi.address:#x}")
                 value = 0  # a missing weak import is null, whatever its addend
             else:
@@ -316,7 +331,7 @@ def load_standalone(
     if lazy:
         _install_stub_binder(m, images, lookup)
     # dependencies were listed first, so running initializers in load order is bottom-up
-    for _, img in parsed:
+    for _, img in [] if partial else parsed:
         for fn in img.initializers:
             m.call(fn)
     return m, images

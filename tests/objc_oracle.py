@@ -16,7 +16,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-from emulator import LoadedCache, load_cache
+from emulator import LoadedCache, Machine, load_at_vmaddr, load_cache, load_standalone
 
 LIBOBJC = "/usr/lib/libobjc.A.dylib"
 _M64 = (1 << 64) - 1
@@ -79,6 +79,24 @@ def lookup8(k: bytes, level: int) -> int:
     return _mix64(a, b, c)[2]
 
 
+def section_table(header: bytes, shift: int) -> dict[tuple[str, str], tuple[int, int]]:
+    """(segname, sectname) -> (addr + ``shift``, size) from a mach header and its load commands."""
+    ncmds = struct.unpack_from("<I", header, 16)[0]
+    out, at = {}, 32
+    for _ in range(ncmds):
+        cmd, size = struct.unpack_from("<II", header, at)
+        body, at = header[at : at + size], at + size
+        if cmd != 0x19:  # LC_SEGMENT_64
+            continue
+        for i in range(struct.unpack_from("<I", body, 64)[0]):
+            s = 72 + 80 * i
+            sect = body[s : s + 16].rstrip(b"\0").decode()
+            seg = body[s + 16 : s + 32].rstrip(b"\0").decode()
+            addr, sect_size = struct.unpack_from("<2Q", body, s + 32)
+            out[(seg, sect)] = (shift + addr, sect_size)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # results
 
@@ -135,24 +153,23 @@ class Klass:
 # the reader
 
 
-class ObjCOracle:
-    def __init__(self, main_path: str, slide: int) -> None:
-        with open(main_path, "rb") as f:
-            self.header = f.read(0x200)
-        arch = self.header[:16].rstrip(b"\0").split()[-1].decode()
-        self.mapping_offset = struct.unpack_from("<I", self.header, 0x10)[0]
-        self.cache: LoadedCache = load_cache(main_path, arch, slide)
-        self.slide = slide
-        self.m = self.cache.machine
-        if self.mapping_offset > 0xE0:
-            self.base = struct.unpack_from("<Q", self.header, 0xE0)[0]
-        else:
-            self.base = struct.unpack_from("<Q", self.header, self.mapping_offset)[0]
+class ObjCMemory:
+    """ObjC metadata read from emulator memory: ``raw`` reads at an address of the reader's own
+    space, ``ptr`` turns a pointer field into an address of that space (0 stays 0), and
+    ``sections`` gives an image's sections in that space. Subclasses: ObjCOracle (a cache at a
+    slide; addresses are unslid cache addresses) and StandaloneObjC (input dylibs mapped by the
+    emulator at random bases; addresses are runtime addresses)."""
 
-    # -- memory at unslid addresses ------------------------------------------------------------------
+    m: Machine
 
     def raw(self, a: int, n: int) -> bytes:
-        return self.m.read(a + self.slide, n)
+        raise NotImplementedError
+
+    def ptr(self, a: int) -> int:
+        raise NotImplementedError
+
+    def sections(self, install_name: str) -> dict[tuple[str, str], tuple[int, int]]:
+        raise NotImplementedError
 
     def u32(self, a: int) -> int:
         return int(struct.unpack("<I", self.raw(a, 4))[0])
@@ -166,11 +183,6 @@ class ObjCOracle:
     def i64(self, a: int) -> int:
         return int(struct.unpack("<q", self.raw(a, 8))[0])
 
-    def ptr(self, a: int) -> int:
-        """A pointer field: its runtime value, unslid (0 stays 0)."""
-        v = self.u64(a)
-        return v - self.slide if v else 0
-
     def cstr(self, a: int) -> bytes:
         out = b""
         while True:
@@ -183,31 +195,189 @@ class ObjCOracle:
     def text(self, a: int) -> str:
         return self.cstr(a).decode("utf-8", "surrogateescape") if a else ""
 
-    # -- images ------------------------------------------------------------------------------------
-
-    def sections(self, install_name: str) -> dict[tuple[str, str], tuple[int, int]]:
-        """(segname, sectname) -> (addr, size) from the image's LC_SEGMENT_64 commands."""
-        _, raw = self.cache.header_bytes(install_name)
-        ncmds = struct.unpack_from("<I", raw, 16)[0]
-        out, at = {}, 32
-        for _ in range(ncmds):
-            cmd, size = struct.unpack_from("<II", raw, at)
-            body, at = raw[at : at + size], at + size
-            if cmd != 0x19:  # LC_SEGMENT_64
-                continue
-            nsects = struct.unpack_from("<I", body, 64)[0]
-            for i in range(nsects):
-                s = 72 + 80 * i
-                sect = body[s : s + 16].rstrip(b"\0").decode()
-                seg = body[s + 16 : s + 32].rstrip(b"\0").decode()
-                out[(seg, sect)] = struct.unpack_from("<2Q", body, s + 32)
-        return out
-
     def pointer_section(self, install_name: str, sectname: str) -> list[int]:
         for (seg, sect), (addr, size) in self.sections(install_name).items():
             if sect == sectname and seg != "__TEXT":
                 return [self.ptr(addr + 8 * i) for i in range(size // 8)]
         return []
+
+    def selector_references(self, install_name: str) -> list[tuple[int, int]]:
+        """(location, selector address) of every __objc_selrefs entry of the image."""
+        for (seg, sect), (addr, size) in self.sections(install_name).items():
+            if sect == "__objc_selrefs" and seg != "__TEXT":
+                return [(addr + 8 * i, self.ptr(addr + 8 * i)) for i in range(size // 8)]
+        return []
+
+    # -- metadata ------------------------------------------------------------------------------------
+
+    def method_list(self, a: int, base_selector: int | None) -> list[tuple[str, str, int]]:
+        if not a:
+            return []
+        entsize_flags, count = self.u32(a), self.u32(a + 4)
+        entsize = entsize_flags & 0xFFFC
+        out = []
+        for i in range(count):
+            e = a + 8 + i * entsize
+            if entsize_flags & 0x80000000:  # small: three int32 offsets from their own fields
+                name_off, types_off, imp_off = self.i32(e), self.i32(e + 4), self.i32(e + 8)
+                if entsize_flags & 0x40000000:  # the builder made the name the selector itself
+                    sel = (base_selector if base_selector is not None else e) + name_off
+                else:  # the name is a selector reference
+                    sel = self.ptr(e + name_off)
+                out.append((self.text(sel), self.text(e + 4 + types_off), e + 8 + imp_off if imp_off else 0))
+            else:
+                out.append((self.text(self.ptr(e)), self.text(self.ptr(e + 8)), self.ptr(e + 16)))
+        return out
+
+    def method_list_selectors(self, a: int, base_selector: int | None) -> tuple[int, list[int]]:
+        """(entsize and flags word, selector address of each entry) of the list at ``a``."""
+        entsize_flags, count = self.u32(a), self.u32(a + 4)
+        entsize = entsize_flags & 0xFFFC
+        out = []
+        for i in range(count):
+            e = a + 8 + i * entsize
+            if not entsize_flags & 0x80000000:
+                out.append(self.ptr(e))
+            elif entsize_flags & 0x40000000:
+                out.append((base_selector if base_selector is not None else e) + self.i32(e))
+            else:
+                out.append(self.ptr(e + self.i32(e)))
+        return entsize_flags, out
+
+    def method_list_addresses(self, install_name: str) -> list[tuple[str, int]]:
+        """(owner, address) of every method list the image's classes, metaclasses, categories and
+        protocols point at."""
+        out = []
+        for a in self.pointer_section(install_name, "__objc_classlist"):
+            for cls in (a, self.ptr(a)):
+                ro = self.ptr(cls + 32) & 0x00007FFFFFFFFFF8
+                owner = ("+" if cls != a else "-") + self.text(self.ptr(ro + 24))
+                base = self.ptr(ro + 32)
+                lists = [la for _i, la in self.list_of_lists(base & ~1)] if base & 1 else [base]
+                out += [(owner, la) for la in lists]
+        for a in self.pointer_section(install_name, "__objc_catlist"):
+            name = self.text(self.ptr(a))
+            out += [(f"-({name})", self.ptr(a + 16)), (f"+({name})", self.ptr(a + 24))]
+        for a in self.pointer_section(install_name, "__objc_protolist"):
+            name = self.text(self.ptr(a + 8))
+            out += [(f"<{name}>[{k}]", self.ptr(a + 24 + 8 * k)) for k in range(4)]
+        return [(owner, list_address) for owner, list_address in out if list_address]
+
+    def list_of_lists(self, a: int) -> list[tuple[int, int]]:
+        """(imageIndex, list address) of each entry of the relative_list_list_t at ``a`` (tag bit
+        cleared): objc4's relative_list_list_entry_t, imageIndex:16 then a signed 48-bit offset
+        from the entry."""
+        entsize, count = self.u32(a), self.u32(a + 4)
+        out = []
+        for i in range(count):
+            e = a + 8 + i * entsize
+            out.append((self.u64(e) & 0xFFFF, e + (self.i64(e) >> 16)))
+        return out
+
+    def own_list(self, value: int) -> int:
+        """A class_ro_t list field: the list itself, or with tag bit 0 (dyld's pre-attached
+        categories) the last list of the list-of-lists, the class's own."""
+        if value & 1:
+            lists = self.list_of_lists(value & ~1)
+            return lists[-1][1] if lists else 0
+        return value
+
+    def protocol_list(self, a: int) -> list[str]:
+        if not a:
+            return []
+        return [self.text(self.ptr(self.ptr(a + 8 + 8 * i) + 8)) for i in range(self.u64(a))]
+
+    def one_class(self, a: int, base_selector: int | None) -> Klass:
+        superclass = self.ptr(a + 8)
+        ro = self.ptr(a + 32) & 0x00007FFFFFFFFFF8
+        flags, start, size = self.u32(ro), self.u32(ro + 4), self.u32(ro + 8)
+        return Klass(
+            a,
+            bool(flags & 1),
+            self.text(self.ptr(ro + 24)),
+            superclass,
+            self._super_name(superclass),
+            flags,
+            start,
+            size,
+            self.method_list(self.own_list(self.ptr(ro + 32)), base_selector),
+            self.protocol_list(self.own_list(self.ptr(ro + 40))),
+        )
+
+    def _super_name(self, cls: int) -> str | None:
+        """The name of the class at ``cls``; None for no class or one without a class_ro_t (a
+        stand-in library's zeroed data, tests/standins.py)."""
+        if not cls:
+            return None
+        ro = self.ptr(cls + 32) & 0x00007FFFFFFFFFF8
+        return self.text(self.ptr(ro + 24)) if ro else None
+
+    def classes(self, install_name: str, base_selector: int | None) -> list[Klass]:
+        out = []
+        for a in self.pointer_section(install_name, "__objc_classlist"):
+            out.append(self.one_class(a, base_selector))
+            out.append(self.one_class(self.ptr(a), base_selector))  # its metaclass (isa)
+        return out
+
+    def protocols(self, install_name: str, base_selector: int | None) -> list[tuple[str, int, list]]:
+        """(name, address, [instance, class, optional instance, optional class methods])."""
+        out = []
+        for a in self.pointer_section(install_name, "__objc_protolist"):
+            lists = [self.method_list(self.ptr(a + 24 + 8 * k), base_selector) for k in range(4)]
+            out.append((self.text(self.ptr(a + 8)), a, lists))
+        return out
+
+    def categories(
+        self, install_name: str, base_selector: int | None
+    ) -> list[tuple[str, str | None, list, list]]:
+        """(name, class name, instance methods, class methods)."""
+        out = []
+        for a in self.pointer_section(install_name, "__objc_catlist"):
+            out.append(
+                (
+                    self.text(self.ptr(a)),
+                    self._super_name(self.ptr(a + 8)),
+                    self.method_list(self.ptr(a + 16), base_selector),
+                    self.method_list(self.ptr(a + 24), base_selector),
+                )
+            )
+        return out
+
+    def image_info(self, install_name: str) -> tuple[int, int] | None:
+        for (seg, sect), (addr, _size) in self.sections(install_name).items():
+            if sect == "__objc_imageinfo" and seg != "__TEXT":
+                return self.u32(addr), self.u32(addr + 4)
+        return None
+
+
+class ObjCOracle(ObjCMemory):
+    """A cache mapped by the emulator at ``slide`` (its slide info applied by the emulator's own
+    walker), read at unslid addresses: the ObjC optimization tables and every image's metadata."""
+
+    def __init__(self, main_path: str, slide: int) -> None:
+        with open(main_path, "rb") as f:
+            self.header = f.read(0x200)
+        arch = self.header[:16].rstrip(b"\0").split()[-1].decode()
+        self.mapping_offset = struct.unpack_from("<I", self.header, 0x10)[0]
+        self.cache: LoadedCache = load_cache(main_path, arch, slide)
+        self.slide = slide
+        self.m = self.cache.machine
+        if self.mapping_offset > 0xE0:
+            self.base = struct.unpack_from("<Q", self.header, 0xE0)[0]
+        else:
+            self.base = struct.unpack_from("<Q", self.header, self.mapping_offset)[0]
+
+    def raw(self, a: int, n: int) -> bytes:
+        return self.m.read(a + self.slide, n)
+
+    def ptr(self, a: int) -> int:
+        """A pointer field: its runtime value, unslid (0 stays 0)."""
+        v = self.u64(a)
+        return v - self.slide if v else 0
+
+    def sections(self, install_name: str) -> dict[tuple[str, str], tuple[int, int]]:
+        """(segname, sectname) -> (addr, size) from the image's LC_SEGMENT_64 commands."""
+        return section_table(self.cache.header_bytes(install_name)[1], 0)
 
     # -- the optimization tables ---------------------------------------------------------------------
 
@@ -343,88 +513,38 @@ class ObjCOracle:
             self.objects(pro_t, ro_list),
         )
 
-    # -- metadata ------------------------------------------------------------------------------------
 
-    def method_list(self, a: int, base_selector: int | None) -> list[tuple[str, str, int]]:
-        if not a:
-            return []
-        entsize_flags, count = self.u32(a), self.u32(a + 4)
-        entsize = entsize_flags & 0xFFFC
-        out = []
-        for i in range(count):
-            e = a + 8 + i * entsize
-            if entsize_flags & 0x80000000:  # small: three int32 offsets from their own fields
-                name_off, types_off, imp_off = self.i32(e), self.i32(e + 4), self.i32(e + 8)
-                if entsize_flags & 0x40000000:  # the builder made the name the selector itself
-                    sel = (base_selector if base_selector is not None else e) + name_off
-                else:  # the name is a selector reference
-                    sel = self.ptr(e + name_off)
-                out.append((self.text(sel), self.text(e + 4 + types_off), e + 8 + imp_off if imp_off else 0))
-            else:
-                out.append((self.text(self.ptr(e)), self.text(self.ptr(e + 8)), self.ptr(e + 16)))
-        return out
+class StandaloneObjC(ObjCMemory):
+    """Input dylibs mapped by the emulator (tests/emulator.py load_standalone: each at a random
+    base, its rebases and binds applied with LIEF), read at runtime addresses."""
 
-    def protocol_list(self, a: int) -> list[str]:
-        if not a:
-            return []
-        return [self.text(self.ptr(self.ptr(a + 8 + 8 * i) + 8)) for i in range(self.u64(a))]
+    def __init__(self, paths: list[str], arch: str, seed: int, *, partial: bool = False) -> None:
+        self.m, self.images = load_standalone(paths, arch, seed, partial=partial)
+        #: install name -> what is added to the image's VM addresses in memory
+        self.shift = {name: img.base for name, img in self.images.items()}
 
-    def one_class(self, a: int, base_selector: int | None) -> Klass:
-        superclass = self.ptr(a + 8)
-        ro = self.ptr(a + 32) & 0x00007FFFFFFFFFF8
-        flags, start, size = self.u32(ro), self.u32(ro + 4), self.u32(ro + 8)
-        return Klass(
-            a,
-            bool(flags & 1),
-            self.text(self.ptr(ro + 24)),
-            superclass,
-            self._super_name(superclass),
-            flags,
-            start,
-            size,
-            self.method_list(self.ptr(ro + 32), base_selector),
-            self.protocol_list(self.ptr(ro + 40)),
-        )
+    @classmethod
+    def at_vmaddr(cls, paths: list[str], arch: str) -> StandaloneObjC:
+        """Dylibs extracted from a cache, mapped at their own VM addresses (load_at_vmaddr)."""
+        self = cls.__new__(cls)
+        self.m, self.images = load_at_vmaddr(paths, arch)
+        self.shift = dict.fromkeys(self.images, 0)
+        return self
 
-    def _super_name(self, cls: int) -> str | None:
-        if not cls:
-            return None
-        ro = self.ptr(cls + 32) & 0x00007FFFFFFFFFF8
-        return self.text(self.ptr(ro + 24))
+    def raw(self, a: int, n: int) -> bytes:
+        return self.m.read(a, n)
 
-    def classes(self, install_name: str, base_selector: int | None) -> list[Klass]:
-        out = []
-        for a in self.pointer_section(install_name, "__objc_classlist"):
-            out.append(self.one_class(a, base_selector))
-            out.append(self.one_class(self.ptr(a), base_selector))  # its metaclass (isa)
-        return out
+    def ptr(self, a: int) -> int:
+        return self.u64(a)
 
-    def protocols(self, install_name: str, base_selector: int | None) -> list[tuple[str, int, list]]:
-        """(name, address, [instance, class, optional instance, optional class methods])."""
-        out = []
-        for a in self.pointer_section(install_name, "__objc_protolist"):
-            lists = [self.method_list(self.ptr(a + 24 + 8 * k), base_selector) for k in range(4)]
-            out.append((self.text(self.ptr(a + 8)), a, lists))
-        return out
+    def sections(self, install_name: str) -> dict[tuple[str, str], tuple[int, int]]:
+        base = self.images[install_name].base
+        sizeofcmds = struct.unpack_from("<I", self.m.read(base, 32), 20)[0]
+        return section_table(self.m.read(base, 32 + sizeofcmds), self.shift[install_name])
 
-    def categories(
-        self, install_name: str, base_selector: int | None
-    ) -> list[tuple[str, str | None, list, list]]:
-        """(name, class name, instance methods, class methods)."""
-        out = []
-        for a in self.pointer_section(install_name, "__objc_catlist"):
-            out.append(
-                (
-                    self.text(self.ptr(a)),
-                    self._super_name(self.ptr(a + 8)),
-                    self.method_list(self.ptr(a + 16), base_selector),
-                    self.method_list(self.ptr(a + 24), base_selector),
-                )
-            )
-        return out
-
-    def image_info(self, install_name: str) -> tuple[int, int] | None:
-        for (seg, sect), (addr, _size) in self.sections(install_name).items():
-            if sect == "__objc_imageinfo" and seg != "__TEXT":
-                return self.u32(addr), self.u32(addr + 4)
-        return None
+    def image_of(self, address: int) -> tuple[str, int]:
+        """(install name, input VM address) of a runtime address."""
+        for name, img in self.images.items():
+            if img.span[0] <= address < img.span[1]:
+                return name, address - img.base
+        raise KeyError(f"{address:#x} is in no input image")

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +40,12 @@ from dyldcache.macho.tbd import format_tbd
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 #: the real code of the stand-ins, per arch (tests/fixtures/src/standin_system.c)
 STANDIN_OBJECTS = {arch: FIXTURES / "obj" / arch / "standin_system.o" for arch in ("arm64", "x86_64")}
+#: the ObjC fixture's libobjc (tests/fixtures/src/objc/runtime.m): NSObject, Protocol, objc_msgSend,
+#: __TEXT,__objc_opt_ro and __DATA_CONST,__objc_opt_ptrs, so that the ObjC optimizers run
+LIBOBJC = "/usr/lib/libobjc.A.dylib"
+RUNTIME_OBJECTS = {
+    arch: FIXTURES / "src" / "objc" / "obj" / arch / "runtime.o" for arch in ("arm64", "x86_64")
+}
 #: where an umbrella's symbols go when no image says which of its missing re-exports has them
 PREFERRED_OWNERS = ("/usr/lib/system/libsystem_c.dylib",)
 
@@ -241,8 +247,11 @@ def make_standins(
     fixups: str = "chained",
     split_seg_version: int = 2,
     prefer: Sequence[str] = PREFERRED_OWNERS,
+    own_inputs: Mapping[str, Sequence[str | Path]] | None = None,
 ) -> list[StandIn]:
-    """Write a stub for every library ``root`` lacks into ``scratch`` and link it into ``root``."""
+    """Write a stub for every library ``root`` lacks into ``scratch`` and link it into ``root``.
+    ``own_inputs``: install name -> more inputs of that stand-in only (objects, and the dylibs
+    their undefined symbols bind to)."""
     root, scratch = Path(root), Path(scratch)
     scratch.mkdir(parents=True, exist_ok=True)
     scan = scan_root(root, arch)
@@ -266,6 +275,7 @@ def make_standins(
         data_list = scratch / f"{stem}.data.txt"
         data_list.write_text("".join(f"{s}\n" for s in sorted(plan.data)), encoding="utf-8")
         linked = [o for o, exported in code if exported & plan.symbols]
+        linked += [Path(o) for o in (own_inputs or {}).get(name, ())]
         out = root / name.lstrip("/")
         out.parent.mkdir(parents=True, exist_ok=True)
         result = link(
@@ -358,5 +368,10 @@ def prepare_macos_root(
     links = recreate_install_name_links(root, "x86_64")
     for alias, target in MACOS_SYSTEM_ALIASES.items():
         os.symlink(target, root / alias.lstrip("/"))
-    standins = make_standins(root, "x86_64", "macos", base / "stubs", [STANDIN_OBJECTS["x86_64"]])
+    # libobjc: the ObjC fixture's runtime (calloc and strcmp from the real libSystem parts)
+    system = root / "usr" / "lib" / "system"
+    libobjc = [RUNTIME_OBJECTS["x86_64"], system / "libsystem_malloc.dylib", system / "libsystem_c.dylib"]
+    standins = make_standins(
+        root, "x86_64", "macos", base / "stubs", [STANDIN_OBJECTS["x86_64"]], own_inputs={LIBOBJC: libobjc}
+    )
     return root, texts, links, standins

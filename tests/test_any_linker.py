@@ -6,8 +6,8 @@ places every one; the caches must then run every fixture call of expected.json a
 with the results gcc's native build of the same C computes (tests/fixtures/native_harness.py),
 pass ``dyldcache verify`` and DyldExtractor's gate. ``--apple-rules`` evicts them all, in Apple's
 words. Dylibs whose references cannot all be moved (lld's default optimization hints turn
-cross-segment ADRP pairs into ADR / LDR literal; a relative table reaching __DATA_CONST) are
-evicted with a reason naming the section and offset, checked against llvm-objdump.
+cross-segment ADRP pairs into ADR / LDR literal) are evicted with a reason naming the section
+and offset, checked against llvm-objdump.
 """
 
 from __future__ import annotations
@@ -31,9 +31,6 @@ from dyldcache.errors import NothingPlacedError
 LLD = FIXTURES / "synth" / "lld"
 LLD_LOH = FIXTURES / "synth" / "lld-loh"
 ARCHS = ("arm64", "x86_64")
-#: src/reltable.c: clang turns its switch into a relative lookup table whose entries reach
-#: __DATA_CONST (build_lld.sh): no split seg kind can move such an entry
-RELTABLE = "/usr/lib/libreltable.dylib"
 
 
 def _install_name(path: Path) -> str:
@@ -81,19 +78,15 @@ def _split_seg_commands(path: Path) -> list[dict[str, Any]]:
 
 def test_lld_dylibs_have_no_split_seg_info_and_are_placed(lld: LldBuild) -> None:
     """Every lld dylib lacks split seg info (llvm-objdump), and every one is placed with
-    synthesized info, except the relative-table dylib, evicted with the section and offset."""
+    synthesized info (libreltable's relative lookup table reaching __DATA_CONST included: its
+    entries get DELTA_32, tests/test_split_seg_synth.py runs it)."""
     assert len(lld.inputs) >= 7
     for path in lld.inputs.values():
         assert _split_seg_commands(path) == [], path
-    expected = sorted(n for n in lld.inputs if n != RELTABLE)
+    expected = sorted(lld.inputs)
     assert sorted(lld.result.dylibs) == expected
     assert sorted(lld.result.synthesized) == expected
-    evicted = {e.path: e.reason for e in lld.result.evictions}
-    assert set(evicted) == ({RELTABLE} & set(lld.inputs))
-    if RELTABLE in evicted:
-        reason = evicted[RELTABLE]
-        assert reason.startswith("no split seg info, and it cannot be synthesized: ")
-        assert re.search(r"__TEXT,__const\+0x[0-9a-f]+: .*reaching __DATA_CONST", reason), reason
+    assert lld.result.evictions == []
 
 
 def test_maps_name_the_synthesized_dylibs(lld: LldBuild) -> None:

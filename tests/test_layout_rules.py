@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 from cache_fixtures import CacheFactory, RawCache
 
+from dyldcache.builder.layout import RegionKind, needs_padding
+
 MiB = 1 << 20
 GiB = 1 << 30
 REGION_PADDING = 32 * MiB
@@ -251,3 +253,37 @@ def test_every_segment_goes_to_the_region_of_its_kind(cache_factory: CacheFactor
             assert got == want, f"{path} {seg.name}: in {got}, expected {want}"
             regions[want] = regions.get(want, 0) + 1
     assert len(regions) >= 2, regions
+
+
+#: §7.2's regions that reserve addresses, with (initProt writable, maxProt writable) from §7.1
+_REGION_WRITES = {
+    "TEXT": (False, False),
+    "DATA_CONST": (False, True),
+    "DATA": (True, True),
+    "AUTH": (True, True),
+    "AUTH_CONST": (False, True),
+    "LINKEDIT": (False, False),
+    "DYNAMIC_CONFIG": (False, False),
+}
+
+
+def _table_pads(prev: str, nxt: str) -> bool:
+    """§7.2's table by region name (written from the doc, not from the builder)."""
+    init_w, max_w = _REGION_WRITES[nxt]
+    if prev == "TEXT":
+        return init_w
+    if prev in ("DATA", "AUTH"):
+        return not (prev == "AUTH" and nxt == "AUTH_CONST") and not init_w
+    if prev in ("DATA_CONST", "AUTH_CONST"):
+        return nxt not in ("DATA_CONST", "AUTH_CONST")
+    assert prev in ("LINKEDIT", "DYNAMIC_CONFIG")
+    return max_w
+
+
+@pytest.mark.parametrize("prev", sorted(_REGION_WRITES))
+def test_needs_padding_follows_the_table_for_every_pair_of_regions(prev: str) -> None:
+    """Every pair, also those the test caches never put side by side (LINKEDIT or the dynamic
+    config before a writable region happens only across files)."""
+    for nxt in _REGION_WRITES:
+        expected = _table_pads(prev, nxt)
+        assert needs_padding(RegionKind[prev], RegionKind[nxt]) is expected, (prev, nxt)

@@ -74,6 +74,9 @@ def test_json_map_describes_the_cache(cache_factory: CacheFactory, key: str) -> 
     text = Path(built.main + ".json").read_text(encoding="utf-8")
     doc = json.loads(text)
     assert list(doc) == sorted(doc), "keys are sorted"
+    for img in doc["images"]:
+        assert list(img) == sorted(img), "keys are sorted at every level"
+        assert all(list(seg) == sorted(seg) for seg in img["segments"])
     assert set(doc) == {"base-address", "disposition", "evicted", "images", "uuid", "version"}
     assert doc["disposition"] == ""  # the device name of Apple's builds; none here
     assert doc["version"] == "1"
@@ -115,3 +118,27 @@ def test_text_map_of_a_cache_with_mappings_over_one_mib(generated_corpus: Path, 
     sizes = [mp.size for f in _files(raw) for mp in f.mappings]
     assert any(s > 1 << 20 for s in sizes) and any(s <= 1 << 20 for s in sizes), [hex(s) for s in sizes]
     assert "MB 0x" in text and "KB 0x" in text
+
+
+def test_a_mapping_of_exactly_one_mib_is_given_in_kb() -> None:
+    """The size rule at its edge: Apple's map prints ``%4lluMB`` only when the size is more than
+    1024*1024 (NewSharedCacheBuilder.cpp, the text map), so exactly 1 MiB is ``1024KB``; the
+    expected lines are written out by hand from that printf."""
+    from dyldcache.builder.layout import RegionKind, SubCache, SubCacheKind
+    from dyldcache.builder.map_file import text_map
+    from dyldcache.builder.types import CacheVMAddr
+
+    sub = SubCache(SubCacheKind.MAIN)
+    sizes = {
+        RegionKind.TEXT: (0x1_8000_0000, (1 << 20) - 0x4000),
+        RegionKind.DATA: (0x1_8010_0000, 1 << 20),
+        RegionKind.LINKEDIT: (0x1_8020_0000, (1 << 20) + 0x4000),
+    }
+    for kind, (addr, size) in sizes.items():
+        region = sub.region(kind)
+        region.vm_addr, region.vm_size = CacheVMAddr(addr), size
+    assert text_map([sub], []).splitlines()[:3] == [
+        "mapping  EX 1008KB 0x180000000 -> 0x1800FC000",
+        "mapping  RW 1024KB 0x180100000 -> 0x180200000",
+        "mapping  RO    1MB 0x180200000 -> 0x180304000",
+    ]

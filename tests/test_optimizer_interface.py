@@ -77,9 +77,11 @@ class SegmentCensus(Optimizer):
             fields.values["programs_pbl_set_pool_size"] = self.chunk.size
 
 
-def _with_probe(real: Callable[[CacheConfig], list[Optimizer]]) -> Callable[[CacheConfig], list[Optimizer]]:
-    def optimizers_for(config: CacheConfig) -> list[Optimizer]:
-        found = real(config)
+def _with_probe(
+    real: Callable[[CacheConfig, bool], list[Optimizer]],
+) -> Callable[[CacheConfig, bool], list[Optimizer]]:
+    def optimizers_for(config: CacheConfig, preattached_categories: bool = False) -> list[Optimizer]:
+        found = real(config, preattached_categories)
         at = next(i for i, o in enumerate(found) if isinstance(o, SlideInfo))
         return [*found[:at], SegmentCensus(), *found[at:]]
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import objdump
 import pytest
 from apple_rules import apple_verdicts, resolve_in_root
-from cache_fixtures import RawCache, RawSegment
+from cache_fixtures import RawCache, RawSegment, slice_offset
 from conftest import python_module, run_cli, shared_path, time_limit
 from oracles import read_uleb, trie_lookup
 from standins import MACOS_SYSTEM_ALIASES as SYSTEM_ALIASES
@@ -426,7 +426,7 @@ def test_thread_local_variables_bind_to_the_tlv_bootstrap(mac: MacBuild, running
     bootstrap = defs.find("/usr/lib/system/libdyld.dylib", "__tlv_bootstrap")
     assert bootstrap is not None
     data = (mac.root / name.lstrip("/")).resolve().read_bytes()
-    fat_offset = _slice_offset(data, ARCH)
+    fat_offset = slice_offset(data, ARCH)
     m, slide = running.machine, running.slide
     assert sect.size and sect.size % 24 == 0
     for at in range(sect.addr, sect.addr + sect.size, 24):
@@ -435,15 +435,3 @@ def test_thread_local_variables_bind_to_the_tlv_bootstrap(mac: MacBuild, running
         assert m.read_u64(cached + 8) == 0
         file_at = fat_offset + sect.offset + (at - sect.addr)
         assert m.read_u64(cached + 16) == int.from_bytes(data[file_at + 16 : file_at + 24], "little")
-
-
-def _slice_offset(data: bytes, arch: str) -> int:
-    """File offset of ``arch``'s slice in a fat file (fat.h, big-endian), 0 for a thin file."""
-    if data[:4] != b"\xca\xfe\xba\xbe":
-        return 0
-    cpu = {"x86_64": 0x01000007, "arm64": 0x0100000C}[arch]
-    for i in range(int.from_bytes(data[4:8], "big")):
-        rec = data[8 + 20 * i : 28 + 20 * i]
-        if int.from_bytes(rec[0:4], "big") == cpu and int.from_bytes(rec[4:8], "big") & 0xFF == 3:
-            return int.from_bytes(rec[8:12], "big")
-    raise AssertionError(f"no {arch} slice")

@@ -571,3 +571,31 @@ def test_golden_slide_info() -> None:
     version, ptrs = decode_slide_info(blob, data[0x18000:0x1C000], 0x182018000, "golden", 0x1C000)
     assert version == 2 and ptrs.size == 0
     assert ref_v2(blob, data[0x18000:0x1C000], 0x4000) == {}
+
+
+def test_the_builder_precheck_names_the_cache_address_of_a_pointer_slide_info_cannot_hold() -> None:
+    """Phase 5's check (optimizers/slide_info.check_slide_pointers) runs the encoder on scratch
+    pages, one window per run of pointers less than 1 MiB apart. Slide info v2 (arm64 macOS,
+    cache-format.md §4) has no authenticated pointers, so one in the second window, given
+    out of order, must be reported at its own cache address; the same pointers unauthenticated pass."""
+    from dyldcache.builder.bind import CACHE_POINTER_FIELDS
+    from dyldcache.builder.config import make_config
+    from dyldcache.builder.optimizers.slide_info import check_slide_pointers
+
+    cfg = make_config("arm64", "macos")
+    assert cfg.slide_info_version == 2
+    base = 0x1_8000_0000
+    first, far = base + 0x4FF0, base + 0x30_7FF8  # 3 MiB apart, each within its page
+    rows = [
+        (first + 8, base, 0, 0, 0, 0, 0),
+        (far, base + 0x100, 0, 1, 0, 0, 0),
+        (first, base + 0x80, 0, 0, 0, 0, 0),
+    ]
+    pointers = np.array(rows, dtype=CACHE_POINTER_FIELDS)
+    problem = check_slide_pointers(cfg, pointers)
+    assert problem is not None
+    assert f"pointer at {far:#x} is authenticated" in problem, problem
+    assert "mapping offset" not in problem
+    pointers["auth"] = 0
+    assert check_slide_pointers(cfg, pointers) is None
+    assert check_slide_pointers(cfg, pointers[:0]) is None

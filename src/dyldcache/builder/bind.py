@@ -96,6 +96,36 @@ class CacheExports(ExportIndex):
         return None if found is None else self._target(found)
 
 
+def _check_rebase_targets(
+    dylib: CacheDylib, addrs: np.ndarray, targets: np.ndarray, moved: np.ndarray
+) -> None:
+    """Every moved rebase target must lie in one of the dylib's cached segments (or at its end).
+
+    ld64's split seg info names the section each pointer targets; when a pointer's target lies
+    elsewhere (the two disagree), moving it by that section's slide would leave a pointer into
+    no mapping, which dyld would slide into garbage. Such a dylib is evicted, not cached.
+    """
+    spans = [
+        (s.cache_vmaddr, s.cache_vmaddr + s.cache_size)
+        for s in dylib.segments
+        if s.chunk is not None and s.kind is not None
+    ]
+    if not spans:
+        return
+    lo = np.array([a for a, _ in spans], dtype=np.uint64)
+    hi = np.array([b for _, b in spans], dtype=np.uint64)
+    inside = ((moved[:, None] >= lo[None, :]) & (moved[:, None] <= hi[None, :])).any(axis=1)
+    if inside.all():
+        return
+    bad = np.flatnonzero(~inside)
+    i = int(bad[0])
+    raise BuildError(
+        f"{dylib.install_name}: the rebase at {int(addrs[i]):#x} targets {int(targets[i]):#x}, "
+        f"which its split seg info moves to {int(moved[i]):#x}, outside the dylib's cached segments "
+        f"({len(bad)} such pointer{'s' if len(bad) != 1 else ''}): split seg info and fixups disagree"
+    )
+
+
 def bind_dylib(dylib: CacheDylib, index: CacheExports, slides: PointerSlides) -> BindResult:
     """Every fixup of ``dylib`` as a cache pointer (see module docstring)."""
     fx = dylib.image.fixups
@@ -130,6 +160,7 @@ def bind_dylib(dylib: CacheDylib, index: CacheExports, slides: PointerSlides) ->
             )
         # no split seg entry (not written by ld64 for this pointer): use the segment holding the target
         moved[~found] = dylib.cache_addresses(targets[~found])
+        _check_rebase_targets(dylib, addrs, targets, moved)
         out["target"][rb] = moved
 
     # binds: resolve each import once, then apply to every pointer at once

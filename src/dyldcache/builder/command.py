@@ -135,6 +135,7 @@ def _build(args: argparse.Namespace, progress: BuildProgress) -> int:
         apple_rules=args.apple_rules,
         source_date_epoch=args.source_date_epoch if args.source_date_epoch is not None else _default_epoch(),
         install_name_map=args.install_name_map,
+        objc_preattached_categories=args.objc_preattached_categories,
     )
     try:
         result = build_cache(options)
@@ -221,6 +222,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         action="store_true",
         help="apply Apple's OS-build eligibility policy exactly as dyld-1162 does: only /usr/lib, "
         "/System/Library, ... paths, absolute install names, split seg info from the linker",
+    )
+    p.add_argument(
+        "--objc-preattached-categories",
+        action="store_true",
+        help="attach ObjC categories to their classes in the cache, as dyld-1162 does (off by "
+        "default: DyldExtractor cannot read the lists of lists this makes)",
     )
     p.add_argument(
         "--install-name-map",

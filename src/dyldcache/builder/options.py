@@ -56,6 +56,10 @@ class BuildOptions:
     source_date_epoch: int | None = None
     #: a file of 'OLD -> NEW' install-name renames (builder/install_names.py)
     install_name_map: str | None = None
+    #: attach ObjC categories to their classes in the cache, as dyld-1162 always does
+    #: (optimizers/objc_categories.py). Off by default: DyldExtractor's ObjC fixer cannot read
+    #: the class_ro_t lists of lists it makes (it reads them as plain method lists)
+    objc_preattached_categories: bool = False
 
     def __post_init__(self) -> None:
         if self.jobs < 0:

@@ -47,7 +47,7 @@ class CacheBuilder:
         self.timer = Timer()
         self.progress = options.progress or BuildProgress()
         self.warnings: list[str] = []
-        self.optimizers = optimizers_for(self.config)
+        self.optimizers = optimizers_for(self.config, options.objc_preattached_categories)
         self.headers = CacheHeaders()
         self.inputs: Inputs | None = None
         self.model: CacheModel | None = None

@@ -201,6 +201,7 @@ CLASS_RO_POINTERS = 7
 CLASS_RO_NAME_WORD = 1
 CLASS_RO_METHODS_WORD = 2
 CLASS_RO_PROTOCOLS_WORD = 3
+CLASS_RO_PROPERTIES_WORD = 6
 RO_META = 1 << 0
 #: PointerUnion tag: the pointer is a relative_list_list_t, not a plain list
 LIST_OF_LISTS_TAG = 1

@@ -19,6 +19,7 @@ numpy step per block); :func:`lookup8` is the single-key form.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -111,3 +112,93 @@ def slots(hashes: np.ndarray, shift: int, mask: int, scramble: np.ndarray, tab: 
     high = np.zeros_like(h) if shift >= 64 else h >> _U64(shift)
     index = tab[(h & _U64(mask)).astype(np.intp)].astype(np.intp)
     return ((high & _U64(0xFFFFFFFF)) ^ scramble[index].astype(_U64)).astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+# building a table (the cache builder)
+
+#: tab[] entries are bytes: each bucket picks one of this many scramble values
+SCRAMBLE_CHOICES = 256
+#: salts tried for each tab size before the tab doubles
+_SALT_TRIES = 32
+
+
+@dataclass(frozen=True, slots=True)
+class PerfectHash:
+    """A perfect hash over a key set: the parameters a table stores and the slot of each key."""
+
+    capacity: int
+    shift: int
+    mask: int
+    salt: int
+    scramble: np.ndarray  # uint32[256]
+    tab: np.ndarray  # uint8[mask + 1]
+    #: int64 slot of each key, in the order the keys were given (all distinct, < capacity)
+    key_slots: np.ndarray
+
+
+def table_capacity(count: int) -> int:
+    """The power of two dyld-1162 sizes a table of ``count`` keys with (10% headroom)."""
+    padded = max(count * 11 // 10, 1)
+    return 1 << max(padded - 1, 0).bit_length()
+
+
+def make_perfect_hash(keys: Sequence[bytes], seed: int = 0) -> PerfectHash:
+    """A perfect hash of distinct ``keys`` in the form dyld's tables use (see the module
+    docstring): each key's 64-bit hash gives a high part ``a`` (the top log2(capacity) bits) and
+    a bucket ``b`` (the low bits, ``mask``); every bucket picks the scramble value that moves
+    all its keys to free slots (``slot = a ^ scramble[tab[b]]``), fullest buckets first. A
+    bucket that cannot be placed makes the builder try another salt, then a tab twice as long
+    (at most capacity/2 entries, the size dyld-1162 estimates). Deterministic for a seed."""
+    n = len(keys)
+    cap = table_capacity(n)
+    bits = cap.bit_length() - 1
+    shift = 64 - bits
+    rng = np.random.default_rng(seed)
+    if cap >= SCRAMBLE_CHOICES:
+        scramble = rng.permutation(cap)[:SCRAMBLE_CHOICES].astype(np.uint32)
+    else:
+        scramble = rng.integers(0, cap, SCRAMBLE_CHOICES).astype(np.uint32)
+    blen = max(1, cap // 16)
+    while True:
+        for _ in range(_SALT_TRIES):
+            salt = int(rng.integers(0, 2**63, dtype=np.int64))
+            hashes = lookup8_many(keys, salt)
+            tab = _place_buckets(hashes, shift, blen, cap, scramble)
+            if tab is not None:
+                key_slots = slots(hashes, shift, blen - 1, scramble, tab)
+                return PerfectHash(cap, shift, blen - 1, salt, scramble, tab, key_slots)
+        if blen * 2 > max(cap // 2, 1):
+            raise ValueError(f"no perfect hash found for {n} keys")
+        blen *= 2
+
+
+def _place_buckets(
+    hashes: np.ndarray, shift: int, blen: int, cap: int, scramble: np.ndarray
+) -> np.ndarray | None:
+    """tab[] placing every key in a distinct slot, or None when some bucket cannot be placed."""
+    high = np.zeros_like(hashes) if shift >= 64 else hashes >> _U64(shift)
+    a = high.astype(np.int64)
+    b = (hashes & _U64(blen - 1)).astype(np.int64)
+    order = np.argsort(b, kind="stable")
+    starts = np.searchsorted(b[order], np.arange(blen + 1))
+    sizes = np.diff(starts)
+    used = np.zeros(cap, dtype=bool)
+    tab = np.zeros(blen, dtype=np.uint8)
+    choices = scramble.astype(np.int64)
+    for bucket in np.argsort(-sizes, kind="stable").tolist():
+        if not sizes[bucket]:
+            break
+        members = a[order[starts[bucket] : starts[bucket + 1]]]
+        cand = members[:, None] ^ choices[None, :]  # (keys, 256) slots
+        ok = ~used[cand].any(axis=0)
+        if len(members) > 1:
+            srt = np.sort(cand, axis=0)
+            ok &= ~(srt[1:] == srt[:-1]).any(axis=0)
+        hit = np.flatnonzero(ok)
+        if not len(hit):
+            return None
+        t = int(hit[0])
+        used[cand[:, t]] = True
+        tab[bucket] = t
+    return tab

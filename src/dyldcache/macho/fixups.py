@@ -106,4 +106,3 @@ class Fixups:
 
     def import_name(self, record: np.void) -> str:
         return self.imports[int(record["bind"])].name
-

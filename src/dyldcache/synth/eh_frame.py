@@ -53,10 +53,17 @@ def pcrel_entries(imap: ImageMap, section: Section, fields: list[PointerField], 
     return np.concatenate(parts)
 
 
-def eh_frame_entries(image: MachOFile, imap: ImageMap) -> tuple[np.ndarray, list[int]]:
-    """(entries for every __eh_frame section, the LSDA addresses its FDEs give)."""
+def _address(section: Section, field: PointerField) -> int:
+    target = field_target(section, field)
+    return field.value if target is None else target
+
+
+def eh_frame_entries(image: MachOFile, imap: ImageMap) -> tuple[np.ndarray, list[int], list[tuple[int, int]]]:
+    """(entries for every __eh_frame section, the function start of every FDE, (function
+    start, LSDA address) of every FDE that names an LSDA)."""
     parts: list[np.ndarray] = []
-    lsdas: list[int] = []
+    functions: list[int] = []
+    lsdas: list[tuple[int, int]] = []
     for sect in image.sections:
         if sect.sectname != "__eh_frame" or sect.size == 0:
             continue
@@ -65,9 +72,12 @@ def eh_frame_entries(image: MachOFile, imap: ImageMap) -> tuple[np.ndarray, list
             cies, fdes = parse_eh_frame(data, sect.full_name)
             fields = [c.personality for c in cies.values() if c.personality is not None]
             fields += [f.pc_begin for f in fdes] + [f.lsda for f in fdes if f.lsda is not None]
-            lsdas += [t for f in fdes if f.lsda is not None and (t := field_target(sect, f.lsda)) is not None]
+            functions += [_address(sect, f.pc_begin) for f in fdes]
+            lsdas += [
+                (_address(sect, f.pc_begin), _address(sect, f.lsda)) for f in fdes if f.lsda is not None
+            ]
             parts.append(pcrel_entries(imap, sect, fields, "__eh_frame pointer"))
         except (MachOFormatError, ValueError, IndexError, struct.error) as exc:
             raise SplitSegSynthesisError(image.path, sect.full_name, None, f"cannot parse: {exc}") from None
     entries = np.concatenate(parts) if parts else np.zeros(0, dtype=SPLIT_SEG_DTYPE)
-    return entries, lsdas
+    return entries, functions, lsdas

@@ -13,6 +13,8 @@ from FDEs); bytes no unwinder can reach are never interpreted at run time.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ..errors import SplitSegSynthesisError
@@ -63,13 +65,25 @@ class _Reader:
         return field
 
 
-def _type_fields(data: bytes, start: int) -> list[PointerField]:
-    """The encoded type-table entries (and landing-pad base) of the LSDA at ``start``."""
+@dataclass(frozen=True, slots=True)
+class _Header:
+    """The LSDA fields before its action table."""
+
+    #: the landing-pad base field, None when omitted (the base is then the function start)
+    lp_start: PointerField | None
+    ttype_encoding: int
+    #: offset of the type table's base in the section, None without a type table
+    ttype_base: int | None
+    #: (landing pad offset from the base, action offset + 1 or 0) of every call site
+    call_sites: list[tuple[int, int]]
+    #: offset of the action table in the section
+    actions: int
+
+
+def _header(data: bytes, start: int) -> _Header:
     r = _Reader(data, start)
-    fields: list[PointerField] = []
     lp_encoding = r.u8()
-    if lp_encoding != DW_EH_PE_omit:
-        fields.append(r.encoded(lp_encoding))
+    lp_start = r.encoded(lp_encoding) if lp_encoding != DW_EH_PE_omit else None
     ttype_encoding = r.u8()
     ttype_base = None
     if ttype_encoding != DW_EH_PE_omit:
@@ -78,15 +92,24 @@ def _type_fields(data: bytes, start: int) -> list[PointerField]:
     cs_encoding = r.u8()
     cs_length = r.uleb()
     cs_end = r.pos + cs_length
-    actions: set[int] = set()
+    sites: list[tuple[int, int]] = []
     while r.pos < cs_end:
-        for _ in range(3):  # start, length, landing pad: offsets from the function start
-            r.encoded(cs_encoding)
-        action = r.uleb()
-        if action:
-            actions.add(cs_end + action - 1)
+        r.encoded(cs_encoding)  # start and length of the region: offsets from the function start
+        r.encoded(cs_encoding)
+        pad = r.encoded(cs_encoding).value
+        sites.append((pad, r.uleb()))
     if r.pos != cs_end:
         raise IndexError("call-site table overruns its length")
+    return _Header(lp_start, ttype_encoding, ttype_base, sites, cs_end)
+
+
+def _type_fields(data: bytes, start: int) -> list[PointerField]:
+    """The encoded type-table entries (and landing-pad base) of the LSDA at ``start``."""
+    header = _header(data, start)
+    r = _Reader(data, start)
+    fields: list[PointerField] = [header.lp_start] if header.lp_start is not None else []
+    ttype_encoding, ttype_base, cs_end = header.ttype_encoding, header.ttype_base, header.actions
+    actions = {cs_end + action - 1 for _, action in header.call_sites if action}
     max_type = 0
     specs: set[int] = set()
     seen: set[int] = set()
@@ -140,3 +163,24 @@ def lsda_entries(image: MachOFile, imap: ImageMap, lsdas: list[int]) -> np.ndarr
                 image.path, sect.full_name, start - sect.addr, f"cannot parse the LSDA: {exc}"
             ) from None
     return np.concatenate(parts) if parts else np.zeros(0, dtype=SPLIT_SEG_DTYPE)
+
+
+def landing_pads(image: MachOFile, imap: ImageMap, functions: list[tuple[int, int]]) -> list[int]:
+    """Addresses of the landing pads of every (function start, LSDA address) pair: code that
+    only the unwinder enters. A landing-pad base other than the function start refuses."""
+    out: list[int] = []
+    for function, start in sorted(set(functions)):
+        sect = image.section_for_address(start)
+        if sect is None or sect.is_zerofill:
+            raise imap.error(start, "LSDA is in no section")
+        data = bytes(image.section_content(sect))
+        try:
+            header = _header(data, start - sect.addr)
+        except (IndexError, ValueError) as exc:
+            raise SplitSegSynthesisError(
+                image.path, sect.full_name, start - sect.addr, f"cannot parse the LSDA: {exc}"
+            ) from None
+        if header.lp_start is not None:
+            raise imap.error(start, "LSDA with a landing-pad base of its own")
+        out += [function + pad for pad, _ in header.call_sites if pad]
+    return out

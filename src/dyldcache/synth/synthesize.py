@@ -17,10 +17,10 @@ from .arm64_code import scan_arm64
 from .eh_frame import eh_frame_entries
 from .image_map import ImageMap
 from .init_offsets import init_offset_entries
-from .lsda import lsda_entries
+from .lsda import landing_pads, lsda_entries
 from .objc_method_lists import method_list_entries
 from .pointers import pointer_entries
-from .relative_tables import check_relative_tables
+from .relative_tables import relative_table_entries
 from .sections import check_sections
 from .unwind_info import unwind_info_entries
 from .x86_64_code import scan_x86_64
@@ -50,17 +50,19 @@ def synthesize_split_seg(image: MachOFile, *, keep_page_offsets: bool = False) -
     imap = ImageMap.of(image)
     check_sections(image, imap.moving_segments())
     parts = [pointer_entries(image, imap)]
+    eh, functions, lsdas_eh = eh_frame_entries(image, imap)
+    unwind, lsdas_unwind = unwind_info_entries(image, imap)
+    lsdas = lsdas_eh + lsdas_unwind
     if image.arch == "x86_64":
-        code, tables, _ = scan_x86_64(image, imap)
-        check_relative_tables(image, imap, tables)
+        # code only the unwinder enters is known from the unwind information
+        known = functions + landing_pads(image, imap, lsdas)
+        code, tables, _ = scan_x86_64(image, imap, known)
+        parts.append(relative_table_entries(image, imap, tables))
     else:
         # LLVM builds no relative lookup tables for arm64 Darwin, and its jump tables are
         # relative to a label in __text: nothing in __TEXT,__const reaches another segment
         code = scan_arm64(image, imap, keep_page_offsets=keep_page_offsets).entries
-    parts.append(code)
-    eh, lsdas_eh = eh_frame_entries(image, imap)
-    unwind, lsdas_unwind = unwind_info_entries(image, imap)
-    parts += [eh, unwind, lsda_entries(image, imap, lsdas_eh + lsdas_unwind)]
+    parts += [code, eh, unwind, lsda_entries(image, imap, [lsda for _, lsda in lsdas])]
     parts += [method_list_entries(image, imap), init_offset_entries(image, imap)]
     entries = np.concatenate(parts) if parts else np.zeros(0, dtype=SPLIT_SEG_DTYPE)
     order = np.lexsort(

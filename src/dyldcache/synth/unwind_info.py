@@ -69,10 +69,11 @@ def _image_offset_fields(data: bytes) -> tuple[list[int], list[int]]:
     return fields + lsda_fields, lsda_fields
 
 
-def unwind_info_entries(image: MachOFile, imap: ImageMap) -> tuple[np.ndarray, list[int]]:
-    """(IMAGE_OFF_32 entries for every cross-segment field, the LSDA addresses it lists)."""
+def unwind_info_entries(image: MachOFile, imap: ImageMap) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """(IMAGE_OFF_32 entries for every cross-segment field, (function start, LSDA address) of
+    every entry of the LSDA index)."""
     parts: list[np.ndarray] = []
-    lsdas: list[int] = []
+    lsdas: list[tuple[int, int]] = []
     for sect in image.sections:
         if sect.sectname != "__unwind_info" or sect.size == 0:
             continue
@@ -82,7 +83,7 @@ def unwind_info_entries(image: MachOFile, imap: ImageMap) -> tuple[np.ndarray, l
             values = [_u32(data, f) for f in fields]
         except (_Bad, struct.error) as exc:
             raise SplitSegSynthesisError(image.path, sect.full_name, None, f"cannot parse: {exc}") from None
-        lsdas += [imap.base + _u32(data, f) for f in lsda_fields]
+        lsdas += [(imap.base + _u32(data, f - 4), imap.base + _u32(data, f)) for f in lsda_fields]
         if fields:
             parts.append(
                 imap.entries(

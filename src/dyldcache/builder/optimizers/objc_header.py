@@ -1,21 +1,22 @@
-"""The ObjC optimization header dyld and libobjc find through ``objcOptsOffset``.
+"""ObjC header info and the optimization header dyld and libobjc find through
+``objcOptsOffset`` (the seed's findObjCDylibs in phase 2, emitObjCHeaderInfo and
+emitObjCOptsHeader in phase 6).
 
 dyld-1162 does not null-check ``objcOptsOffset`` (``docs/cache-format.md`` §12.1, surprise 3):
-whenever libobjc is in the cache, the header must point at a real
-``ObjCOptimizationHeader``. This module emits a structurally complete one:
+whenever libobjc is in the cache, the header must point at a real ``ObjCOptimizationHeader``.
+This module:
 
-- ``header_info_ro`` / ``header_info_rw`` lists with one entry per ObjC dylib, in ascending
-  mach-header order (readers binary-search them), and the contiguous copy of the images'
-  ``objc_image_info``;
-- selector, class and protocol hash tables in the form dyld-1162 writes for an empty key set
-  (a zeroed table header), and the selector-strings chunk whose first string is the magic
-  relative-method-list selector base.
-
-It does not unique selectors or pre-attach categories, so no image is marked
-"optimized by dyld": libobjc keeps doing that work at run time for every image. The empty
-tables and the selector strings belong to the ObjC hash tables and canonical selectors
-optimizers once those exist (the seed's emitObjCHeaderInfo and emitObjCOptsHeader are what
-stays here).
+- finds the ObjC dylibs and reads their metadata (objc_input.py) for every ObjC optimizer; an
+  image whose metadata is malformed is left as linked, with a warning naming it and the problem;
+- emits the ``header_info_ro`` / ``header_info_rw`` lists with one entry per ObjC dylib, in
+  ascending mach-header order (readers binary-search them), and the contiguous copy of the
+  images' ``objc_image_info``. Every image the optimizers rewrote gets the OptimizedByDyld flag
+  (in its own __objc_imageinfo and in the copy), which tells libobjc that its selectors are
+  uniqued and its classes and protocols are in the tables;
+- emits the ``ObjCOptimizationHeader`` (flags: LargeSharedCache, and NoMissingWeakSuperclasses
+  unless an optimized class's superclass is a missing weak import; this builder writes
+  development caches, so never IsProduction), and the same offsets into libobjc's own
+  ``objc_opt_t`` in ``__TEXT,__objc_opt_ro`` when libobjc has that section (relative to it).
 """
 
 from __future__ import annotations
@@ -25,130 +26,186 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
+
 from ...cache.format import ObjCOptimizationHeader
+from ...cache.objc_format import (
+    IMAGE_INFO_DYLD_CATEGORIES_OPTIMIZED,
+    IMAGE_INFO_OPTIMIZED_BY_DYLD,
+    LIBOBJC_PATH,
+    OBJC_OPT_LARGE_SHARED_CACHE,
+    OBJC_OPT_NO_MISSING_WEAK_SUPERCLASSES,
+    OBJC_OPT_RO_SECTION,
+    ObjCOptV16,
+)
 from ..buffers import CacheBuffers
 from ..cache_dylib import CacheDylib
 from ..headers import HeaderFields
 from ..layout import Chunk, ChunkKind, RegionKind, SubCache, SubCacheKind
 from ..model import CacheModel
-from ..types import CacheVMAddr, InputVMAddr, moved_address, vm_add, vm_offset
+from ..types import CacheVMAddr, InputVMAddr, vm_add, vm_offset
 from .base import DylibResult, Optimizer
+from .objc_canonical_selectors import ObjCCanonicalSelectors
+from .objc_hash_tables import ObjCHashTables
+from .objc_input import ObjCInputs
+from .objc_selector_refs import buffer_offset
 
-LIBOBJC = "/usr/lib/libobjc.A.dylib"
-#: ObjCOptimizationHeader.flags
-OBJC_OPT_LARGE_SHARED_CACHE = 1 << 2
-#: the selector every relative method list offset is taken from (an emoji nobody uses)
-MAGIC_SELECTOR = "\U0001f92f".encode() + b"\0"
+LIBOBJC = LIBOBJC_PATH
 _RO_ENTRY = 24  # header_info_ro_64_t: mhdr_offset, info_offset, metadata_offset (int64 each)
 _RW_ENTRY = 8  # header_info_rw_64_t: isLoaded:1, allClassesRealized:1, next:62
 _IMAGE_INFO = 8  # objc_image_info: version, flags
-#: StringHashTable with no keys: version..salt (32 bytes), scramble[256], tab[1]
-_EMPTY_STRING_TABLE = 32 + 256 * 4 + 1
-#: ObjectHashTable with no keys: the string table and a u32 duplicateCount
-_EMPTY_OBJECT_TABLE = _EMPTY_STRING_TABLE + 4
-
-
-def objc_dylibs(dylibs: list[CacheDylib]) -> list[CacheDylib]:
-    """Dylibs with ObjC metadata: an __objc_imageinfo section in a __DATA* segment."""
-    out = []
-    for d in dylibs:
-        for s in d.image.sections:
-            if s.sectname == "__objc_imageinfo" and s.segname.startswith("__DATA"):
-                out.append(d)
-                break
-    return out
+#: DylibResult.extras key: the dylib has a class whose superclass is a missing weak import
+MISSING_WEAK_SUPERCLASS = "objc missing weak superclass"
 
 
 @dataclass(slots=True)
 class ObjCChunks:
-    dylibs: list[CacheDylib]
     header_ro: Chunk
     image_infos: Chunk
-    selector_strings: Chunk
-    selector_table: Chunk
-    class_table: Chunk
-    protocol_table: Chunk
     header_rw: Chunk
     opts: Chunk
 
 
-def add_objc_chunks(sub: SubCache, dylibs: list[CacheDylib], auth_regions: bool) -> ObjCChunks:
-    """Reserve the chunks in the subcache that holds libobjc (phase 3)."""
-    objc = objc_dylibs(dylibs)
-    n = len(objc)
-    text = sub.region(RegionKind.TEXT)
-    rw = sub.region(RegionKind.AUTH if auth_regions else RegionKind.DATA)
-    le = sub.region(RegionKind.LINKEDIT)
-
-    def ro(name: str, size: int) -> Chunk:
-        return text.add(Chunk(name, ChunkKind.OBJC_READ_ONLY, size, 8))
-
-    return ObjCChunks(
-        objc,
-        ro("objc header info ro", 8 + _RO_ENTRY * n),
-        ro("objc image infos", max(_IMAGE_INFO * n, 8)),
-        ro("objc selector strings", len(MAGIC_SELECTOR)),
-        ro("objc selector table", _EMPTY_STRING_TABLE),
-        ro("objc class table", _EMPTY_OBJECT_TABLE),
-        ro("objc protocol table", _EMPTY_OBJECT_TABLE),
-        rw.add(Chunk("objc header info rw", ChunkKind.OBJC_READ_WRITE, 8 + _RW_ENTRY * n, 8)),
-        le.add(Chunk("objc opts header", ChunkKind.OBJC_OPTS, ObjCOptimizationHeader.SIZE, 8)),
+def _image_info_address(d: CacheDylib) -> CacheVMAddr:
+    sect = next(
+        s for s in d.image.sections if s.sectname == "__objc_imageinfo" and s.segname.startswith("__DATA")
     )
-
-
-def emit_objc(c: ObjCChunks, base_address: CacheVMAddr, buffers: CacheBuffers) -> None:
-    """Fill the header info, image infos and opts header (phase 6; the dylibs are in place)."""
-    n = len(c.dylibs)
-    ro = bytearray(struct.pack("<II", n, _RO_ENTRY))
-    infos = bytearray()
-    for i, d in enumerate(c.dylibs):
-        sect = next(
-            s for s in d.image.sections if s.sectname == "__objc_imageinfo" and s.segname.startswith("__DATA")
-        )
-        seg = d.segment_for_input_address(InputVMAddr(sect.addr))
-        assert seg is not None and seg.chunk is not None
-        info_addr = moved_address(InputVMAddr(sect.addr), seg.input_vmaddr, seg.chunk.vm_addr)
-        infos += buffers.read(info_addr, _IMAGE_INFO)
-        field = vm_add(c.header_ro.vm_addr, 8 + i * _RO_ENTRY)
-        copy = vm_add(c.image_infos.vm_addr, i * _IMAGE_INFO)
-        # no PrebuiltLoaderSet exists, so metadata_offset stays 0
-        ro += struct.pack("<qqq", d.cache_load_address - field, copy - (field + 8), 0)
-    buffers.put(c.header_ro, bytes(ro))
-    buffers.put(c.image_infos, bytes(infos))
-    buffers.put(c.header_rw, struct.pack("<II", n, _RW_ENTRY) + bytes(_RW_ENTRY * n))
-    hdr = ObjCOptimizationHeader(
-        1,
-        OBJC_OPT_LARGE_SHARED_CACHE,
-        vm_offset(c.header_ro.vm_addr, base_address),
-        vm_offset(c.header_rw.vm_addr, base_address),
-        vm_offset(c.selector_table.vm_addr, base_address),
-        vm_offset(c.class_table.vm_addr, base_address),
-        vm_offset(c.protocol_table.vm_addr, base_address),
-        vm_offset(c.selector_strings.vm_addr, base_address),
-    )
-    buffers.put(c.opts, hdr.pack())
+    return d.cache_address(InputVMAddr(sect.addr))
 
 
 class ObjCHeader(Optimizer):
     name: ClassVar[str] = "ObjC header info"
 
-    def __init__(self) -> None:
+    def __init__(self, objc: ObjCInputs, selectors: ObjCCanonicalSelectors, tables: ObjCHashTables) -> None:
+        self.objc = objc
+        self.selectors = selectors
+        self.tables = tables
         self.chunks: ObjCChunks | None = None
+        self.flags = 0
+
+    def estimate(self, model: CacheModel) -> None:
+        self.objc.find(model.dylibs, LIBOBJC)
 
     def place(self, model: CacheModel) -> None:
         """The ObjC tables go to the file that holds libobjc (none without libobjc)."""
         sub = model.text_subcache(LIBOBJC)
-        if sub is not None:
-            self.chunks = add_objc_chunks(sub, model.dylibs, model.config.arch.uses_pointer_auth)
+        if sub is None:
+            return
+        n = len(self.objc.dylibs)
+        text = sub.region(RegionKind.TEXT)
+        rw = sub.region(RegionKind.AUTH if model.config.arch.uses_pointer_auth else RegionKind.DATA)
+        le = sub.region(RegionKind.LINKEDIT)
 
-    def pre_dylib_emit(self, model: CacheModel, buffers: CacheBuffers) -> None:
-        # the seed emits the selector strings before the dylib passes, which point into them
-        if self.chunks is not None:
-            buffers.put(self.chunks.selector_strings, MAGIC_SELECTOR)
+        def ro(name: str, size: int) -> Chunk:
+            return text.add(Chunk(name, ChunkKind.OBJC_READ_ONLY, size, 8))
+
+        self.chunks = ObjCChunks(
+            ro("objc header info ro", 8 + _RO_ENTRY * n),
+            ro("objc image infos", max(_IMAGE_INFO * n, 8)),
+            rw.add(Chunk("objc header info rw", ChunkKind.OBJC_READ_WRITE, 8 + _RW_ENTRY * n, 8)),
+            le.add(Chunk("objc opts header", ChunkKind.OBJC_OPTS, ObjCOptimizationHeader.SIZE, 8)),
+        )
+
+    def dylib_pass(self, dylib: CacheDylib, buffers: CacheBuffers, result: DylibResult) -> None:
+        i = self.objc.objc_index.get(dylib.index)
+        if not self.objc.active or i is None:
+            return
+        meta = self.objc.images[i]
+        if meta.problem is not None:
+            result.warnings.append(
+                f"ObjC metadata of '{dylib.install_name}' not optimized (libobjc does that work at "
+                f"run time): {meta.problem}"
+            )
+            return
+        if result.bound is not None and len(result.bound.absolute_locations):
+            supers = np.array([c.address + 8 for c in meta.classes], dtype=np.uint64)
+            locs = dylib.cache_addresses(supers)
+            nulls = result.bound.absolute_locations[result.bound.absolute_values == 0]
+            if np.isin(locs, nulls).any():
+                result.extras[MISSING_WEAK_SUPERCLASS] = True
 
     def emit(self, model: CacheModel, buffers: CacheBuffers, results: Sequence[DylibResult]) -> None:
-        if self.chunks is not None:
-            emit_objc(self.chunks, model.config.base_address, buffers)
+        c = self.chunks
+        if c is None:
+            return
+        n = len(self.objc.dylibs)
+        ro = bytearray(struct.pack("<II", n, _RO_ENTRY))
+        infos = bytearray()
+        for i, d in enumerate(self.objc.dylibs):
+            info_addr = _image_info_address(d)
+            if self.objc.active and self.objc.images[i].problem is None:
+                extra = IMAGE_INFO_DYLD_CATEGORIES_OPTIMIZED if i in self.objc.categories_optimized else 0
+                self._set_optimized(d, buffers, extra)
+            infos += buffers.read(info_addr, _IMAGE_INFO)
+            field = vm_add(c.header_ro.vm_addr, 8 + i * _RO_ENTRY)
+            copy = vm_add(c.image_infos.vm_addr, i * _IMAGE_INFO)
+            # no PrebuiltLoaderSet exists, so metadata_offset stays 0
+            ro += struct.pack("<qqq", d.cache_load_address - field, copy - (field + 8), 0)
+        buffers.put(c.header_ro, bytes(ro))
+        buffers.put(c.image_infos, bytes(infos))
+        buffers.put(c.header_rw, struct.pack("<II", n, _RW_ENTRY) + bytes(_RW_ENTRY * n))
+        self.flags = OBJC_OPT_LARGE_SHARED_CACHE
+        if not any(r.extras.get(MISSING_WEAK_SUPERCLASS) for r in results):
+            self.flags |= OBJC_OPT_NO_MISSING_WEAK_SUPERCLASSES
+        tables = self.tables.table_addresses()
+        assert tables is not None and self.selectors.chunk is not None
+        base = model.config.base_address
+        hdr = ObjCOptimizationHeader(
+            1,
+            self.flags,
+            vm_offset(c.header_ro.vm_addr, base),
+            vm_offset(c.header_rw.vm_addr, base),
+            vm_offset(tables[0], base),
+            vm_offset(tables[1], base),
+            vm_offset(tables[2], base),
+            vm_offset(self.selectors.chunk.vm_addr, base),
+        )
+        buffers.put(c.opts, hdr.pack())
+        self._emit_libobjc_opt(model, buffers, hdr)
+
+    def _set_optimized(self, d: CacheDylib, buffers: CacheBuffers, extra: int) -> None:
+        sect = next(
+            s for s in d.image.sections if s.sectname == "__objc_imageinfo" and s.segname.startswith("__DATA")
+        )
+        assert d.text.chunk is not None
+        buf = buffers.holding(d.text.chunk)
+        at = buffer_offset(d, sect.addr) + 4
+        flags = int.from_bytes(bytes(buf[at : at + 4]), "little") | IMAGE_INFO_OPTIMIZED_BY_DYLD | extra
+        buf[at : at + 4] = np.frombuffer(flags.to_bytes(4, "little"), dtype=np.uint8)
+
+    def _emit_libobjc_opt(
+        self, model: CacheModel, buffers: CacheBuffers, hdr: ObjCOptimizationHeader
+    ) -> None:
+        """libobjc's objc_opt_t (version 16 layout): the same tables, as offsets from itself."""
+        lib = next((d for d in model.dylibs if d.install_name == LIBOBJC), None)
+        if lib is None:
+            return
+        sect = lib.image.section(*OBJC_OPT_RO_SECTION)
+        if sect is None or sect.size < ObjCOptV16.SIZE:
+            return
+        assert lib.text.chunk is not None
+        at = buffer_offset(lib, sect.addr)
+        buf = buffers.holding(lib.text.chunk)
+        version = int.from_bytes(bytes(buf[at : at + 4]), "little")
+        own = lib.cache_address(InputVMAddr(sect.addr)) - model.config.base_address
+
+        def rel(offset: int) -> int:
+            return offset - own
+
+        opt = ObjCOptV16(
+            version,
+            hdr.flags,
+            rel(hdr.selector_hash_table_cache_offset),
+            rel(hdr.header_info_ro_cache_offset),
+            0,
+            0,
+            rel(hdr.header_info_rw_cache_offset),
+            0,
+            rel(hdr.class_hash_table_cache_offset),
+            rel(hdr.protocol_hash_table_cache_offset),
+            rel(hdr.relative_method_selector_base_address_offset),
+        )
+        buf[at : at + ObjCOptV16.SIZE] = np.frombuffer(opt.pack(), dtype=np.uint8)
 
     def header_fields(self, model: CacheModel, sub: SubCache, fields: HeaderFields) -> None:
         if sub.kind is SubCacheKind.MAIN and self.chunks is not None:

@@ -1,0 +1,67 @@
+"""ObjC Canonical Selector References: one string per selector name for the whole cache (the
+seed's findCanonicalObjCSelectors in phase 2 and emitObjCSelectorStrings in phase 4).
+
+The strings go to one chunk in the file that holds libobjc, the magic selector first (the base
+every relative method list with direct selectors counts from), then every selector of every
+optimized image in cache order: its __objc_methname strings, then any other string its
+selector references and method lists name. Each name is there once; the selector table
+(objc_hash_tables.py) and every rewritten reference (objc_selector_refs.py) point at it.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from ...cache.objc_format import LIBOBJC_PATH
+from ..buffers import CacheBuffers
+from ..layout import Chunk, ChunkKind, RegionKind
+from ..model import CacheModel
+from ..types import CacheVMAddr, vm_add
+from .base import Optimizer
+from .objc_input import ObjCInputs
+
+#: the selector every relative method list offset is taken from (an emoji nobody uses)
+MAGIC_SELECTOR = "\U0001f92f".encode()
+
+
+class ObjCCanonicalSelectors(Optimizer):
+    name: ClassVar[str] = "ObjC Canonical Selector References"
+
+    def __init__(self, objc: ObjCInputs) -> None:
+        self.objc = objc
+        #: selector name -> offset of its string in the chunk
+        self.offsets: dict[bytes, int] = {}
+        #: the names in chunk order
+        self.names: list[bytes] = []
+        self.size = 0
+        self.chunk: Chunk | None = None
+
+    def estimate(self, model: CacheModel) -> None:
+        if not self.objc.active:
+            return
+        self._add(MAGIC_SELECTOR)
+        for _, _, meta in self.objc.optimized():
+            for name in meta.selectors():
+                if name not in self.offsets:
+                    self._add(name)
+
+    def _add(self, name: bytes) -> None:
+        self.offsets[name] = self.size
+        self.names.append(name)
+        self.size += len(name) + 1
+
+    def place(self, model: CacheModel) -> None:
+        sub = model.text_subcache(LIBOBJC_PATH)
+        if sub is not None and self.objc.active:
+            text = sub.region(RegionKind.TEXT)
+            self.chunk = text.add(Chunk("objc selector strings", ChunkKind.OBJC_READ_ONLY, self.size, 8))
+
+    def pre_dylib_emit(self, model: CacheModel, buffers: CacheBuffers) -> None:
+        # the seed emits the strings before the dylib passes, which point into them
+        if self.chunk is not None:
+            buffers.put(self.chunk, b"".join(n + b"\0" for n in self.names))
+
+    def address(self, name: bytes) -> CacheVMAddr:
+        """The cache address of the canonical string of ``name``."""
+        assert self.chunk is not None
+        return vm_add(self.chunk.vm_addr, self.offsets[name])
