@@ -137,8 +137,11 @@ class ObjCCanonicalProtocols(Optimizer):
         self._values = np.array([self.canonical[k] for k in keys], dtype=np.uint64)
 
     def dylib_pass(self, dylib: CacheDylib, buffers: CacheBuffers, result: DylibResult) -> None:
+        if result.bound is None or self.chunk is None:
+            return
+        self._keep_source_pointers(dylib, result)
         meta = self.objc.image_of(dylib)
-        if meta is None or result.bound is None or self.chunk is None or not len(meta.protocol_ref_slots):
+        if meta is None or not len(meta.protocol_ref_slots):
             return
         with result.timed("objc canonical protocols"):
             ptrs = result.bound.pointers
@@ -149,6 +152,24 @@ class ObjCCanonicalProtocols(Optimizer):
             k = np.clip(np.searchsorted(self._keys, targets), 0, max(len(self._keys) - 1, 0))
             hit = self._keys[k] == targets
             ptrs["target"][at[hit]] = self._values[k[hit]]
+
+    def _keep_source_pointers(self, dylib: CacheDylib, result: DylibResult) -> None:
+        """Phase 5: the bound pointers emit copies (each canonical source's words; libobjc's
+        Protocol class pointer), kept on the result: slide info's pass moves the rest out."""
+        assert result.bound is not None and self.chunk is not None
+        kept: dict[int, np.ndarray] = {}
+        for s in self.sources:
+            if self.objc.dylibs[s.objc_index].index == dylib.index:
+                src = int(dylib.cache_address(InputVMAddr(s.address)))
+                copied = min(s.size, PROTOCOL_T_FULL_SIZE)
+                kept[src] = _pointers_in(result.bound.pointers, src, src + copied).copy()
+        if dylib.install_name == LIBOBJC_PATH:
+            sect = _opt_ptrs(dylib)
+            if sect is not None:
+                opt_ptr = int(dylib.cache_address(InputVMAddr(sect.addr)))
+                kept[opt_ptr] = _pointers_in(result.bound.pointers, opt_ptr, opt_ptr + 1).copy()
+        if kept:
+            result.extras[self.name] = kept
 
     def emit(self, model: CacheModel, buffers: CacheBuffers, results: Sequence[DylibResult]) -> None:
         lib = self._libobjc()
@@ -161,20 +182,22 @@ class ObjCCanonicalProtocols(Optimizer):
         sect = _opt_ptrs(lib)
         assert sect is not None
         opt_ptr = int(lib.cache_address(InputVMAddr(sect.addr)))
-        isa = _pointers_in(lib_result.bound.pointers, opt_ptr, opt_ptr + 1)
+        lib_kept = lib_result.extras.get(self.name, {})
+        assert isinstance(lib_kept, dict)
+        isa = lib_kept.get(opt_ptr, np.zeros(0, dtype=CACHE_POINTER_FIELDS))
         out = bytearray(PROTOCOL_T_FULL_SIZE * len(self.sources))
         added: list[np.ndarray] = []
         for k, s in enumerate(self.sources):
             dylib = self.objc.dylibs[s.objc_index]
-            result = by_index[dylib.index]
-            assert result.bound is not None
+            kept = by_index[dylib.index].extras[self.name]
+            assert isinstance(kept, dict)
             src = int(dylib.cache_address(InputVMAddr(s.address)))
             dst = int(self.chunk.vm_addr) + PROTOCOL_T_FULL_SIZE * k
             copied = min(s.size, PROTOCOL_T_FULL_SIZE)
             # the pointer fields get their values when slide info writes the chunk's pointers
             proto = bytearray(buffers.read(CacheVMAddr(src), copied))
             proto += bytes(PROTOCOL_T_FULL_SIZE - copied)
-            ptrs = _pointers_in(result.bound.pointers, src, src + copied).copy()
+            ptrs = kept[src].copy()
             ptrs["location"] = ptrs["location"] - np.uint64(src) + np.uint64(dst)
             has = set((ptrs["location"] - np.uint64(dst)).tolist())
             extra: list[np.ndarray] = [ptrs]

@@ -401,6 +401,16 @@ def _split_strings(raw: bytes, base: int) -> dict[int, bytes]:
     return out
 
 
+def _read_dropping_decodes(dylib: CacheDylib) -> ObjCImageInput:
+    """read_objc_input in phase 2: the dylib's decoded fixups come back from the scratch files
+    for the read and go again (the builder keeps no decodes between phases)."""
+    dylib.input.restore_decodes()
+    try:
+        return read_objc_input(dylib.image, dylib.install_name)
+    finally:
+        dylib.input.drop_decodes()
+
+
 def read_objc_input(image: MachOFile, install_name: str) -> ObjCImageInput:
     """The ObjC metadata of a dylib that :func:`has_objc`; ``problem`` says why it cannot be
     optimized (and the lists stay empty) when it is malformed."""
@@ -454,7 +464,7 @@ class ObjCInputs:
         self.objc_index = {d.index: i for i, d in enumerate(self.dylibs)}
         self.active = any(d.install_name == libobjc for d in dylibs)
         if self.active:
-            self.images = [read_objc_input(d.image, d.install_name) for d in self.dylibs]
+            self.images = [_read_dropping_decodes(d) for d in self.dylibs]
 
     def optimized(self) -> list[tuple[int, CacheDylib, ObjCImageInput]]:
         """(objc index, dylib, metadata) of every image the optimizers rewrite."""

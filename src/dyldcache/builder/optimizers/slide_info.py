@@ -182,6 +182,12 @@ class SlideInfo(Optimizer):
         if problem is not None:
             raise BuildError(f"a pointer cannot be slid: {problem}")
         # to the scratch files, sorted, cut by region; the result keeps where they are
+        result.extras[self.name] = self._spill(buffers, pointers)
+        result.bound.pointers = pointers[:0]
+
+    def _spill(self, buffers: CacheBuffers, pointers: np.ndarray) -> SpilledPointers:
+        """``pointers`` written to this process's scratch file, sorted, cut by data region."""
+        assert buffers.scratch is not None
         pointers = pointers[np.argsort(pointers["location"], kind="stable")]
         locations = pointers["location"]
         spilled = buffers.scratch.write(pointers)
@@ -195,12 +201,17 @@ class SlideInfo(Optimizer):
                 pieces.append((k, spilled.part(lo, hi), int(locations[lo]), int(locations[hi - 1])))
                 inside[lo:hi] = True
         outside = None if inside.all() else int(locations[np.flatnonzero(~inside)[0]])
-        result.extras[self.name] = SpilledPointers(pieces, outside)
-        result.bound.pointers = pointers[:0]
+        return SpilledPointers(pieces, outside)
 
     def emit(self, model: CacheModel, buffers: CacheBuffers, results: Sequence[DylibResult]) -> None:
-        """Encode every data region's pointers (after every step that writes pointers)."""
+        """Encode every data region's pointers (after every step that writes pointers).
+
+        Pointers an earlier optimizer's emit added to a result after this optimizer's dylib
+        pass (global chunks of phase 6, e.g. the canonical ObjC protocols) are spilled here too.
+        """
         spilled = [r.extras[self.name] for r in results if self.name in r.extras]
+        late = [r.bound.pointers for r in results if r.bound is not None and len(r.bound.pointers)]
+        spilled += [self._spill(buffers, pointers) for pointers in late]
         by_region: dict[int, list[tuple[ScratchArray, int, int]]] = {}
         outside = []
         for s in spilled:
