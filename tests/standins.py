@@ -251,14 +251,15 @@ def make_standins(
 ) -> list[StandIn]:
     """Write a stub for every library ``root`` lacks into ``scratch`` and link it into ``root``.
     ``own_inputs``: install name -> more inputs of that stand-in only (objects, and the dylibs
-    their undefined symbols bind to)."""
+    their undefined symbols bind to: other stand-ins among them, which are linked first)."""
     root, scratch = Path(root), Path(scratch)
     scratch.mkdir(parents=True, exist_ok=True)
     scan = scan_root(root, arch)
     plans = plan_standins(scan, root, prefer)
     code = [(Path(o), object_exports(o, arch)) for o in objects]
     made = []
-    for name, plan in sorted(plans.items()):
+    # a stand-in with inputs of its own last: they may be other stand-ins (libobjc's calloc)
+    for name, plan in sorted(plans.items(), key=lambda item: (item[0] in (own_inputs or {}), item[0])):
         current, compat = scan.versions.get(name, (0x10000, 0x10000))
         stem = name.strip("/").replace("/", "_")
         tbd = scratch / f"{stem}.tbd"
@@ -375,3 +376,26 @@ def prepare_macos_root(
         root, "x86_64", "macos", base / "stubs", [STANDIN_OBJECTS["x86_64"]], own_inputs={LIBOBJC: libobjc}
     )
     return root, texts, links, standins
+
+
+def prepare_ios_root(
+    source: Path, base: Path, *, objc_runtime: bool = True
+) -> tuple[Path, list[tuple[str, str]], list[StandIn]]:
+    """The iOS 14.4 root of ../shared as a root a build can take: copied to ``base/root``, the
+    install-name links restored, stand-ins for the missing libraries. ``objc_runtime``: libobjc's
+    stand-in holds the ObjC fixture's arm64 runtime (calloc and strcmp from the libsystem_malloc
+    and libsystem_c stand-ins), so the ObjC optimizers run. Returns (root, install-name links,
+    stand-ins)."""
+    root = copy_root(source, base / "root")
+    links = recreate_install_name_links(root, "arm64")
+    system = root / "usr" / "lib" / "system"
+    libobjc = [RUNTIME_OBJECTS["arm64"], system / "libsystem_malloc.dylib", system / "libsystem_c.dylib"]
+    standins = make_standins(
+        root,
+        "arm64",
+        "ios",
+        base / "stubs",
+        [STANDIN_OBJECTS["arm64"]],
+        own_inputs={LIBOBJC: libobjc} if objc_runtime else None,
+    )
+    return root, links, standins

@@ -36,9 +36,8 @@ from standins import (
     STANDIN_OBJECTS,
     StandIn,
     copy_root,
-    make_standins,
     object_exports,
-    recreate_install_name_links,
+    prepare_ios_root,
 )
 
 from dyldcache.builder.pipeline import BuildOptions, BuildResult, build_cache
@@ -97,9 +96,8 @@ class IosBuild:
 def ios(tmp_path_factory: pytest.TempPathFactory) -> IosBuild:
     source = shared_path(*ROOT)
     base = tmp_path_factory.mktemp("real-ios")
-    root = copy_root(source, base / "root")
-    links = recreate_install_name_links(root, ARCH)
-    standins = make_standins(root, ARCH, "ios", base / "stubs", [STANDIN_OBJECTS[ARCH]])
+    # libobjc a plain stand-in here: tests/test_real_objc.py builds this root with a runtime
+    root, links, standins = prepare_ios_root(source, base, objc_runtime=False)
     outdir = base / "cache"
     with time_limit(120):
         # Apple's rules: the oracle below is dyld-1162's (the relaxed default is tested on wheels)
