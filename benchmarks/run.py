@@ -35,6 +35,7 @@ except ImportError:  # run from a checkout without installing
 sys.path.insert(0, str(HERE))
 
 import make_corpus  # noqa: E402
+from scale_series import time_copy  # noqa: E402
 
 from dyldcache.examples import EXAMPLE_DYLIBS  # noqa: E402
 
@@ -117,16 +118,6 @@ def run_build(arch: str, root: str, out: str, jobs: int, profile: str | None) ->
     result: dict[str, Any] = json.loads(proc.stdout)
     result["process_seconds"] = wall
     return result
-
-
-def time_copy(root: str, scratch: str) -> float:
-    """Seconds ``cp -r`` takes to copy the corpus (the copy is then deleted, untimed)."""
-    shutil.rmtree(scratch, ignore_errors=True)
-    t0 = time.perf_counter()
-    subprocess.run(["cp", "-r", root, scratch], check=True)
-    seconds = time.perf_counter() - t0
-    shutil.rmtree(scratch, ignore_errors=True)
-    return seconds
 
 
 # ---- the corpus --------------------------------------------------------------------------------------
