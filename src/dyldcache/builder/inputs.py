@@ -8,11 +8,12 @@ wording; a malformed file is evicted with the reader's error, never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from ..errors import FormatError, SplitSegSynthesisError
@@ -107,6 +108,16 @@ class CacheInput:
     def drop_decodes(self) -> None:
         """Forget what :meth:`restore_decodes` gave."""
         self.fixup_facts.forget(self.image)
+
+    @contextlib.contextmanager
+    def decoded(self) -> Iterator[None]:
+        """The decoded fixups and split seg info, back for the ``with`` block only (the builder
+        process keeps none between phases)."""
+        self.restore_decodes()
+        try:
+            yield
+        finally:
+            self.drop_decodes()
 
 
 class _ResolutionNode:

@@ -181,13 +181,10 @@ class ObjCPreAttachedCategories(Optimizer):
             return None
         if cat.cls is not None:
             return d.index, int(d.cache_address(InputVMAddr(cat.cls)))
-        d.input.restore_decodes()  # phase 4, in the builder: the decodes are in the scratch files
-        try:
+        with d.input.decoded():  # phase 4, in the builder: the decodes are in the scratch files
             recs = d.image.fixups.records
             at = int(np.searchsorted(recs["address"], cat.address + 8))
             imp = d.image.fixups.imports[int(recs["bind"][at])]
-        finally:
-            d.input.drop_decodes()
         exports = self.binds.exports
         assert exports is not None
         target = exports.resolve(d.index, imp)

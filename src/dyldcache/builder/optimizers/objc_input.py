@@ -404,11 +404,8 @@ def _split_strings(raw: bytes, base: int) -> dict[int, bytes]:
 def _read_dropping_decodes(dylib: CacheDylib) -> ObjCImageInput:
     """read_objc_input in phase 2: the dylib's decoded fixups come back from the scratch files
     for the read and go again (the builder keeps no decodes between phases)."""
-    dylib.input.restore_decodes()
-    try:
+    with dylib.input.decoded():
         return read_objc_input(dylib.image, dylib.install_name)
-    finally:
-        dylib.input.drop_decodes()
 
 
 def read_objc_input(image: MachOFile, install_name: str) -> ObjCImageInput:
