@@ -114,10 +114,6 @@ def test_apple_caches_have_no_preattached_categories(name: str) -> None:
     assert oc.check_preattached_categories(cache, oc.inputs_from_cache(cache)) == []
 
 
-#: objc4's objc_image_info flag (objc-abi.h / objc-runtime-new.h: the old IsReplacement bit)
-DYLD_CATEGORIES_OPTIMIZED = 1 << 0
-
-
 @pytest.mark.parametrize("switch", [False, True])
 def test_the_command_line_switch(switch: bool, tmp_path: Path) -> None:
     """`build --objc-preattached-categories` attaches them; without it no image is flagged."""
@@ -126,5 +122,5 @@ def test_the_command_line_switch(switch: bool, tmp_path: Path) -> None:
     args = ["build", "--arch", "arm64", "--root", root, "-o", str(out), "-q"]
     assert run_cli(*args, *(["--objc-preattached-categories"] if switch else [])).returncode == 0
     shown = json.loads(run_cli("objc", str(out / "dyld_shared_cache_arm64"), "--json").stdout)
-    flagged = {i["path"] for i in shown["images"] if i["image_info_flags"] & DYLD_CATEGORIES_OPTIMIZED}
+    flagged = {i["path"] for i in shown["images"] if i["image_info_flags"] & oc.DYLD_CATEGORIES_OPTIMIZED}
     assert flagged == (set(fx.OBJC_IMAGES) if switch else set())
