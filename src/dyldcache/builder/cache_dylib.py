@@ -13,13 +13,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..macho import constants as C
-from ..macho.exports_trie import Export
 from ..macho.file import MachOFile, Segment
 from ..synth.synthesize import ADRP_PAGE
 from .config import MACH_HEADER_ALIGNMENT, CacheConfig
 from .eligibility import segment_content_size
+from .export_table import ExportTable
 from .inputs import CacheInput, Inputs
 from .layout import Chunk, ChunkKind, Region, RegionKind
+from .scratch import ScratchArray, ScratchFiles
 from .types import CacheFileOffset, CacheVMAddr, InputFileOffset, InputVMAddr
 
 #: chunk kind -> region it goes to
@@ -82,13 +83,39 @@ class DylibSegment:
 @dataclass(slots=True)
 class DylibSymbols:
     """A dylib's new symbol table (symbol_strings.py): nlist (input n_values, adjusted when
-    emitted, n_strx into the LINKEDIT region's shared pool), counts, indirect table."""
+    emitted, n_strx into the LINKEDIT region's shared pool), counts, indirect table.
 
-    nlist: np.ndarray
+    Planned in phase 3 and written in phase 5, the arrays wait in the build's scratch files
+    (when the model has them): every dylib's symbols at once are as large as the input's."""
+
+    _nlist: np.ndarray | ScratchArray
     locals_count: int
     globals_count: int
     undefs_count: int
-    indirect: np.ndarray
+    _indirect: np.ndarray | ScratchArray
+
+    @staticmethod
+    def stored(
+        nlist: np.ndarray, counts: tuple[int, int, int], indirect: np.ndarray, scratch: ScratchFiles | None
+    ) -> DylibSymbols:
+        if scratch is None:
+            return DylibSymbols(nlist, *counts, indirect)
+        return DylibSymbols(scratch.write(nlist), *counts, scratch.write(indirect))
+
+    @property
+    def nlist_count(self) -> int:
+        return len(self._nlist) if isinstance(self._nlist, np.ndarray) else self._nlist.count
+
+    @property
+    def indirect_count(self) -> int:
+        return len(self._indirect) if isinstance(self._indirect, np.ndarray) else self._indirect.count
+
+    def nlist(self) -> np.ndarray:
+        """The nlist entries, an array of the caller's own."""
+        return self._nlist.copy() if isinstance(self._nlist, np.ndarray) else self._nlist.load()
+
+    def indirect(self) -> np.ndarray:
+        return self._indirect if isinstance(self._indirect, np.ndarray) else self._indirect.load()
 
 
 @dataclass(eq=False, slots=True)
@@ -116,6 +143,10 @@ class CacheDylib:
     @property
     def image(self) -> MachOFile:
         return self.input.image
+
+    @property
+    def exports(self) -> ExportTable:
+        return self.input.exports
 
     @property
     def install_name(self) -> str:
@@ -160,11 +191,11 @@ def _has_auth_fixups(ci: CacheInput, seg: Segment) -> bool:
     return any(s.sectname in ("__objc_const", "__objc_data") for s in seg.sections)
 
 
-def supports_data_const(image: MachOFile, install_name: str, exports: list[Export]) -> bool:
+def supports_data_const(image: MachOFile, install_name: str, exports: ExportTable) -> bool:
     """Whether a *_CONST segment may stay read-only (cache-format.md §8.3)."""
     if install_name in ("/usr/lib/libcrypto.0.9.7.dylib", "/usr/lib/libcrypto.0.9.8.dylib"):
         return False
-    if any(e.is_resolver for e in exports):
+    if exports.has_resolver:
         return False
     # libobjc may write pointer-based method lists (setIMP); ld64 makes relative ones into
     # __objc_methlist, so ObjC metadata without that section is taken to be pointer-based
@@ -204,7 +235,7 @@ def categorize_segments(ci: CacheInput, config: CacheConfig) -> list[DylibSegmen
                 )
                 is_const = seg.name.endswith("_CONST")
                 if is_const and const_ok is None:
-                    const_ok = supports_data_const(image, ci.install_name, image.exports)
+                    const_ok = supports_data_const(image, ci.install_name, ci.exports)
                 if is_auth:
                     if is_const:
                         kind = ChunkKind.DYLIB_AUTH_CONST if const_ok else ChunkKind.DYLIB_AUTH

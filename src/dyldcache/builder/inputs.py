@@ -24,6 +24,7 @@ from ..names import encode_name
 from ..synth import synthesized_split_seg_info
 from .config import CacheConfig
 from .eligibility import SILENT_SKIPS, check_eligibility, is_eligible_path
+from .export_table import ExportTable
 from .fixup_facts import FixupFacts, fixup_facts
 from .input_files import InputFile, RootFS
 from .install_names import LOADER_PATH, is_relative_name, resolve_load
@@ -87,6 +88,8 @@ class CacheInput:
     rpaths_resolved: bool = False
     #: what phases 1-4 need of its fixups (phase 1's workers decode them; nobody keeps them)
     facts: FixupFacts | None = None
+    #: its exports (phase 1's workers read them)
+    export_table: ExportTable | None = None
     #: bytes its rebuilt export trie can take at most (rebuilt_exports.py)
     exports_size_bound: int = 0
 
@@ -95,6 +98,11 @@ class CacheInput:
         name = self.cache_name or self.image.install_name
         assert name is not None
         return name
+
+    @property
+    def exports(self) -> ExportTable:
+        assert self.export_table is not None, "calculate_inputs fills it"
+        return self.export_table
 
     @property
     def fixup_facts(self) -> FixupFacts:
@@ -123,10 +131,11 @@ class CacheInput:
 class _ResolutionNode:
     """A candidate as symbol resolution sees it: dependents as indexes among the candidates."""
 
-    __slots__ = ("bound_imports", "dependents", "image", "install_name")
+    __slots__ = ("bound_imports", "dependents", "exports", "image", "install_name")
 
     def __init__(self, ci: CacheInput, at: dict[str, int], resolve: Callable[[str], str | None]) -> None:
         self.image = ci.image
+        self.exports = ci.exports
         self.install_name = ci.install_name
         self.bound_imports = ci.fixup_facts.bound_imports
         self.dependents: list[tuple[int | None, str]] = []
@@ -169,9 +178,8 @@ class _Examined:
     install_name: str | None
     #: eviction reason; "" for a silent skip; None when eligible
     reason: str | None
-    #: decoded LINKEDIT of an eligible dylib that the parent keeps (its exports), handed back
-    #: to the parent's MachOFile
-    decoded: dict[str, object] | None = None
+    #: the exports of an eligible dylib, which the parent keeps (compact)
+    exports: ExportTable | None = None
     #: the facts of its fixups and split seg info (the arrays are in the scratch files)
     facts: FixupFacts | None = None
     #: its split seg info was synthesized (it is in the scratch files)
@@ -235,7 +243,7 @@ def _examine(f: InputFile, config: CacheConfig, aliases: dict[str, str], scratch
         return _Examined(path, install, "")
     if config.apple_rules and not is_eligible_path(path):
         return _Examined(path, install, "path is not in a shared cache location")
-    decoded: dict[str, object] | None = None
+    exports: ExportTable | None = None
     facts: FixupFacts | None = None
     synthesized = False
     trie_bound = 0
@@ -252,16 +260,16 @@ def _examine(f: InputFile, config: CacheConfig, aliases: dict[str, str], scratch
             # the exports come back to the parent with the verdict; the fixups and split seg
             # info (checked by check_eligibility) go to the scratch files
             _check_linkedit_tables(image)
-            decoded = {"exports": image.exports}
+            exports = ExportTable(image.exports)
             facts = fixup_facts(image, scratch)
             trie_bound = exports_size_bound(image.exports)
     except FormatError as exc:
-        reason, decoded = f"malformed Mach-O: {exc}", None
+        reason, exports = f"malformed Mach-O: {exc}", None
     except Exception as exc:  # a bug of ours on odd input: costs this dylib, not the build
-        reason, decoded = internal_error_reason(exc), None
-    if decoded is None:
+        reason, exports = internal_error_reason(exc), None
+    if exports is None:
         return _Examined(path, install, reason)
-    return _Examined(path, install, reason, decoded, facts, synthesized, trie_bound)
+    return _Examined(path, install, reason, exports, facts, synthesized, trie_bound)
 
 
 def internal_error_reason(exc: BaseException) -> str:
@@ -375,8 +383,6 @@ def calculate_inputs(
             evictions.append(Eviction(ex.path, loaded))
             continue
         mapped, image = loaded
-        if ex.decoded is not None:
-            image.__dict__.update(ex.decoded)  # fill the cached properties from the worker's decode
         f.path = ex.path
         ci = CacheInput(
             f,
@@ -384,6 +390,7 @@ def calculate_inputs(
             mapped,
             synthesized_split_seg=ex.synthesized,
             facts=ex.facts,
+            export_table=ex.exports,
             exports_size_bound=ex.exports_size_bound,
         )
         if ex.install_name != image.install_name and ex.install_name is not None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from .cache_dylib import CacheDylib
 from .config import CacheConfig
 from .layout import SubCache, SubCacheKind
+from .scratch import ScratchFiles
 
 
 @dataclass(eq=False, slots=True)
@@ -21,6 +22,8 @@ class CacheModel:
     subcaches: list[SubCache] = field(default_factory=list)
     #: VM the files span, .symbols excluded (the main header's sharedRegionSize; set in phase 3)
     total_vm_size: int = 0
+    #: the build's scratch files, for planned arrays that wait for a later phase (None: memory)
+    scratch: ScratchFiles | None = None
 
     @property
     def main(self) -> SubCache:

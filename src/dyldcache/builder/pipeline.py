@@ -150,7 +150,7 @@ class CacheBuilder:
             detail = f" ({eviction_summary(evictions)})" if evictions else ""
             raise NothingPlacedError(f"no input dylib can be placed in the cache{detail}", list(evictions))
         dylibs = make_cache_dylibs(self.inputs, self.config)
-        self.model = CacheModel(self.config, dylibs, self.inputs.aliases)
+        self.model = CacheModel(self.config, dylibs, self.inputs.aliases, scratch=scratch)
 
     # -- phase 2 --------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from ..macho import constants as C
 from ..macho.exports_trie import Export
 from ..macho.file import MachOFile
 from ..macho.fixups import Import
+from .export_table import ExportTable
 
 
 class ExportSource(Protocol):
@@ -25,6 +26,9 @@ class ExportSource(Protocol):
 
     @property
     def install_name(self) -> str: ...
+
+    @property
+    def exports(self) -> ExportTable: ...
 
     @property
     def dependents(self) -> list[tuple[int | None, str]]: ...
@@ -45,14 +49,6 @@ class ExportIndex:
 
     def __init__(self, dylibs: Sequence[ExportSource]) -> None:
         self.dylibs = dylibs
-        self._tables: dict[int, dict[str, Export]] = {}
-
-    def table(self, index: int) -> dict[str, Export]:
-        t = self._tables.get(index)
-        if t is None:
-            t = {e.name: e for e in self.dylibs[index].image.exports}
-            self._tables[index] = t
-        return t
 
     def find(
         self,
@@ -71,7 +67,7 @@ class ExportIndex:
             return None
         visited.add((index, name))
         d = self.dylibs[index]
-        e = self.table(index).get(name)
+        e = d.exports.get(name)
         if e is not None:
             if e.is_reexport:
                 if not 1 <= e.ordinal <= len(d.dependents):

@@ -76,7 +76,7 @@ def write_linkedit(dylib: CacheDylib, buf: np.ndarray, exports_trie: bytes) -> N
     place = dylib.linkedit
     assert place is not None and place.symbols is not None
     symbols = place.symbols
-    nlist = symbols.nlist.copy()
+    nlist = symbols.nlist()
     # N_SECT symbols move with their segment (stabs and N_ABS do not)
     sect_syms = ((nlist["n_type"] & C.N_STAB) == 0) & ((nlist["n_type"] & C.N_TYPE) == C.N_SECT)
     if np.any(sect_syms):
@@ -96,7 +96,7 @@ def write_linkedit(dylib: CacheDylib, buf: np.ndarray, exports_trie: bytes) -> N
         buf[chunk.file_offset : chunk.file_offset + len(raw)] = np.frombuffer(raw, dtype=np.uint8)
 
     put("nlist", nlist.tobytes())
-    put("indirect", symbols.indirect.tobytes())
+    put("indirect", symbols.indirect().tobytes())
     put("exports", exports_trie)
     for name, cmd in (("function_starts", C.LC_FUNCTION_STARTS), ("data_in_code", C.LC_DATA_IN_CODE)):
         raw = dylib.image.linkedit_data(cmd)
@@ -191,12 +191,12 @@ def rewrite_load_commands(
                 ).pack_into(raw, so)
         elif cmd == C.LC_SYMTAB:
             off, _ = piece("nlist")
-            SymtabCommand(cmd, lc.size, off, len(symbols.nlist), pool.file_offset, pool.size).pack_into(
+            SymtabCommand(cmd, lc.size, off, symbols.nlist_count, pool.file_offset, pool.size).pack_into(
                 raw, 0
             )
         elif cmd == C.LC_DYSYMTAB:
             ind_off, _ = piece("indirect")
-            nind = len(symbols.indirect)
+            nind = symbols.indirect_count
             loc, glob, und = symbols.locals_count, symbols.globals_count, symbols.undefs_count
             DysymtabCommand(
                 cmd,
@@ -258,4 +258,4 @@ def rebuilt_exports(dylib: CacheDylib) -> bytes:
         seg = dylib.segment_for_input_address(InputVMAddr(base + e.address))
         return (seg.slide - text_slide) if seg is not None and seg.chunk is not None else 0
 
-    return encode_exports(dylib.image.exports, delta)
+    return encode_exports(list(dylib.input.exports), delta)

@@ -18,6 +18,7 @@ from ..buffers import CacheBuffers
 from ..cache_dylib import CacheDylib, DylibSymbols
 from ..layout import Chunk, ChunkKind, Region
 from ..model import CacheModel
+from ..scratch import ScratchFiles
 from .base import DylibResult, Optimizer
 from .string_pool import StringPool
 from .unmapped_locals import UnmappedLocals
@@ -42,7 +43,7 @@ class DeduplicateSymbolStrings(Optimizer):
             groups.setdefault(d.linkedit.region, []).append(d)
         mode = "unmap" if self.unmapped is not None else "keep"
         for le, group in groups.items():
-            pool, tables = plan_symbol_tables(group, mode, self.unmapped)
+            pool, tables = plan_symbol_tables(group, mode, self.unmapped, model.scratch)
             pool.freeze()
             pool_chunk = le.add(Chunk("symbol strings", ChunkKind.SYMBOL_STRINGS, pool.size, 1))
             self.pools.append((pool, pool_chunk))
@@ -55,7 +56,7 @@ class DeduplicateSymbolStrings(Optimizer):
                     Chunk(
                         f"{d.install_name} nlist",
                         ChunkKind.SYMBOL_NLIST,
-                        len(syms.nlist) * NLIST64_DTYPE.itemsize,
+                        syms.nlist_count * NLIST64_DTYPE.itemsize,
                         8,
                         d.index,
                     )
@@ -102,7 +103,7 @@ def _names(d: CacheDylib, strx: np.ndarray) -> list[bytes]:
 
 
 def plan_symbol_tables(
-    dylibs: list[CacheDylib], mode: str, unmapped: UnmappedLocals | None
+    dylibs: list[CacheDylib], mode: str, unmapped: UnmappedLocals | None, scratch: ScratchFiles | None = None
 ) -> tuple[StringPool, dict[int, DylibSymbols]]:
     """Build one LINKEDIT region's string pool and each dylib's new symbol table.
 
@@ -183,5 +184,6 @@ def plan_symbol_tables(
         new_ind[inside] = np.where(looked_up >= 0, looked_up, 0).astype("<u4")
         nl = np.concatenate(rows[d.index]) if rows[d.index] else np.zeros(0, dtype=NLIST64_DTYPE)
         nloc, nglob, nund = counts[d.index]
-        out[d.index] = DylibSymbols(nl, nloc, nglob, nund, new_ind)
+        out[d.index] = DylibSymbols.stored(nl, (nloc, nglob, nund), new_ind, scratch)
+        rows[d.index] = []
     return pool, out
