@@ -14,6 +14,7 @@ import numpy as np
 
 from ..macho import constants as C
 from ..macho.file import MachOFile, Segment
+from ..macho.format import NLIST64_DTYPE
 from ..synth.synthesize import ADRP_PAGE
 from .config import MACH_HEADER_ALIGNMENT, CacheConfig
 from .eligibility import segment_content_size
@@ -83,39 +84,49 @@ class DylibSegment:
 @dataclass(slots=True)
 class DylibSymbols:
     """A dylib's new symbol table (symbol_strings.py): nlist (input n_values, adjusted when
-    emitted, n_strx into the LINKEDIT region's shared pool), counts, indirect table.
+    emitted, n_strx into the LINKEDIT region's shared pool) as its locals, globals and undefs
+    parts, the counts, the indirect table.
 
     Planned in phase 3 and written in phase 5, the arrays wait in the build's scratch files
     (when the model has them): every dylib's symbols at once are as large as the input's."""
 
-    _nlist: np.ndarray | ScratchArray
+    nlist_parts: tuple[Stored, ...]
     locals_count: int
     globals_count: int
     undefs_count: int
-    _indirect: np.ndarray | ScratchArray
-
-    @staticmethod
-    def stored(
-        nlist: np.ndarray, counts: tuple[int, int, int], indirect: np.ndarray, scratch: ScratchFiles | None
-    ) -> DylibSymbols:
-        if scratch is None:
-            return DylibSymbols(nlist, *counts, indirect)
-        return DylibSymbols(scratch.write(nlist), *counts, scratch.write(indirect))
+    indirect_store: Stored
 
     @property
     def nlist_count(self) -> int:
-        return len(self._nlist) if isinstance(self._nlist, np.ndarray) else self._nlist.count
+        return self.locals_count + self.globals_count + self.undefs_count
 
     @property
     def indirect_count(self) -> int:
-        return len(self._indirect) if isinstance(self._indirect, np.ndarray) else self._indirect.count
+        return _stored_len(self.indirect_store)
 
     def nlist(self) -> np.ndarray:
         """The nlist entries, an array of the caller's own."""
-        return self._nlist.copy() if isinstance(self._nlist, np.ndarray) else self._nlist.load()
+        parts = [_load(p) for p in self.nlist_parts]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=NLIST64_DTYPE)
 
     def indirect(self) -> np.ndarray:
-        return self._indirect if isinstance(self._indirect, np.ndarray) else self._indirect.load()
+        return _load(self.indirect_store)
+
+
+#: an array planned in one phase and used in a later one: in memory, or in the scratch files
+Stored = np.ndarray | ScratchArray
+
+
+def store(array: np.ndarray, scratch: ScratchFiles | None) -> Stored:
+    return array if scratch is None else scratch.write(array)
+
+
+def _load(stored: Stored) -> np.ndarray:
+    return stored.copy() if isinstance(stored, np.ndarray) else stored.load()
+
+
+def _stored_len(stored: Stored) -> int:
+    return len(stored) if isinstance(stored, np.ndarray) else stored.count
 
 
 @dataclass(eq=False, slots=True)

@@ -15,7 +15,7 @@ from ...errors import BuildError
 from ...macho import constants as C
 from ...macho.format import NLIST64_DTYPE
 from ..buffers import CacheBuffers
-from ..cache_dylib import CacheDylib, DylibSymbols
+from ..cache_dylib import CacheDylib, DylibSymbols, Stored, store
 from ..layout import Chunk, ChunkKind, Region
 from ..model import CacheModel
 from ..scratch import ScratchFiles
@@ -115,14 +115,13 @@ def plan_symbol_tables(
     add = pool.add
     redacted = pool.offsets.get(REDACTED.encode(), 0)
     out: dict[int, DylibSymbols] = {}
-    rows: dict[int, list[np.ndarray]] = {d.index: [] for d in dylibs}
-    old_to_new: dict[int, np.ndarray] = {}
+    # per dylib until its imports are done: the stored nlist parts, the counts and the old
+    # indexes of the globals kept (each part goes to scratch as soon as it is planned)
+    parts: dict[int, list[Stored]] = {d.index: [] for d in dylibs}
     counts: dict[int, list[int]] = {d.index: [0, 0, 0] for d in dylibs}
+    kept_globals: dict[int, np.ndarray] = {}
     ranges = {d.index: _symbol_ranges(d) for d in dylibs}
     skipped = tuple(p.encode() for p in _SKIPPED_GLOBAL_PREFIXES)
-    for d in dylibs:
-        # old symbol index -> new one (-1: dropped), for the indirect symbol table
-        old_to_new[d.index] = np.full(len(d.image.symbol_table.nlist), -1, dtype=np.int64)
 
     # locals of every dylib, then exports, then imports: the pool is filled in that order
     for d in dylibs:
@@ -143,7 +142,7 @@ def plan_symbol_tables(
         else:
             kept = sel.copy()
             kept["n_strx"] = [add(n) for n in _names(d, sel["n_strx"].astype(np.int64))]
-        rows[d.index].append(kept)
+        parts[d.index].append(store(kept, scratch))
         counts[d.index][0] = len(kept)
     for d in dylibs:
         nlist = d.image.symbol_table.nlist
@@ -160,30 +159,28 @@ def plan_symbol_tables(
         idx = idx[keep] if len(idx) else idx
         sel = nlist[idx].copy()
         sel["n_strx"] = [add(n) for n, k in zip(names, keep.tolist(), strict=True) if k]
-        old_to_new[d.index][idx] = counts[d.index][0] + np.arange(len(idx))
-        rows[d.index].append(sel)
+        kept_globals[d.index] = idx
+        parts[d.index].append(store(sel, scratch))
         counts[d.index][1] = len(sel)
     for d in dylibs:
         nlist = d.image.symbol_table.nlist
         und = ranges[d.index][2]
         sel = nlist[und.start : und.stop].copy()
         sel["n_strx"] = [add(n) for n in _names(d, sel["n_strx"].astype(np.int64))]
-        old_to_new[d.index][und.start : und.stop] = (
-            counts[d.index][0] + counts[d.index][1] + np.arange(len(sel))
-        )
-        rows[d.index].append(sel)
+        parts[d.index].append(store(sel, scratch))
+        nloc, nglob = counts[d.index][0], counts[d.index][1]
         counts[d.index][2] = len(sel)
-    for d in dylibs:
+        # old symbol index -> new one (-1: dropped), for the indirect symbol table
+        mapping = np.full(len(nlist), -1, dtype=np.int64)
+        mapping[kept_globals.pop(d.index)] = nloc + np.arange(nglob)
+        mapping[und.start : und.stop] = nloc + nglob + np.arange(len(sel))
         old_ind = d.image.indirect_symbols.astype(np.uint32)
         special = (old_ind & (C.INDIRECT_SYMBOL_LOCAL | C.INDIRECT_SYMBOL_ABS)) != 0
-        mapping = old_to_new[d.index]
         inside = ~special & (old_ind < len(mapping))
         new_ind = np.where(special, old_ind, 0).astype("<u4")
         looked_up = mapping[old_ind[inside].astype(np.int64)]
         # an entry naming a dropped symbol points at symbol 0, as dyld-1162 does
         new_ind[inside] = np.where(looked_up >= 0, looked_up, 0).astype("<u4")
-        nl = np.concatenate(rows[d.index]) if rows[d.index] else np.zeros(0, dtype=NLIST64_DTYPE)
         nloc, nglob, nund = counts[d.index]
-        out[d.index] = DylibSymbols.stored(nl, (nloc, nglob, nund), new_ind, scratch)
-        rows[d.index] = []
+        out[d.index] = DylibSymbols(tuple(parts.pop(d.index)), nloc, nglob, nund, store(new_ind, scratch))
     return pool, out
