@@ -1,41 +1,194 @@
-"""A deduplicated string pool: a LINKEDIT region's symbol strings, or the .symbols file's."""
+"""A deduplicated string pool: a LINKEDIT region's symbol strings, or the .symbols file's.
+
+Strings are added in batches (a dylib's names at a time) and each gets the offset of its first
+occurrence; the pool's bytes are the distinct strings in order of first occurrence, each with
+its NUL, after the empty string at offset 0.
+
+A real cache has millions of distinct symbol names. A dictionary keyed by the names costs about
+190 bytes per name; here the index is an open-addressing table of 64-bit keys and offsets in
+numpy (32 bytes per name at most) beside the pool's own bytes. The key of a name is a
+polynomial hash of its bytes modulo 2**64, computed for all names of a string table at once
+from prefix sums. Keys only find a candidate: every string is checked against the pool's bytes
+at the offset found, and a string whose key belongs to another one is kept in a small side
+dictionary. The result is exactly what adding the strings one by one to a dictionary gives
+(unless two distinct names share a key, which only reorders the strings after them; the key
+is deterministic, so the pool still is).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
+
 from ...names import encode_name
+
+_P = np.uint64(0x100000001B3)  # FNV's 64-bit prime: odd, so invertible modulo 2**64
+_P_INV = np.uint64(pow(0x100000001B3, -1, 1 << 64))
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+_LEN_MIX = np.uint64(0xC2B2AE3D27D4EB4F)
+_EMPTY_SLOT = np.uint64(0)
+_FIRST_BITS = 12
+#: the builtin, under a name the class's own ``bytes`` method does not hide
+_Bytes = bytes
+
+
+def string_keys(table: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """The key of every string ``table[starts[i]:ends[i]]`` (``table`` a uint8 array)."""
+    n = len(table)
+    with np.errstate(over="ignore"):
+        powers = np.empty(n + 1, dtype=np.uint64)
+        powers[0] = 1
+        inverse = np.empty(n + 1, dtype=np.uint64)
+        inverse[0] = 1
+        if n:
+            powers[1:] = _P
+            inverse[1:] = _P_INV
+            np.cumprod(powers, out=powers)
+            np.cumprod(inverse, out=inverse)
+        prefix = np.zeros(n + 1, dtype=np.uint64)
+        np.cumsum(table.astype(np.uint64) * powers[:n], out=prefix[1:])
+        a = starts.astype(np.int64)
+        b = ends.astype(np.int64)
+        keys = (prefix[b] - prefix[a]) * inverse[a]
+        keys ^= (b - a).astype(np.uint64) * _LEN_MIX
+    keys[keys == _EMPTY_SLOT] = _MIX  # 0 marks an empty slot
+    return keys
+
+
+def keys_of(strings: Sequence[bytes]) -> np.ndarray:
+    """:func:`string_keys` of separate strings."""
+    lengths = np.fromiter((len(s) for s in strings), dtype=np.int64, count=len(strings))
+    ends = np.cumsum(lengths)
+    table = np.frombuffer(b"".join(strings), dtype=np.uint8)
+    return string_keys(table, ends - lengths, ends)
 
 
 class StringPool:
     """One deduplicated string pool (a LINKEDIT region's, or the .symbols file's); starts with ""."""
 
     def __init__(self, first: tuple[str, ...] = ()) -> None:
-        self.offsets: dict[bytes, int] = {b"": 0}
-        self.size = 1
-        #: the pool's bytes once :meth:`freeze` dropped the dictionary
-        self._frozen: bytes | None = None
-        for s in first:
-            self.add(encode_name(s))
+        self._buf = bytearray(b"\0")
+        self._bits = _FIRST_BITS
+        self._keys = np.zeros(1 << self._bits, dtype=np.uint64)
+        self._offsets = np.zeros(1 << self._bits, dtype=np.int64)
+        self._used = 0
+        #: strings whose key is taken by another string: string -> offset
+        self._side: dict[_Bytes, int] = {}
+        #: the pool's bytes once :meth:`freeze` dropped the index
+        self._frozen: _Bytes | None = None
+        empty = keys_of([b""])  # the empty string is the pool's first byte
+        self._insert(empty, self._find(empty), np.zeros(1, dtype=np.int64))
+        if first:
+            self.add_many([encode_name(s) for s in first])
+
+    @property
+    def size(self) -> int:
+        return len(self._frozen) if self._frozen is not None else len(self._buf)
 
     def freeze(self) -> None:
-        """Keep only the bytes: no string is added from now on (a dictionary entry per symbol
-        string is several times the string's size, and the pool lives until phase 6)."""
-        self._frozen = self.bytes()
-        self.offsets = {}
+        """Keep only the bytes: no string is added from now on."""
+        self._frozen = bytes(self._buf)
+        self._buf = bytearray()
+        self._keys = self._offsets = np.zeros(0, dtype=np.uint64)
+        self._side = {}
 
-    def add(self, s: bytes) -> int:
+    def bytes(self) -> _Bytes:
+        return self._frozen if self._frozen is not None else bytes(self._buf)
+
+    def add(self, s: _Bytes) -> int:
+        return int(self.add_many([s])[0])
+
+    def add_many(self, strings: list[_Bytes], keys: np.ndarray | None = None) -> np.ndarray:
+        """The offset of each string, adding those not in the pool yet, in order. ``keys`` are
+        their :func:`string_keys` when the caller has them."""
         if self._frozen is not None:
             raise AssertionError("string added to a frozen pool")
-        off = self.offsets.get(s)
+        if not strings:
+            return np.zeros(0, dtype=np.int64)
+        if keys is None:
+            keys = keys_of(strings)
+        distinct, first, back = np.unique(keys, return_index=True, return_inverse=True)
+        self._grow(self._used + len(distinct))
+        slots = self._find(distinct)
+        found = self._keys[slots] == distinct
+        offsets = np.where(found, self._offsets[slots], -1)
+        new = np.flatnonzero(~found)
+        if new.size:
+            new = new[np.argsort(first[new], kind="stable")]  # in order of first occurrence
+            texts = [strings[i] for i in first[new].tolist()]
+            lengths = np.fromiter((len(t) + 1 for t in texts), dtype=np.int64, count=len(texts))
+            offsets[new] = len(self._buf) + np.cumsum(lengths) - lengths
+            self._buf += b"\0".join(texts) + b"\0"
+            self._insert(distinct[new], slots[new], offsets[new])
+        out = offsets[back.reshape(-1)]
+        # a key only names a candidate: check every string against the bytes at its offset
+        buf = self._buf
+        at = out.tolist()
+        for i, (s, o) in enumerate(zip(strings, at, strict=True)):
+            if not (buf.startswith(s, o) and buf[o + len(s)] == 0):
+                out[i] = self._side_add(s)
+        return out
+
+    def _side_add(self, s: _Bytes) -> int:
+        off = self._side.get(s)
         if off is None:
-            off = self.size
-            self.offsets[s] = off
-            self.size += len(s) + 1
+            off = len(self._buf)
+            self._buf += s + b"\0"
+            self._side[s] = off
         return off
 
-    def bytes(self) -> bytes:
-        if self._frozen is not None:
-            return self._frozen
-        buf = bytearray(self.size)
-        for s, off in self.offsets.items():
-            buf[off : off + len(s)] = s
-        return bytes(buf)
+    def _home(self, keys: np.ndarray) -> np.ndarray:
+        with np.errstate(over="ignore"):
+            return ((keys * _MIX) >> np.uint64(64 - self._bits)).astype(np.int64)
+
+    def _find(self, keys: np.ndarray) -> np.ndarray:
+        """For each key, the slot that holds it or the first empty slot of its probe sequence."""
+        mask = (1 << self._bits) - 1
+        slots = self._home(keys)
+        todo = np.arange(len(keys))
+        while todo.size:
+            here = self._keys[slots[todo]]
+            done = (here == keys[todo]) | (here == _EMPTY_SLOT)
+            todo = todo[~done]
+            slots[todo] = (slots[todo] + 1) & mask
+        return slots
+
+    def _insert(self, keys: np.ndarray, slots: np.ndarray, offsets: np.ndarray) -> None:
+        """Put new (distinct, absent) keys at their empty slots; keys that want the same slot
+        take turns, the others probe on."""
+        mask = (1 << self._bits) - 1
+        todo = np.arange(len(keys))
+        while todo.size:
+            _, winners = np.unique(slots[todo], return_index=True)
+            won = todo[winners]
+            self._keys[slots[won]] = keys[won]
+            self._offsets[slots[won]] = offsets[won]
+            self._used += len(won)
+            todo = np.setdiff1d(todo, won, assume_unique=True)
+            if todo.size:
+                slots[todo] = (slots[todo] + 1) & mask
+                slots[todo] = self._find_from(keys[todo], slots[todo])
+
+    def _find_from(self, keys: np.ndarray, slots: np.ndarray) -> np.ndarray:
+        mask = (1 << self._bits) - 1
+        todo = np.arange(len(keys))
+        while todo.size:
+            here = self._keys[slots[todo]]
+            todo = todo[here != _EMPTY_SLOT]
+            slots[todo] = (slots[todo] + 1) & mask
+        return slots
+
+    def _grow(self, wanted: int) -> None:
+        """Keep the table at most half full."""
+        if wanted * 2 <= len(self._keys):
+            return
+        keys, offsets = self._keys, self._offsets
+        live = keys != _EMPTY_SLOT
+        while wanted * 2 > (1 << self._bits):
+            self._bits += 1
+        self._keys = np.zeros(1 << self._bits, dtype=np.uint64)
+        self._offsets = np.zeros(1 << self._bits, dtype=np.int64)
+        self._used = 0
+        old_keys = keys[live]
+        self._insert(old_keys, self._find(old_keys), offsets[live])

@@ -14,13 +14,14 @@ import numpy as np
 from ...errors import BuildError
 from ...macho import constants as C
 from ...macho.format import NLIST64_DTYPE
+from ...names import encode_name
 from ..buffers import CacheBuffers
 from ..cache_dylib import CacheDylib, DylibSymbols, Stored, store
 from ..layout import Chunk, ChunkKind, Region
 from ..model import CacheModel
 from ..scratch import ScratchFiles
 from .base import DylibResult, Optimizer
-from .string_pool import StringPool
+from .string_pool import StringPool, string_keys
 from .unmapped_locals import UnmappedLocals
 
 REDACTED = "<redacted>"
@@ -88,18 +89,29 @@ def _symbol_ranges(dylib: CacheDylib) -> tuple[range, range, range]:
     )
 
 
-def _names(d: CacheDylib, strx: np.ndarray) -> list[bytes]:
-    """The names at the given string-table offsets (each up to its NUL), sliced in one pass."""
-    strings = d.image.symbol_table.strings
-    if not len(strx):
-        return []
-    nuls = np.flatnonzero(np.frombuffer(strings, dtype=np.uint8) == 0)
-    if len(nuls):
-        first = np.searchsorted(nuls, strx)  # the first NUL at or after each offset
-        ends = np.where(first < len(nuls), nuls[np.minimum(first, len(nuls) - 1)], len(strings))
-    else:
-        ends = np.full(len(strx), len(strings))
-    return [strings[a:b] for a, b in zip(strx.tolist(), ends.tolist(), strict=True)]
+class _Names:
+    """The names at some string-table offsets (each up to its NUL), sliced in one pass, with
+    their string-pool keys."""
+
+    def __init__(self, d: CacheDylib, strx: np.ndarray) -> None:
+        strings = d.image.symbol_table.strings
+        if not len(strx):
+            self.names: list[bytes] = []
+            self.keys = np.zeros(0, dtype=np.uint64)
+            return
+        table = np.frombuffer(strings, dtype=np.uint8)
+        nuls = np.flatnonzero(table == 0)
+        if len(nuls):
+            first = np.searchsorted(nuls, strx)  # the first NUL at or after each offset
+            ends = np.where(first < len(nuls), nuls[np.minimum(first, len(nuls) - 1)], len(strings))
+        else:
+            ends = np.full(len(strx), len(strings))
+        starts = np.minimum(strx, len(strings))
+        self.names = [strings[a:b] for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]
+        self.keys = string_keys(table, starts, ends)
+
+    def offsets_in(self, pool: StringPool) -> np.ndarray:
+        return pool.add_many(self.names, self.keys)
 
 
 def plan_symbol_tables(
@@ -112,8 +124,7 @@ def plan_symbol_tables(
     exports, then imports (tools that extract dylibs depend on it).
     """
     pool = StringPool((REDACTED,) if mode == "unmap" else ())
-    add = pool.add
-    redacted = pool.offsets.get(REDACTED.encode(), 0)
+    redacted = pool.add(encode_name(REDACTED)) if mode == "unmap" else 0
     out: dict[int, DylibSymbols] = {}
     # per dylib until its imports are done: the stored nlist parts, the counts and the old
     # indexes of the globals kept (each part goes to scratch as soon as it is planned)
@@ -132,7 +143,7 @@ def plan_symbol_tables(
         if unmapped is not None and mode == "unmap":
             start = unmapped.count
             un = sel.copy()
-            un["n_strx"] = [unmapped.pool.add(n) for n in _names(d, sel["n_strx"].astype(np.int64))]
+            un["n_strx"] = _Names(d, sel["n_strx"].astype(np.int64)).offsets_in(unmapped.pool)
             unmapped.nlists.append(un)
             unmapped.ranges.append((start, len(un)))
             kept = sel[sel["n_sect"] == 1].copy()
@@ -141,7 +152,7 @@ def plan_symbol_tables(
             kept = sel[:0].copy()
         else:
             kept = sel.copy()
-            kept["n_strx"] = [add(n) for n in _names(d, sel["n_strx"].astype(np.int64))]
+            kept["n_strx"] = _Names(d, sel["n_strx"].astype(np.int64)).offsets_in(pool)
         parts[d.index].append(store(kept, scratch))
         counts[d.index][0] = len(kept)
     for d in dylibs:
@@ -154,11 +165,12 @@ def plan_symbol_tables(
         types = nlist["n_type"][idx]
         defined = ((types & C.N_TYPE) == C.N_SECT) & ((types & C.N_EXT) != 0) & ((types & C.N_STAB) == 0)
         idx = idx[defined]
-        names = _names(d, nlist["n_strx"][idx].astype(np.int64))
-        keep = np.array([not n.startswith(skipped) for n in names], dtype=bool)
+        found = _Names(d, nlist["n_strx"][idx].astype(np.int64))
+        keep = np.array([not n.startswith(skipped) for n in found.names], dtype=bool)
         idx = idx[keep] if len(idx) else idx
         sel = nlist[idx].copy()
-        sel["n_strx"] = [add(n) for n, k in zip(names, keep.tolist(), strict=True) if k]
+        kept_names = [n for n, k in zip(found.names, keep.tolist(), strict=True) if k]
+        sel["n_strx"] = pool.add_many(kept_names, found.keys[keep] if len(keep) else found.keys)
         kept_globals[d.index] = idx
         parts[d.index].append(store(sel, scratch))
         counts[d.index][1] = len(sel)
@@ -166,7 +178,7 @@ def plan_symbol_tables(
         nlist = d.image.symbol_table.nlist
         und = ranges[d.index][2]
         sel = nlist[und.start : und.stop].copy()
-        sel["n_strx"] = [add(n) for n in _names(d, sel["n_strx"].astype(np.int64))]
+        sel["n_strx"] = _Names(d, sel["n_strx"].astype(np.int64)).offsets_in(pool)
         parts[d.index].append(store(sel, scratch))
         nloc, nglob = counts[d.index][0], counts[d.index][1]
         counts[d.index][2] = len(sel)
