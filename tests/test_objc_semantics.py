@@ -125,7 +125,9 @@ def _mutate(src: Path, dst: Path, what: str) -> None:
 
 
 @pytest.mark.parametrize("name", APPLE_OBJC)
-@pytest.mark.parametrize("what", list(oc.CHECKS))
+# Apple's caches have no IMP caches (macOS arm64: dyld-1162 builds them for regions of 4 GiB at
+# most); test_objc_imp_caches.py mutates ours
+@pytest.mark.parametrize("what", [c for c in oc.CHECKS if c != "imp_caches"])
 def test_each_check_reports_a_mutated_apple_cache(name: str, what: str, tmp_path: Path) -> None:
     src = _apple(name)
     inputs = oc.inputs_from_cache(oc.open_cache(str(src)))  # what the cache was built from

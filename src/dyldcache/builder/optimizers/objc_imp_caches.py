@@ -40,7 +40,7 @@ Selector placement differs from 1162: 1162 moves the selector strings of the cac
 the front of the selector strings and solves for addresses (IMPCaches.cpp: holes and
 constraints) so that every class gets a collision-free shift and mask. This builder keeps the
 canonical selector order (objc_canonical_selectors.py) and searches, per class, the smallest
-power-of-two bucket count (from the method count up to 4x, at most 2048) and a shift (0..31)
+power-of-two bucket count (from the method count up to 8x, at most 2048) and a shift (0..31)
 under which the class's selector offsets fall into distinct buckets; a class for which none
 exists gets no IMP cache (never a partial one: a missing method would be looked up from the
 fallback class, which is wrong).
@@ -86,7 +86,7 @@ PREOPT_CACHE_DIVERSITY = 0x9CFF
 #: the largest bucket mask the header holds (cache_mask:11)
 MAX_MASK = 0x7FF
 #: the bucket counts tried per class: from the method count up to this many times it
-GROWTH = 4
+GROWTH = 8
 #: selOffset is 26 bits and all-ones is the empty bucket
 MAX_SELECTOR_OFFSET = IMP_CACHE_ENTRY_V2_EMPTY_SEL
 #: impOffset is 38 bits, signed, in 4-byte units
@@ -321,7 +321,8 @@ class ObjCIMPCaches(Optimizer):
             return "a selector lies beyond selOffset's 26 bits"
         found = choose_hash(np.array(offsets, dtype=np.uint64))
         if found is None:
-            return f"no shift and mask up to {MAX_MASK + 1} buckets separate its {len(methods)} selectors"
+            limit = min(MAX_MASK + 1, GROWTH * len(methods))
+            return f"no shift separates its {len(methods)} selectors in {limit} buckets or fewer"
         shift, mask = found
         buckets = {
             (off >> shift) & mask: (off, imp) for off, imp in zip(offsets, methods.values(), strict=True)
