@@ -127,13 +127,16 @@ def test_check_reports_a_mutated_imp_cache(what: str, reported: str, tmp_path: P
     assert any(reported in p for p in problems), problems
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_messages_hit_the_imp_caches_in_emulation(arch: str) -> None:
+@pytest.mark.parametrize(
+    ("lists", "arch"), [("pointer", "arm64"), ("pointer", "arm64e"), ("relative", "arm64")]
+)
+def test_messages_hit_the_imp_caches_in_emulation(lists: str, arch: str) -> None:
     """The fixture's C entry points send messages across dylibs (FXTop's and FXPoly's methods,
     inherited ones through the fallback class): with IMP caches some are answered from them, and
-    every result is the natively computed one."""
+    every result is the natively computed one (pointer method lists from our linker, relative
+    ones from ld64.lld-22)."""
     python_module("unicorn")
-    built = fx.objc_cache(arch, "ios")
+    built = fx.objc_cache(arch, "ios") if lists == "pointer" else fx.relative_objc_cache(arch, "ios")
     loaded = emulator.load_cache(built.main, arch, random_slide(built.main))
     assert _map_images(loaded) == 2
     check_calls(loaded)
@@ -269,3 +272,50 @@ def test_the_reader_decodes_the_caches_as_the_oracle(arch: str) -> None:
         want = sorted((cache.oracle.text(base[0] + s), imp) for s, imp in pc.buckets.values())
         assert sorted((e["selector"], e["imp"]) for e in ic["entries"]) == want
     assert seen == len(CACHED)
+
+
+def test_dyldextractor_reverses_relative_method_lists_with_objc_opt_offsets(tmp_path: Path) -> None:
+    """DyldExtractor's ObjC fixer finds the base of relative method lists' direct selectors only
+    through libobjc's __objc_scoffs (objc_opt_offsets[0], what dyld-1162 fills when it builds
+    IMP caches): on the iOS cache of the ld64.lld-22 root it warns about nothing, and the
+    extracted images' method lists are the inputs' (names and IMPs at their cache addresses).
+    On the macOS cache of the same root (no IMP caches, so the words stay 0) it warns about
+    nothing either, but its method lists name the wrong selectors (test_objc_semantics.py gates
+    the macOS pointer-list cache only)."""
+    python_module("DyldExtractor")
+    python_module("unicorn")
+    python_module("lief")
+    built = fx.relative_objc_cache("arm64", "ios")
+    cache = oc.open_cache(built.main)
+    assert _classes_with_caches(cache)  # so objc_opt_offsets is filled
+    offsets = cache.oracle.opt_offsets()
+    assert offsets is not None and offsets[0] == cache.base_selector
+    assert _extracted_differ(built, tmp_path / "ios") == []
+    relative = sum(
+        cache.oracle.u32(a) & oc.SMALL_LIST != 0
+        for name in fx.OBJC_IMAGES
+        for _o, a in cache.oracle.method_list_addresses(name)
+    )
+    assert relative > 5  # the lists DyldExtractor reversed were relative ones
+    macos = fx.relative_objc_cache("arm64")
+    assert oc.open_cache(macos.main).oracle.opt_offsets() == [0, 0, 0, 0]
+    assert _extracted_differ(macos, tmp_path / "macos") != []  # silently wrong selectors there
+
+
+def _extracted_differ(built: fx.ObjCBuilt, outdir: Path) -> list[str]:
+    """The ObjC images whose classes' method lists, extracted by DyldExtractor (which must
+    warn about nothing), differ from the inputs'."""
+    from dyldextractor_gate import run_gate
+    from objc_oracle import StandaloneObjC
+
+    gate = run_gate(built.main, arm64_fixers=True, outdir=outdir)
+    assert gate.failures == {}
+    inputs = _inputs(built)
+    differ = []
+    for name in fx.OBJC_IMAGES:
+        extracted = StandaloneObjC.at_vmaddr([str(gate.extracted[name])], "arm64")
+        got = {(k.name, k.meta): sorted(k.methods) for k in extracted.classes(name, None)}
+        want = {(k.name, k.meta): oc._moved(inputs, name, k.methods) for k in inputs.images[name].classes}
+        if got != want:
+            differ.append(name)
+    return differ

@@ -367,8 +367,9 @@ def test_dyldextractor_objc_fixer_on_our_cache(tmp_path: Path) -> None:
 
     Not on the relative fixture cache: DyldExtractor finds the base of direct selectors only
     through libobjc's __objc_scoffs (objc_opt_offsets), which dyld-1162 fills only when it
-    builds IMP caches (arm64 iOS with the objcOptimizations file); without them it reads the
-    offsets as relative to their field, as on a 1162 cache without IMP caches."""
+    builds IMP caches (arm64 iOS); without them it reads the offsets as relative to their
+    field, as on a 1162 cache without IMP caches. test_objc_imp_caches.py gates the iOS
+    relative cache, which has them."""
     python_module("DyldExtractor")
     from dyldextractor_gate import run_gate
 
