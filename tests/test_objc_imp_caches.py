@@ -15,6 +15,7 @@ Oracles:
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import shutil
@@ -30,6 +31,7 @@ from conftest import python_module, run_cli
 from objc_oracle import PREOPT_EMPTY_SEL
 from test_objc_semantics import _counter, _file_offset, _map_images, check_calls
 
+from dyldcache.builder.optimizers.objc_selector_placement import place_selectors
 from dyldcache.builder.pipeline import BuildOptions, BuildResult, build_cache
 from dyldcache.errors import InputError
 
@@ -319,3 +321,23 @@ def _extracted_differ(built: fx.ObjCBuilt, outdir: Path) -> list[str]:
         if got != want:
             differ.append(name)
     return differ
+
+
+def test_selector_placement_separates_every_placed_class() -> None:
+    """place_selectors on random classes sharing selectors: every string lies inside one bag,
+    after the magic selector's bytes, without overlapping another; for every placed class its
+    selectors' bags differ in the mask's bits (objc_msgSend's bucket with shift 7); most classes
+    are placed."""
+    rng = random.Random()
+    vocab = [f"sel{i}{'x' * rng.randrange(40)}:".encode() for i in range(3000)]
+    classes = [rng.sample(vocab, min(len(vocab), int(rng.expovariate(1 / 12)) + 1)) for _ in range(600)]
+    fixed, masks = place_selectors(classes, 5)
+    spans = sorted((at, at + len(name) + 1) for name, at in fixed.items())
+    assert spans[0][0] >= 5
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
+    assert all(at >> 7 == (end - 1) >> 7 for at, end in spans)
+    for names, mask in zip(classes, masks, strict=True):
+        if mask is not None:
+            assert mask + 1 <= max(8 * len(names), 1) and (mask + 1) & mask == 0
+            assert len({(fixed[n] >> 7) & mask for n in names}) == len(names)
+    assert sum(m is not None for m in masks) > 0.7 * len(classes)

@@ -36,14 +36,14 @@ image in its range (1162 expects the file to exclude those; its cache would miss
 category's methods), one with an IMP bound to another image. 1162 also skips images without
 chained fixups (to read their binds more simply); this builder resolves opcode binds as well.
 
-Selector placement differs from 1162: 1162 moves the selector strings of the cached classes to
-the front of the selector strings and solves for addresses (IMPCaches.cpp: holes and
-constraints) so that every class gets a collision-free shift and mask. This builder keeps the
-canonical selector order (objc_canonical_selectors.py) and searches, per class, the smallest
-power-of-two bucket count (from the method count up to 8x, at most 2048) and a shift (0..31)
-under which the class's selector offsets fall into distinct buckets; a class for which none
-exists gets no IMP cache (never a partial one: a missing method would be looked up from the
-fallback class, which is wrong).
+Selector placement (objc_selector_placement.py): as in 1162, the selector strings of the cached
+classes are placed first so that each class's selectors fall into distinct buckets: here in
+128-byte bags (shift 7), greedily, largest class first, with the smallest power-of-two bucket
+count up to 8 times the method count; the other selector strings fill the gaps. 1162 places them
+with a constraint solver that backtracks and drops classes (IMPCaches.cpp); this placement never
+moves a string, and a class it cannot place gets a shift and mask searched over the final
+offsets, or no IMP cache when none separates its selectors (never a partial one: a missing
+method would be looked up from the fallback class, which is wrong).
 """
 
 from __future__ import annotations
@@ -74,8 +74,9 @@ from ..objc_optimizations import ALL_CLASSES, ObjCOptimizations
 from ..symbol_resolution import ExportIndex
 from ..types import InputVMAddr
 from .base import DylibResult, Optimizer
-from .objc_canonical_selectors import ObjCCanonicalSelectors
+from .objc_canonical_selectors import MAGIC_SELECTOR, ObjCCanonicalSelectors
 from .objc_input import ClassInput, ObjCImageInput, ObjCInputs, bound_targets
+from .objc_selector_placement import BAG_SHIFT, GROWTH, place_selectors
 
 #: libobjc's IMP-cache layout when it does not say (1162's default)
 DEFAULT_PREOPT_CACHES_VERSION = 4
@@ -85,8 +86,6 @@ PREOPT_CACHE_KEY_DA = 2
 PREOPT_CACHE_DIVERSITY = 0x9CFF
 #: the largest bucket mask the header holds (cache_mask:11)
 MAX_MASK = 0x7FF
-#: the bucket counts tried per class: from the method count up to this many times it
-GROWTH = 8
 #: selOffset is 26 bits and all-ones is the empty bucket
 MAX_SELECTOR_OFFSET = IMP_CACHE_ENTRY_V2_EMPTY_SEL
 #: impOffset is 38 bits, signed, in 4-byte units
@@ -220,17 +219,26 @@ class ObjCIMPCaches(Optimizer):
         if wanted is None or not self._libobjc(model):
             return
         classes = self._classes(model)
+        plans: list[tuple[_Class, dict[bytes, Imp], ClassKey]] = []
         for key, k in classes.items():
             if not wanted.needs(k.cls.name, k.cls.is_meta):
                 continue
-            layout = self._layout(classes, wanted, k)
+            plan = self._plan(classes, k)
+            if isinstance(plan, str):
+                self.skipped[key] = plan
+            else:
+                plans.append((k, *plan))
+        fixed, masks = place_selectors([list(m) for _, m, _ in plans], len(MAGIC_SELECTOR) + 1)
+        self.selectors.place_at(fixed)
+        for (k, methods, fallback), mask in zip(plans, masks, strict=True):
+            layout = self._layout(k, methods, fallback, mask)
             if isinstance(layout, str):
-                self.skipped[key] = layout
+                self.skipped[k.key] = layout
                 continue
             layout.offset = self.size
             self.size += layout.size
             self.caches.append(layout)
-            self._by_dylib.setdefault(key[0], []).append((key[1], layout.offset))
+            self._by_dylib.setdefault(k.key[0], []).append((k.key[1], layout.offset))
 
     def _classes(self, model: CacheModel) -> dict[ClassKey, _Class]:
         """Every class and metaclass of the optimized images, with superclass and methods."""
@@ -297,10 +305,8 @@ class ObjCIMPCaches(Optimizer):
                         k.problem = f"the IMP of {name.decode(errors='replace')!r} is in another image"
                     k.methods[name] = (d.index, imp or 0)
 
-    def _layout(
-        self, classes: dict[ClassKey, _Class], wanted: ObjCOptimizations, k: _Class
-    ) -> ImpCacheLayout | str:
-        """The IMP cache of class ``k``, or why it gets none."""
+    def _plan(self, classes: dict[ClassKey, _Class], k: _Class) -> tuple[dict[bytes, Imp], ClassKey] | str:
+        """The methods an IMP cache of ``k`` holds and its fallback class, or why it has none."""
         chain = self._chain(classes, k)
         if isinstance(chain, str):
             return chain
@@ -316,17 +322,28 @@ class ObjCIMPCaches(Optimizer):
                 methods.setdefault(name, imp)
         if not methods and len(covered) == 1:
             return "it has no methods"
+        return methods, fallback
+
+    def _layout(
+        self, k: _Class, methods: dict[bytes, Imp], fallback: ClassKey, mask: int | None
+    ) -> ImpCacheLayout | str:
+        """The IMP cache of class ``k``: the placed selectors' bags, or a shift and mask found
+        over their final offsets; or why it gets none."""
         offsets = [self.selectors.offsets[n] for n in methods]
         if max(offsets, default=0) >= MAX_SELECTOR_OFFSET:
             return "a selector lies beyond selOffset's 26 bits"
-        found = choose_hash(np.array(offsets, dtype=np.uint64))
-        if found is None:
-            limit = min(MAX_MASK + 1, GROWTH * len(methods))
-            return f"no shift separates its {len(methods)} selectors in {limit} buckets or fewer"
-        shift, mask = found
+        if mask is not None:
+            shift = BAG_SHIFT
+        else:
+            found = choose_hash(np.array(offsets, dtype=np.uint64))
+            if found is None:
+                limit = min(MAX_MASK + 1, GROWTH * len(methods))
+                return f"no shift separates its {len(methods)} selectors in {limit} buckets or fewer"
+            shift, mask = found
         buckets = {
             (off >> shift) & mask: (off, imp) for off, imp in zip(offsets, methods.values(), strict=True)
         }
+        assert len(buckets) == len(methods), "IMP cache selectors collide"
         return ImpCacheLayout(k.key, 0, shift, mask, fallback, buckets)
 
     def _chain(self, classes: dict[ClassKey, _Class], k: _Class) -> tuple[list[_Class], ClassKey] | str:
