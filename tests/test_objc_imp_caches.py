@@ -20,6 +20,7 @@ import json
 import random
 import shutil
 import struct
+import subprocess
 from pathlib import Path
 
 import emulator
@@ -27,13 +28,14 @@ import objc_checks as oc
 import objc_fixtures as fx
 import pytest
 from cache_fixtures import RawCache, random_slide
-from conftest import python_module, run_cli
+from conftest import python_module, run_cli, tool
 from objc_oracle import PREOPT_EMPTY_SEL
 from test_objc_semantics import _counter, _file_offset, _map_images, check_calls
 
 from dyldcache.builder.optimizers.objc_selector_placement import place_selectors
 from dyldcache.builder.pipeline import BuildOptions, BuildResult, build_cache
 from dyldcache.errors import InputError
+from dyldcache.link.linker import LinkInput, LinkOptions, link
 
 ARCHS = ("arm64", "arm64e")
 #: from the sources: FXPoly and FXTop (classes and metaclasses) have methods and no category
@@ -341,3 +343,117 @@ def test_selector_placement_separates_every_placed_class() -> None:
             assert mask + 1 <= max(8 * len(names), 1) and (mask + 1) & mask == 0
             assert len({(fixed[n] >> 7) & mask for n in names}) == len(names)
     assert sum(m is not None for m in masks) > 0.7 * len(classes)
+
+
+#: a dylib compiled here: FXCat : FXBase with two same-image categories (the later one wins, as
+#: libobjc attaches them), a class method overridden by a category, and a second class named
+#: FXTop (libfxtop has the first). Values from the methods' arithmetic: value 70 (FXCatA), more
+#: 3 (FXCatB), extra 300, +kind 50 (FXCatA), base v (FXBase, inherited through the fallback)
+LIBFXCAT_M = r"""
+#include "fxobjc.h"
+@interface FXCat : FXBase
+- (int)more;
+@end
+@implementation FXCat
+- (int)value { return 7; }
+- (int)more { return 1; }
++ (int)kind { return 5; }
+@end
+@interface FXCat (FXCatA)
+- (int)extra;
+@end
+@implementation FXCat (FXCatA)
+- (int)value { return 70; }
+- (int)more { return 2; }
+- (int)extra { return 300; }
++ (int)kind { return 50; }
+@end
+@interface FXCat (FXCatB)
+@end
+@implementation FXCat (FXCatB)
+- (int)more { return 3; }
+@end
+@interface FXTop : NSObject
+- (int)other;
+@end
+@implementation FXTop
+- (int)other { return 9; }
+@end
+int fxcat_probe(int v) {
+    FXCat *c = [FXCat baseWith:v];
+    return [FXCat kind] * 10000 + [c value] * 1000 + [c more] * 100 + [c extra] + [c base];
+}
+"""
+FXCAT = "/usr/lib/libfxcat.dylib"
+
+
+def test_same_image_categories_and_duplicate_names(tmp_path: Path) -> None:
+    """Same-image categories are in their class's cache with libobjc's precedence (category over
+    class, the later category over the earlier); a class name defined in two images gets no
+    cache in either (1162's duplicate rule); the checks pass, and in emulation the messages give
+    the values the sources compute, hitting the caches."""
+    python_module("unicorn")
+    python_module("lief")
+    clang = tool("clang-22")
+    source = tmp_path / "fxcat.m"
+    source.write_text(LIBFXCAT_M)
+    obj = tmp_path / "fxcat.o"
+    flags = ["-O2", "-c", "-fno-objc-arc", "-fno-builtin", "-fno-stack-protector", "-fno-common"]
+    subprocess.run(
+        [
+            clang,
+            "-target",
+            "arm64-apple-macos13",
+            *flags,
+            "-I",
+            str(fx.OBJC_SRC),
+            str(source),
+            "-o",
+            str(obj),
+        ],
+        check=True,
+    )
+    root = tmp_path / "root"
+    inputs = fx.link_objc_root("arm64", str(root), "ios")
+    out = root / FXCAT.lstrip("/")
+    deps = [inputs[n] for n in (fx.SHAPES, fx.LIBOBJC, fx.LIBSYSTEM)]
+    link(
+        LinkOptions(
+            arch="arm64",
+            output=str(out),
+            install_name=FXCAT,
+            platform="ios",
+            inputs=[LinkInput(str(obj))] + [LinkInput(d) for d in deps],
+        )
+    )
+    inputs[FXCAT] = str(out)
+    result = _build(str(root), tmp_path / "cache")
+    assert FXCAT in result.dylibs, result.evictions
+    built = fx.ObjCBuilt("arm64", "ios", str(root), inputs, result)
+    cache = oc.open_cache(built.main)
+    assert set(_classes_with_caches(cache)) == {
+        ("FXPoly", False),
+        ("FXPoly", True),
+        ("FXCat", False),
+        ("FXCat", True),
+    }
+    for name, check in oc.CHECKS.items():
+        assert check(cache, _inputs(built)) == [], name
+    fxcat = next(k.address for k in cache.images[FXCAT].classes if k.name == "FXCat" and not k.meta)
+    pc = cache.oracle.preopt_cache(fxcat)
+    assert pc is not None
+    base = cache.oracle.opt_offsets()
+    assert base is not None
+    names = {cache.oracle.text(base[0] + s) for s, _imp in pc.buckets.values()}
+    assert names == {"value", "more", "extra"}
+    loaded = emulator.load_cache(built.main, "arm64", random_slide(built.main))
+    map_image = loaded.lookup(fx.LIBOBJC, "_fxrt_map_image")
+    assert map_image is not None
+    for n in (*fx.OBJC_IMAGES, FXCAT):
+        loaded.machine.call_int(map_image, loaded.images[n] + loaded.slide)
+    probe = loaded.lookup(FXCAT, "_fxcat_probe")
+    assert probe is not None
+    v = random.randrange(1, 1000)
+    hits = _counter(loaded, "_fxrt_preopt_hits")
+    assert loaded.machine.call_int(probe, v) == 50 * 10000 + 70 * 1000 + 3 * 100 + 300 + v
+    assert _counter(loaded, "_fxrt_preopt_hits") - hits >= 4  # kind, value, more, extra
