@@ -64,14 +64,13 @@ def optimizers_for(
     config: CacheConfig,
     preattached_categories: bool = False,
     objc_optimizations: ObjCOptimizations | None = None,
-    no_imp_caches: bool = False,
 ) -> list[Optimizer]:
     """Every optimizer of a build, in the order the phase driver calls each step.
 
     ``preattached_categories`` adds objc_categories (dyld-1162 always runs it). It is off by
     default: DyldExtractor's ObjC fixer, which the ObjC caches must pass, reads a class_ro_t's
-    tagged list-of-lists as a plain method list. ``objc_optimizations`` (Apple's file) and
-    ``no_imp_caches`` choose the classes of objc_imp_caches.
+    tagged list-of-lists as a plain method list. ``objc_optimizations`` (Apple's file; an
+    empty one for none; None when no file is given) chooses the classes of objc_imp_caches.
 
         The order is the seed's, with the constraints between steps: pack_segments creates the
         subcaches; remove_unused_linkedit picks each dylib's LINKEDIT region before symbol_strings
@@ -104,7 +103,7 @@ def optimizers_for(
         ObjCSelectorReferencesLoading(objc, selectors),
         ObjCRelativeMethodListsConversion(objc, selectors),
         ObjCMethodListsSorting(objc, selectors),
-        ObjCIMPCaches(objc, selectors, objc_optimizations, no_imp_caches),
+        ObjCIMPCaches(objc, selectors, objc_optimizations),
         *([ObjCPreAttachedCategories(objc, binds)] if preattached_categories else []),
         SlideInfo(),
         CodeSign(),

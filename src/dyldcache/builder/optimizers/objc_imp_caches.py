@@ -157,13 +157,11 @@ class ObjCIMPCaches(Optimizer):
         objc: ObjCInputs,
         selectors: ObjCCanonicalSelectors,
         wanted: ObjCOptimizations | None,
-        disabled: bool = False,
     ) -> None:
         self.objc = objc
         self.selectors = selectors
-        #: the objcOptimizations file (None: none given)
+        #: the objcOptimizations file (None: none given; an empty one: no IMP caches)
         self.wanted = wanted
-        self.disabled = disabled
         self.caches: list[ImpCacheLayout] = []
         #: class key -> why it got no IMP cache although it was needed
         self.skipped: dict[ClassKey, str] = {}
@@ -182,7 +180,7 @@ class ObjCIMPCaches(Optimizer):
 
     def _settings(self, model: CacheModel) -> ObjCOptimizations | None:
         cfg = model.config
-        if not self.objc.active or self.disabled or cfg.arch.name not in ("arm64", "arm64e"):
+        if not self.objc.active or cfg.arch.name not in ("arm64", "arm64e"):
             return None
         if cfg.cache_size > MAX_CACHE_SIZE:
             return None
