@@ -457,3 +457,22 @@ def test_same_image_categories_and_duplicate_names(tmp_path: Path) -> None:
     hits = _counter(loaded, "_fxrt_preopt_hits")
     assert loaded.machine.call_int(probe, v) == 50 * 10000 + 70 * 1000 + 3 * 100 + 300 + v
     assert _counter(loaded, "_fxrt_preopt_hits") - hits >= 4  # kind, value, more, extra
+
+
+def test_imp_caches_are_deterministic(tmp_path: Path) -> None:
+    """Two builds of the fixture root (other folders, one and two workers) write the same bytes,
+    IMP caches and placed selector strings included."""
+    root, _inputs = fx.objc_root("arm64e", "ios")
+    a = _build(root, tmp_path / "a", arch="arm64e", source_date_epoch=0)
+    b = build_cache(
+        BuildOptions(
+            arch="arm64e",
+            platform="ios",
+            output_dir=str(tmp_path / "b"),
+            root=root,
+            jobs=2,
+            source_date_epoch=0,
+        )
+    )
+    assert oc.open_cache(a.files[0]).oracle.opt_offsets() != [0, 0, 0, 0]
+    assert [Path(f).read_bytes() for f in a.files] == [Path(f).read_bytes() for f in b.files]
