@@ -489,6 +489,139 @@ def protocol_table_words(main_path: str) -> set[int]:
     return {a + 8 * i for _n, a, _i in opt.protocol_objects for i in range(PROTOCOL_T_SIZE // 8)}
 
 
+# ---------------------------------------------------------------------------------------------
+# IMP caches
+
+#: never inherited into a flattened IMP cache (objc4 calls them for each class of the hierarchy)
+_NOT_INHERITED = {".cxx_construct", ".cxx_destruct"}
+
+
+@dataclass
+class _Lookup:
+    """Method lookup on the inputs, in cache addresses: lookUpImpOrForward's walk (the class,
+    then each superclass; in each class its categories, the last attached first, then its own
+    list), with categories attached in image order and catlist order as libobjc attaches them."""
+
+    #: cache address -> (install name, class)
+    classes: dict[int, tuple[str, Klass]]
+    #: cache address -> superclass cache address (0: none)
+    supers: dict[int, int]
+    #: cache address -> methods of its categories, the one attached last first
+    categories: dict[int, list[list[Method]]]
+
+    def own(self, cls: int) -> dict[str, int]:
+        """selector -> IMP (cache address) that one class defines, categories included."""
+        _name, k = self.classes[cls]
+        out: dict[str, int] = {}
+        for methods in self.categories.get(cls, []):
+            for sel, _types, imp in methods:
+                out.setdefault(sel, imp)
+        for sel, _types, imp in k.methods:
+            out.setdefault(sel, imp)
+        return out
+
+    def chain(self, cls: int) -> list[int]:
+        out = []
+        while cls and cls in self.classes and cls not in out:
+            out.append(cls)
+            cls = self.supers.get(cls, 0)
+        return out
+
+    def find(self, cls: int, sel: str) -> int | None:
+        for c in self.chain(cls):
+            imp = self.own(c).get(sel)
+            if imp is not None:
+                return imp
+        return None
+
+
+def _lookup(cache: CacheObjC, inputs: InputObjC) -> _Lookup:
+    classes: dict[int, tuple[str, Klass]] = {}
+    supers: dict[int, int] = {}
+    by_name: dict[tuple[str, bool], list[int]] = {}
+    order = sorted(inputs.images, key=lambda n: cache.image_addresses.get(n, 0))
+    for name in order:
+        for k in inputs.images[name].classes:
+            at = inputs.to_cache(name, k.address)
+            moved = Klass(**{**k.__dict__, "methods": _moved(inputs, name, k.methods)})
+            classes[at] = (name, moved)
+            supers[at] = inputs.to_cache(name, k.superclass) if k.superclass else 0
+            by_name.setdefault((k.name, k.meta), []).append(at)
+    categories: dict[int, list[list[Method]]] = {}
+    for name in order:
+        for _cat, cls_name, inst, clsm in inputs.images[name].categories:
+            for meta, methods in ((False, inst), (True, clsm)):
+                targets = by_name.get((cls_name or "", meta), [])
+                if len(targets) == 1 and methods:
+                    categories.setdefault(targets[0], []).insert(0, _moved(inputs, name, methods))
+    return _Lookup(classes, supers, categories)
+
+
+def check_imp_caches(cache: CacheObjC, inputs: InputObjC) -> list[str]:
+    """Every preoptimized cache a class points at (objc4's preopt_cache_t), as objc_msgSend
+    reads it: each entry sits in bucket ``((sel - base) >> shift) & mask``, where base is the
+    selector strings' start that libobjc's objc_opt_offsets[0] names (the magic selector, the
+    base of the method lists' direct selectors too); no selector is in two buckets; occupied
+    counts the entries and bit_one is set; each (selector, IMP) is what method lookup through
+    the class, its categories and its superclass chain finds on the inputs; the fallback class
+    is a superclass, and every selector defined by the classes from the class up to the
+    fallback (excluded) is in the cache (a miss continues at the fallback class, so a method
+    missing there would be looked up from the wrong class). On arm64 caches only: elsewhere the
+    word is the old ABI's vtable (bound to _objc_empty_vtable) and libobjc ignores it."""
+    o = cache.oracle
+    if not o.arch.startswith("arm64"):
+        return []  # objc4 reads preoptimized caches on arm64 only (CONFIG_USE_PREOPT_CACHES)
+    caches = {
+        k.address: (name, k, pc)
+        for name, im in cache.images.items()
+        for k in im.classes
+        if (pc := o.preopt_cache(k.address)) is not None
+    }
+    if not caches:
+        return []
+    offsets = o.opt_offsets()
+    if offsets is None:
+        return ["classes have IMP caches but libobjc exports no _objc_opt_offsets"]
+    base = offsets[0]
+    problems = []
+    if cache.base_selector is not None and base != cache.base_selector:
+        problems.append(f"objc_opt_offsets[0] {base:#x} is not the selector base {cache.base_selector:#x}")
+    if offsets[1] <= base:
+        problems.append(f"objc_opt_offsets[1] {offsets[1]:#x} does not end the selector strings")
+    lookup = _lookup(cache, inputs)
+    for at, (name, k, pc) in caches.items():
+        what = f"{name}: {'+' if k.meta else '-'}[{k.name}] IMP cache at {pc.address:#x}"
+        if at not in lookup.classes:
+            problems.append(f"{what}: the class is not among the inputs")
+            continue
+        if not pc.bit_one or pc.occupied != len(pc.buckets):
+            problems.append(f"{what}: bit_one {pc.bit_one}, occupied {pc.occupied} of {len(pc.buckets)}")
+        names: dict[str, int] = {}
+        for slot, (sel_offs, imp) in sorted(pc.buckets.items()):
+            sel = o.text(base + sel_offs)
+            if sel in names:
+                problems.append(f"{what}: {sel} is in buckets {names[sel]} and {slot}")
+            names[sel] = slot
+            if ((sel_offs >> pc.shift) & pc.mask) != slot:
+                problems.append(
+                    f"{what}: {sel} is in bucket {slot}, its hash says {(sel_offs >> pc.shift) & pc.mask}"
+                )
+            want = lookup.find(at, sel)
+            if want != imp:
+                shown = "no method" if want is None else f"{want:#x}"
+                problems.append(f"{what}: {sel} -> {imp:#x}, method lookup finds {shown}")
+        chain = lookup.chain(at)
+        if pc.fallback not in chain[1:] and not (pc.fallback and lookup.supers.get(chain[-1]) == pc.fallback):
+            problems.append(f"{what}: the fallback class {pc.fallback:#x} is not a superclass")
+            continue
+        covered = chain[: chain.index(pc.fallback)] if pc.fallback in chain else chain
+        for i, c in enumerate(covered):
+            for sel in lookup.own(c):
+                if sel not in names and not (i and sel in _NOT_INHERITED):
+                    problems.append(f"{what}: {sel} (defined by {lookup.classes[c][1].name}) is not cached")
+    return problems
+
+
 CHECKS: dict[str, Callable[[CacheObjC, InputObjC], list[str]]] = {
     "selectors_resolve": check_selectors_resolve,
     "selector_references": check_selector_references,
@@ -497,4 +630,5 @@ CHECKS: dict[str, Callable[[CacheObjC, InputObjC], list[str]]] = {
     "sorted_method_lists": check_sorted_method_lists,
     "header_info": check_header_info,
     "canonical_protocols": check_canonical_protocols,
+    "imp_caches": check_imp_caches,
 }

@@ -25,6 +25,7 @@ import atexit
 import functools
 import os
 import shutil
+import struct
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -120,10 +121,31 @@ def objc_cache(arch: str, platform: str = "macos") -> ObjCBuilt:
 RELATIVE_ARCHS = ("arm64", "x86_64")
 
 
+#: LC_BUILD_VERSION, and the platforms of its platform field (mach-o/loader.h)
+_LC_BUILD_VERSION = 0x32
+_PLATFORMS = {"macos": 1, "ios": 2}
+
+
+def _set_platform(path: str, platform: str) -> None:
+    """Rewrite the platform of the LC_BUILD_VERSION of the thin 64-bit Mach-O at ``path``
+    (lld refuses to link the fixture's macOS objects for iOS; the metadata is the same). The
+    stale ad-hoc signature is not read by the builder."""
+    data = bytearray(Path(path).read_bytes())
+    ncmds = struct.unpack_from("<I", data, 16)[0]
+    at = 32
+    for _ in range(ncmds):
+        cmd, size = struct.unpack_from("<II", data, at)
+        if cmd == _LC_BUILD_VERSION:
+            struct.pack_into("<I", data, at + 8, _PLATFORMS[platform])
+        at += size
+    Path(path).write_bytes(bytes(data))
+
+
 @functools.cache
-def relative_objc_cache(arch: str) -> ObjCBuilt:
-    """A cache of the fixture root linked by ld64.lld-22 with relative method lists."""
-    root = os.path.join(_scratch(f"lld-root-{arch}"), "root")
+def relative_objc_cache(arch: str, platform: str = "macos") -> ObjCBuilt:
+    """A cache of the fixture root linked by ld64.lld-22 with relative method lists (for iOS:
+    linked for macOS, then marked iOS by :func:`_set_platform`)."""
+    root = os.path.join(_scratch(f"lld-root-{arch}-{platform}"), "root")
     written: dict[str, str] = {}
     for install_name, obj, deps in OBJC_DYLIBS:
         out = os.path.join(root, install_name.lstrip("/"))
@@ -133,6 +155,8 @@ def relative_objc_cache(arch: str) -> ObjCBuilt:
         args += ["-o", out, _object(arch, obj)] + [written[d] for d in deps]
         subprocess.run(args, check=True, capture_output=True)
         written[install_name] = out
-    out = os.path.join(_scratch(f"lld-cache-{arch}"), "cache")
-    result = build_cache(BuildOptions(arch=arch, output_dir=out, root=root, jobs=1))
-    return ObjCBuilt(arch, "macos", root, written, result)
+    for path in written.values() if platform != "macos" else ():
+        _set_platform(path, platform)
+    out = os.path.join(_scratch(f"lld-cache-{arch}-{platform}"), "cache")
+    result = build_cache(BuildOptions(arch=arch, platform=platform, output_dir=out, root=root, jobs=1))
+    return ObjCBuilt(arch, platform, root, written, result)

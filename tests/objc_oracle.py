@@ -149,6 +149,27 @@ class Klass:
     protocols: list[str]
 
 
+@dataclass
+class PreoptCache:
+    """objc4's preopt_cache_t (v2, dyld's ImpCacheHeader_v2 and ImpCacheEntry_v2) as a class's
+    cache word points at it."""
+
+    address: int
+    #: the class address plus fallback_class_offset (int64)
+    fallback: int
+    shift: int
+    mask: int
+    occupied: int
+    has_inlines: bool
+    bit_one: bool
+    #: bucket index -> (sel_offs, IMP: the class address minus imp_offs << 2), empty buckets out
+    buckets: dict[int, tuple[int, int]]
+
+
+#: preopt_cache_entry_t.sel_offs of an empty bucket (all 26 bits set)
+PREOPT_EMPTY_SEL = (1 << 26) - 1
+
+
 # ---------------------------------------------------------------------------------------------
 # the reader
 
@@ -358,6 +379,7 @@ class ObjCOracle(ObjCMemory):
         with open(main_path, "rb") as f:
             self.header = f.read(0x200)
         arch = self.header[:16].rstrip(b"\0").split()[-1].decode()
+        self.arch = arch
         self.mapping_offset = struct.unpack_from("<I", self.header, 0x10)[0]
         self.cache: LoadedCache = load_cache(main_path, arch, slide)
         self.slide = slide
@@ -378,6 +400,43 @@ class ObjCOracle(ObjCMemory):
     def sections(self, install_name: str) -> dict[tuple[str, str], tuple[int, int]]:
         """(segname, sectname) -> (addr, size) from the image's LC_SEGMENT_64 commands."""
         return section_table(self.cache.header_bytes(install_name)[1], 0)
+
+    def preopt_cache(self, cls: int) -> PreoptCache | None:
+        """The preoptimized cache class_t's word 3 (cache_t._originalPreoptCache) points at: a
+        16-byte header {int64 fallback_class_offset; u16 shift:5 mask:11; u16 occupied:14
+        has_inlines:1 padding:1; u32 unused:31 bit_one:1}, then mask + 1 u64 entries
+        {int64 raw_imp_offs:38; u64 sel_offs:26}."""
+        a = self.ptr(cls + 24)
+        if not a:
+            return None
+        hash_params, flags = struct.unpack("<HH", self.raw(a + 8, 4))
+        shift, mask = hash_params & 0x1F, hash_params >> 5
+        buckets = {}
+        for i in range(mask + 1):
+            word = self.u64(a + 16 + 8 * i)
+            sel_offs = word >> 38
+            raw_imp = word & ((1 << 38) - 1)
+            if raw_imp >> 37:
+                raw_imp -= 1 << 38
+            if sel_offs != PREOPT_EMPTY_SEL:
+                buckets[i] = (sel_offs, cls - (raw_imp << 2))
+        return PreoptCache(
+            a,
+            cls + self.i64(a),
+            shift,
+            mask,
+            flags & 0x3FFF,
+            bool(flags >> 14 & 1),
+            bool(self.u32(a + 12) >> 31),
+            buckets,
+        )
+
+    def opt_offsets(self) -> list[int] | None:
+        """libobjc's objc_opt_offsets[4] (exported as _objc_opt_offsets), unslid; None without it."""
+        at = self.cache.lookup(LIBOBJC, "_objc_opt_offsets")
+        if at is None:
+            return None
+        return [self.ptr(at - self.slide + 8 * i) for i in range(4)]
 
     # -- the optimization tables ---------------------------------------------------------------------
 

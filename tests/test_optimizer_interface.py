@@ -77,11 +77,9 @@ class SegmentCensus(Optimizer):
             fields.values["programs_pbl_set_pool_size"] = self.chunk.size
 
 
-def _with_probe(
-    real: Callable[[CacheConfig, bool], list[Optimizer]],
-) -> Callable[[CacheConfig, bool], list[Optimizer]]:
-    def optimizers_for(config: CacheConfig, preattached_categories: bool = False) -> list[Optimizer]:
-        found = real(config, preattached_categories)
+def _with_probe(real: Callable[..., list[Optimizer]]) -> Callable[..., list[Optimizer]]:
+    def optimizers_for(config: CacheConfig, *args: Any) -> list[Optimizer]:
+        found = real(config, *args)
         at = next(i for i, o in enumerate(found) if isinstance(o, SlideInfo))
         return [*found[:at], SegmentCensus(), *found[at:]]
 

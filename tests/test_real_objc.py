@@ -71,6 +71,7 @@ ROOTS = {
             categories=20,
             method_lists=400,
             fat=5,
+            imp_caches=-1,  # x86_64: none (objc4 reads them on arm64 only)
         ),
         "/usr/lib/libprequelite.dylib",
         0,
@@ -90,6 +91,9 @@ ROOTS = {
             categories=0,
             method_lists=8,
             fat=0,
+            # every class with methods but the root NSObject (PSSInterface, PSSInterfacePSOC,
+            # PeppySystemState, AHTLoader, and the metaclasses with class methods)
+            imp_caches=5,
         ),
         "/System/Library/PrivateFrameworks/PeppySystemState.framework/PeppySystemState",
         3,
@@ -200,7 +204,8 @@ def test_objc_check_passes_on_the_real_inputs(built: ObjCBuild, check: str) -> N
 def test_the_checks_are_not_vacuous(built: ObjCBuild) -> None:
     """What the checks above covered: the real images' selectors, selector references, classes,
     protocols, categories and method lists (counts far above the fixture's), read from the
-    input files."""
+    input files, and on iOS the IMP caches (built by default there) that check_imp_caches
+    compared with method lookup on them."""
     ims = [im for name, im in built.inputs.images.items() if name != LIBOBJC]
     selectors = set().union(*(im.selectors() for im in ims))
     selrefs = sum(len(im.selector_references) for im in ims)
@@ -209,6 +214,12 @@ def test_the_checks_are_not_vacuous(built: ObjCBuild) -> None:
     protocols = sum(len(im.protocols) for im in ims)
     categories = sum(len(im.categories) for im in ims)
     lists = sum(len(built.cache.oracle.method_list_addresses(n)) for n in built.inputs.images)
+    imp_caches = sum(
+        built.cache.oracle.preopt_cache(k.address) is not None
+        for im in built.cache.images.values()
+        for k in im.classes
+        if built.real.arch != "x86_64"
+    )
     counts = dict(
         selectors=len(selectors),
         selrefs=selrefs,
@@ -217,6 +228,7 @@ def test_the_checks_are_not_vacuous(built: ObjCBuild) -> None:
         protocols=protocols,
         categories=categories,
         method_lists=lists,
+        imp_caches=imp_caches,
     )
     print(counts)
     least = built.real.least

@@ -75,6 +75,23 @@ class BindResult:
     use_names: list[str] = field(default_factory=list)
 
 
+def set_pointers(bound: BindResult, new: np.ndarray) -> None:
+    """Make ``bound`` hold the pointers ``new`` (CACHE_POINTER_FIELDS) that an optimizer writes:
+    a location that already holds a pointer takes the new target, and keeps its own signing
+    unless the new pointer is signed; the others are added. ``bound.pointers`` stays sorted."""
+    ptrs = bound.pointers
+    locs = new["location"]
+    pos = np.searchsorted(ptrs["location"], locs)
+    present = (pos < len(ptrs)) & (ptrs["location"][np.minimum(pos, max(len(ptrs) - 1, 0))] == locs)
+    old = pos[present]
+    keep_auth = ~new["auth"][present].astype(bool)
+    for name in ("auth", "key", "addr_div", "diversity"):
+        new[name][present] = np.where(keep_auth, ptrs[name][old], new[name][present])
+    ptrs[old] = new[present]
+    merged = np.concatenate([ptrs, new[~present]])
+    bound.pointers = merged[np.argsort(merged["location"], kind="stable")]
+
+
 class CacheExports(ExportIndex):
     """The export index of the bind pass: resolved exports as cache addresses."""
 

@@ -136,6 +136,8 @@ def _build(args: argparse.Namespace, progress: BuildProgress) -> int:
         source_date_epoch=args.source_date_epoch if args.source_date_epoch is not None else _default_epoch(),
         install_name_map=args.install_name_map,
         objc_preattached_categories=args.objc_preattached_categories,
+        objc_optimizations=args.objc_optimizations,
+        no_objc_imp_caches=args.no_objc_imp_caches,
     )
     try:
         result = build_cache(options)
@@ -228,6 +230,18 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         action="store_true",
         help="attach ObjC categories to their classes in the cache, as dyld-1162 does (off by "
         "default: DyldExtractor cannot read the lists of lists this makes)",
+    )
+    p.add_argument(
+        "--objc-optimizations",
+        metavar="FILE",
+        help="Apple's objcOptimizations JSON: the classes that get ObjC IMP caches (arm64/arm64e "
+        "caches of 4 GiB regions: iOS). Without it every class and metaclass gets one on iOS "
+        "(dyld-1162 builds none without the file), and none on macOS",
+    )
+    p.add_argument(
+        "--no-objc-imp-caches",
+        action="store_true",
+        help="build no ObjC IMP caches (iOS builds them by default)",
     )
     p.add_argument(
         "--install-name-map",

@@ -60,6 +60,11 @@ class BuildOptions:
     #: (optimizers/objc_categories.py). Off by default: DyldExtractor's ObjC fixer cannot read
     #: the class_ro_t lists of lists it makes (it reads them as plain method lists)
     objc_preattached_categories: bool = False
+    #: Apple's objcOptimizations JSON: the classes that get ObjC IMP caches
+    #: (builder/objc_optimizations.py). None: every class on iOS arm64/arm64e, none elsewhere
+    objc_optimizations: str | None = None
+    #: build no IMP caches at all (overrides objc_optimizations)
+    no_objc_imp_caches: bool = False
 
     def __post_init__(self) -> None:
         if self.jobs < 0:

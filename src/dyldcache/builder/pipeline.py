@@ -27,6 +27,7 @@ from .inputs import Inputs, calculate_inputs, eviction_summary, internal_error_r
 from .layout import lay_out
 from .map_file import json_map, text_map
 from .model import CacheModel
+from .objc_optimizations import ObjCOptimizations, parse_objc_optimizations
 from .optimizers import DylibResult, optimizers_for
 from .options import BuildOptions, BuildResult, cache_config
 from .output import OutputSet
@@ -47,7 +48,12 @@ class CacheBuilder:
         self.timer = Timer()
         self.progress = options.progress or BuildProgress()
         self.warnings: list[str] = []
-        self.optimizers = optimizers_for(self.config, options.objc_preattached_categories)
+        wanted = None  # no file: objc_imp_caches' default
+        if options.no_objc_imp_caches:
+            wanted = ObjCOptimizations()
+        elif options.objc_optimizations is not None:
+            wanted = parse_objc_optimizations(options.objc_optimizations)
+        self.optimizers = optimizers_for(self.config, options.objc_preattached_categories, wanted)
         self.headers = CacheHeaders()
         self.inputs: Inputs | None = None
         self.model: CacheModel | None = None

@@ -29,6 +29,10 @@ OBJC_OPT_RO_SECTION = ("__TEXT", "__objc_opt_ro")
 #: libobjc's IMP-cache offsets (``objc_opt_offsets``, after ``objc_opt_preopt_caches_version``)
 OBJC_SCOFFS_SECTION = "__objc_scoffs"
 OBJC_PREOPT_CACHES_VERSION_SYMBOL = "_objc_opt_preopt_caches_version"
+#: the words dyld-1162 fills (setObjCImpCachesPointers): selector strings start, end, then
+#: inlined selectors start, end (left 0)
+OBJC_OPT_OFFSETS_SYMBOL = "_objc_opt_offsets"
+OBJC_OPT_OFFSETS_SEGMENT = "__DATA_CONST"
 #: objc_opt_t versions: 15 has the legacy table layouts, 16 the "large shared cache" ones
 OBJC_OPT_VERSION_LEGACY = 15
 OBJC_OPT_VERSION_LARGE = 16

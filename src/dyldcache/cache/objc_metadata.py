@@ -59,6 +59,7 @@ from .objc_format import (
     LIST_OF_LISTS_TAG,
     MAX_LIST_COUNT,
     METHOD_LIST_FLAG_MASK,
+    OBJC_OPT_OFFSETS_SYMBOL,
     OBJC_PREOPT_CACHES_VERSION_SYMBOL,
     OBJC_SCOFFS_SECTION,
     PROTOCOL_T_SIZE_FLAGS,
@@ -411,17 +412,25 @@ class _MetadataReader:
             if sect is None:
                 return None
             version = 1
+            offsets = None
             for e in image.exports:
                 if e.name == OBJC_PREOPT_CACHES_VERSION_SYMBOL:
                     raw = self.read(image.base_address + e.address, 4, OBJC_PREOPT_CACHES_VERSION_SYMBOL)
                     version = int.from_bytes(raw, "little")
+                elif e.name == OBJC_OPT_OFFSETS_SYMBOL:
+                    offsets = image.base_address + e.address
         except MachOFormatError as exc:
             raise CacheFormatError(exc.path, exc.offset, f"libobjc: {exc.message}") from None
-        # the version word comes first in the section when there is one (dsc_util's rule)
-        first = 1 if version > 1 else 0
-        if sect.size < 8 * (first + 1):
+        if offsets is None:
+            # the version word comes first in the section when there is one (dsc_util's rule)
+            first = 1 if version > 1 else 0
+            if sect.size < 8 * (first + 1):
+                return None
+            offsets = sect.addr + 8 * first
+        elif not sect.addr <= offsets <= sect.addr + sect.size - 8:
             return None
-        return version, int(self.words([sect.addr + 8 * first], "objc_opt_offsets")[0])
+        # dyld-1162 writes the selector strings' start where libobjc exports _objc_opt_offsets
+        return version, int(self.words([offsets], "objc_opt_offsets")[0])
 
     def imp_cache(self, class_address: int, address: int) -> ImpCache | None:
         ctx = self.imp_context()

@@ -22,7 +22,7 @@ ObjC Relative Method Lists Conversion      ``objc_relative_method_lists``
                                                                         relative lists' selectors
 ObjC Method Lists Sorting                  ``objc_method_sorting``      method lists
 (emitPreAttachedObjCCategories)            ``objc_categories``          class_ro_t lists
-ObjC IMP Caches                            not yet (libobjc does that work at run time)
+ObjC IMP Caches                            ``objc_imp_caches``          class cache words
 Swift Protocol Conformance Hash Table      not yet
 Optimize Stubs, GOT uniquing, FIPS Sign    not yet
 (calculateSlideInfoSize, computeSlideInfo) ``slide_info``               pointer check
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from ..config import CacheConfig
 from ..headers import HeaderFields
+from ..objc_optimizations import ObjCOptimizations
 from .base import DylibResult, Optimizer
 from .binds_to_rebases import ConvertBindsToRebases
 from .code_sign import CodeSign
@@ -43,6 +44,7 @@ from .objc_canonical_selectors import ObjCCanonicalSelectors
 from .objc_categories import ObjCPreAttachedCategories
 from .objc_hash_tables import ObjCHashTables
 from .objc_header import ObjCHeader
+from .objc_imp_caches import ObjCIMPCaches
 from .objc_input import ObjCInputs
 from .objc_method_sorting import ObjCMethodListsSorting
 from .objc_relative_method_lists import ObjCRelativeMethodListsConversion
@@ -58,12 +60,17 @@ from .unmapped_locals import UnmapLocalSymbols
 __all__ = ["DylibResult", "HeaderFields", "Optimizer", "optimizers_for"]
 
 
-def optimizers_for(config: CacheConfig, preattached_categories: bool = False) -> list[Optimizer]:
+def optimizers_for(
+    config: CacheConfig,
+    preattached_categories: bool = False,
+    objc_optimizations: ObjCOptimizations | None = None,
+) -> list[Optimizer]:
     """Every optimizer of a build, in the order the phase driver calls each step.
 
     ``preattached_categories`` adds objc_categories (dyld-1162 always runs it). It is off by
     default: DyldExtractor's ObjC fixer, which the ObjC caches must pass, reads a class_ro_t's
-    tagged list-of-lists as a plain method list.
+    tagged list-of-lists as a plain method list. ``objc_optimizations`` (Apple's file; an
+    empty one for none; None when no file is given) chooses the classes of objc_imp_caches.
 
         The order is the seed's, with the constraints between steps: pack_segments creates the
         subcaches; remove_unused_linkedit picks each dylib's LINKEDIT region before symbol_strings
@@ -96,6 +103,7 @@ def optimizers_for(config: CacheConfig, preattached_categories: bool = False) ->
         ObjCSelectorReferencesLoading(objc, selectors),
         ObjCRelativeMethodListsConversion(objc, selectors),
         ObjCMethodListsSorting(objc, selectors),
+        ObjCIMPCaches(objc, selectors, objc_optimizations),
         *([ObjCPreAttachedCategories(objc, binds)] if preattached_categories else []),
         SlideInfo(),
         CodeSign(),

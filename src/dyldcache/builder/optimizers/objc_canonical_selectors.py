@@ -50,6 +50,36 @@ class ObjCCanonicalSelectors(Optimizer):
         self.names.append(name)
         self.size += len(name) + 1
 
+    def place_at(self, fixed: dict[bytes, int]) -> None:
+        """Lay the strings out again with those of ``fixed`` at the given offsets (the IMP caches'
+        selector placement, objc_imp_caches.py; before the chunk is placed): the magic selector
+        stays at 0, every other string goes to the first gap it fits in, in ``names`` order,
+        then after the last string. ``names`` keeps its order (the selector table hashes it)."""
+        taken = sorted([(0, len(MAGIC_SELECTOR) + 1)] + [(o, o + len(n) + 1) for n, o in fixed.items()])
+        gaps: list[list[int]] = []
+        end = 0
+        for start, stop in taken:
+            assert start >= end, "fixed selector strings overlap"
+            if start > end:
+                gaps.append([end, start])
+            end = stop
+        offsets = {MAGIC_SELECTOR: 0, **fixed}
+        for name in self.names:
+            if name in offsets:
+                continue
+            need = len(name) + 1
+            gap = next((g for g in gaps if g[1] - g[0] >= need), None)
+            if gap is None:
+                offsets[name] = end
+                end += need
+            else:
+                offsets[name] = gap[0]
+                gap[0] += need
+                if gap[0] == gap[1]:
+                    gaps.remove(gap)
+        self.offsets = {n: offsets[n] for n in self.names}
+        self.size = end
+
     def place(self, model: CacheModel) -> None:
         sub = model.text_subcache(LIBOBJC_PATH)
         if sub is not None and self.objc.active:
@@ -59,7 +89,11 @@ class ObjCCanonicalSelectors(Optimizer):
     def pre_dylib_emit(self, model: CacheModel, buffers: CacheBuffers) -> None:
         # the seed emits the strings before the dylib passes, which point into them
         if self.chunk is not None:
-            buffers.put(self.chunk, b"".join(n + b"\0" for n in self.names))
+            out = bytearray(self.size)  # gaps (after place_at) stay zero
+            for name in self.names:
+                at = self.offsets[name]
+                out[at : at + len(name)] = name
+            buffers.put(self.chunk, bytes(out))
 
     def address(self, name: bytes) -> CacheVMAddr:
         """The cache address of the canonical string of ``name``."""

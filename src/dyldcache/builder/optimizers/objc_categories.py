@@ -38,7 +38,7 @@ from typing import ClassVar
 import numpy as np
 
 from ...cache.objc_format import ENTSIZE_LIST, LIST_OF_LISTS_ENTRY, LIST_OF_LISTS_TAG
-from ..bind import CACHE_POINTER_FIELDS
+from ..bind import CACHE_POINTER_FIELDS, set_pointers
 from ..buffers import CacheBuffers
 from ..cache_dylib import CacheDylib
 from ..layout import Chunk, ChunkKind, RegionKind
@@ -47,7 +47,7 @@ from ..types import InputVMAddr
 from .base import DylibResult, Optimizer
 from .binds_to_rebases import ConvertBindsToRebases
 from .objc_header import LIBOBJC
-from .objc_input import CategoryInput, ClassInput, ObjCInputs
+from .objc_input import CategoryInput, ClassInput, ObjCInputs, bound_targets
 from .objc_selector_refs import METHOD_LIST_SORTED, METHOD_LIST_UNIQUED
 
 #: class_ro_t field offsets: baseMethods, baseProtocols, baseProperties (after the 16-byte head)
@@ -181,16 +181,13 @@ class ObjCPreAttachedCategories(Optimizer):
             return None
         if cat.cls is not None:
             return d.index, int(d.cache_address(InputVMAddr(cat.cls)))
-        with d.input.decoded():  # phase 4, in the builder: the decodes are in the scratch files
-            recs = d.image.fixups.records
-            at = int(np.searchsorted(recs["address"], cat.address + 8))
-            imp = d.image.fixups.imports[int(recs["bind"][at])]
         exports = self.binds.exports
         assert exports is not None
-        target = exports.resolve(d.index, imp)
-        if target is None or target.dylib is None:
+        (found,) = bound_targets(d, exports, [cat.address + 8])
+        if found is None:
             return None
-        return target.dylib, int(target.value) + int(recs["addend"][at])
+        index, address = found
+        return index, int(model.dylibs[index].cache_address(InputVMAddr(address)))
 
     def _emit_chunk(self) -> bytes:
         """emitPreAttachedObjCCategories: the lists-of-lists of every extended class, by class
@@ -268,17 +265,8 @@ class ObjCPreAttachedCategories(Optimizer):
                 new["key"] = np.where(methods, _METHOD_LIST_KEY_DA, 0)
                 new["addr_div"] = methods
                 new["diversity"] = np.where(methods, _METHOD_LIST_DIVERSITY, 0)
-            ptrs = result.bound.pointers
-            pos = np.searchsorted(ptrs["location"], locs)
-            present = (pos < len(ptrs)) & (ptrs["location"][np.minimum(pos, max(len(ptrs) - 1, 0))] == locs)
-            old = pos[present]
-            keep_auth = ~new["auth"][present].astype(bool)
             # an existing pointer keeps its signing unless it is a method list (1162's PMD)
-            for name in ("auth", "key", "addr_div", "diversity"):
-                new[name][present] = np.where(keep_auth, ptrs[name][old], new[name][present])
-            ptrs[old] = new[present]
-            merged = np.concatenate([ptrs, new[~present]])
-            result.bound.pointers = merged[np.argsort(merged["location"], kind="stable")]
+            set_pointers(result.bound, new)
 
 
 def _category_list(cat: CategoryInput, which: str) -> int:

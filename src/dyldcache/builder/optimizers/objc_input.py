@@ -28,6 +28,7 @@ from ...cache.objc_format import (
     CLASS_RO_PROPERTIES_WORD,
     CLASS_RO_PROTOCOLS_WORD,
     CLASS_T_BITS_WORD,
+    CLASS_T_PREOPT_CACHE_WORD,
     CLASS_T_WORDS,
     ENTSIZE_LIST,
     FAST_DATA_MASK,
@@ -45,6 +46,7 @@ from ...errors import FormatError
 from ...macho.file import MachOFile
 from ...macho.fixups import FixupKind
 from ..cache_dylib import CacheDylib
+from ..symbol_resolution import ExportIndex
 
 #: the largest superclass chain followed inside one image before it is called cyclic
 _MAX_CHAIN = 1 << 16
@@ -67,6 +69,9 @@ class MethodListInput:
     address: int
     flags: int
     names: list[bytes]
+    #: each entry's IMP: its input address (a rebase or a relative offset), None when bound to
+    #: another image, 0 when null
+    imps: list[int | None] = field(default_factory=list)
 
     @property
     def relative(self) -> bool:
@@ -94,6 +99,11 @@ class ClassInput:
     properties: int = 0
     #: the isa (a class's metaclass; 0 when bound elsewhere)
     isa: int = 0
+    #: the superclass: its address in this image, None when bound to another image, 0 when null
+    superclass: int | None = 0
+    #: class_t's method cache properties word (objc4's _originalPreoptCache, dyld's "vtable")
+    #: is set in the input
+    has_cache_properties: bool = False
 
 
 @dataclass(slots=True)
@@ -273,10 +283,12 @@ class _Reader:
         for i in range(count):
             entry = ml.first + want * i
             if ml.relative:
-                (off,) = struct.unpack("<i", self.read(entry, 4, what))
+                off, _types, imp = struct.unpack("<iii", self.read(entry, 12, what))
                 sel = self.local(entry + off, f"{what} selector reference")
+                ml.imps.append(entry + 8 + imp if imp else 0)
             else:
                 sel = self.local(entry, f"{what} selector")
+                ml.imps.append(self.pointer(entry + 16, f"{what} IMP"))
             ml.names.append(self.string(sel, f"{what} selector name"))
         return ml
 
@@ -293,6 +305,8 @@ class _Reader:
         label = self.string(name, f"{what} name")
         self.protocol_list(bits + ro_words + 8 * CLASS_RO_PROTOCOLS_WORD, f"{what} {label!r}")
         isa = self.pointer(addr, "isa") or 0
+        superclass = self.pointer(addr + 8, f"{what} superclass")
+        cache_properties = self.pointer(addr + 8 * CLASS_T_PREOPT_CACHE_WORD, f"{what} cache properties")
         return ClassInput(
             label,
             addr,
@@ -302,6 +316,8 @@ class _Reader:
             self.counted(protocols, 8, "protocol list"),
             self.counted(properties, 4, "property list"),
             isa,
+            superclass,
+            cache_properties != 0,
         )
 
     def counted(self, addr: int, count_size: int, what: str) -> int:
@@ -406,6 +422,33 @@ def _read_dropping_decodes(dylib: CacheDylib) -> ObjCImageInput:
     for the read and go again (the builder keeps no decodes between phases)."""
     with dylib.input.decoded():
         return read_objc_input(dylib.image, dylib.install_name)
+
+
+def bound_targets(
+    dylib: CacheDylib, exports: ExportIndex, locations: list[int]
+) -> list[tuple[int, int] | None]:
+    """Where the binds at input addresses ``locations`` of ``dylib`` lead: (cache dylib index,
+    input address, addend included) each, or None when nothing exports the symbol, it is an
+    absolute one, or no bind is there."""
+    if not locations:
+        return []
+    out: list[tuple[int, int] | None] = []
+    with dylib.input.decoded():  # after phase 2 the decodes are in the scratch files
+        fx = dylib.image.fixups
+        recs = fx.records
+        bind = (recs["kind"] == FixupKind.BIND) | (recs["kind"] == FixupKind.AUTH_BIND)
+        for at in locations:
+            i = int(np.searchsorted(recs["address"], at))
+            if i >= len(recs) or int(recs["address"][i]) != at or not bind[i]:
+                out.append(None)
+                continue
+            found = exports.resolve_export(dylib.index, fx.imports[int(recs["bind"][i])])
+            if found is None or found[1].is_absolute:
+                out.append(None)
+                continue
+            target = exports.dylibs[found[0]]
+            out.append((found[0], target.image.base_address + found[1].address + int(recs["addend"][i])))
+    return out
 
 
 def read_objc_input(image: MachOFile, install_name: str) -> ObjCImageInput:
