@@ -155,6 +155,7 @@ def plan_symbol_tables(
             kept["n_strx"] = _Names(d, sel["n_strx"].astype(np.int64)).offsets_in(pool)
         parts[d.index].append(store(kept, scratch))
         counts[d.index][0] = len(kept)
+        d.input.mapped.release_pages()  # the symbol tables of every input would add up
     for d in dylibs:
         nlist = d.image.symbol_table.nlist
         ext = ranges[d.index][1]
@@ -174,6 +175,7 @@ def plan_symbol_tables(
         kept_globals[d.index] = idx
         parts[d.index].append(store(sel, scratch))
         counts[d.index][1] = len(sel)
+        d.input.mapped.release_pages()
     for d in dylibs:
         nlist = d.image.symbol_table.nlist
         und = ranges[d.index][2]
@@ -195,4 +197,7 @@ def plan_symbol_tables(
         new_ind[inside] = np.where(looked_up >= 0, looked_up, 0).astype("<u4")
         nloc, nglob, nund = counts[d.index]
         out[d.index] = DylibSymbols(tuple(parts.pop(d.index)), nloc, nglob, nund, store(new_ind, scratch))
+        # the input's symbol table (its strings are a copy) is read again where a pass needs it
+        d.image.__dict__.pop("symbol_table", None)
+        d.input.mapped.release_pages()
     return pool, out
