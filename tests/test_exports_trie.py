@@ -378,6 +378,21 @@ def test_vectorized_uleb_matches_reference(values: list[int]) -> None:
     assert uleb_sizes(array).tolist() == [len(uleb(v)) for v in values]
 
 
+@given(st.integers(0, 2**70), st.binary(max_size=4), st.binary(max_size=3))
+def test_uleb_decode_matches_reference(value: int, before: bytes, after: bytes) -> None:
+    raw = uleb(value)
+    data = before + raw + after
+    if len(raw) > 10:
+        with pytest.raises(ValueError, match="too long"):
+            uleb_decode(data, len(before))
+    else:
+        assert uleb_decode(data, len(before)) == (value, len(before) + len(raw))
+    # cut anywhere inside the number: it runs past the end
+    for cut in range(len(before), len(before) + min(len(raw), 10)):
+        with pytest.raises(ValueError, match="past the end"):
+            uleb_decode(memoryview(data)[:cut], len(before))
+
+
 def _moved_reference(e: Export, move: int) -> bytes:
     resolver = e.resolver + move if e.flags & C.EXPORT_SYMBOL_FLAGS_STUB_AND_RESOLVER else e.resolver
     return reference_payload(e.flags, e.address + move, resolver, e.ordinal, encode_name(e.import_name))

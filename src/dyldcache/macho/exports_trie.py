@@ -146,51 +146,14 @@ class TrieShape:
     )
 
     def __init__(self, keys: Iterable[bytes]) -> None:
-        self.keys: list[bytes] = [bytes(k) for k in keys]
-        bad = next((k for k in self.keys if b"\0" in k), None)
-        if bad is not None:
-            raise ValueError(f"trie key {bad!r} contains a NUL byte")
+        self.keys: list[bytes] = list(map(bytes, keys))
         order = sorted(range(len(self.keys)), key=self.keys.__getitem__)
         ordered = [self.keys[i] for i in order]
-        # per node, in creation order: string length, the first sorted key that extends the
-        # node's string, the parent node, the key ending here (-1: none)
-        depth, first, parent, terminal = [0], [0], [-1], [-1]
-        # the path from the root to the last key: node ids and their depths
-        path, path_depth = [0], [0]
-        prev = b""
-        for i, key in enumerate(ordered):
-            n = min(len(prev), len(key))
-            # length of the common prefix: the highest differing byte of the two prefixes
-            common = n - ((int.from_bytes(prev[:n]) ^ int.from_bytes(key[:n])).bit_length() + 7) // 8
-            if common == len(key):
-                # sorted order puts a key's extensions after it, so only an equal key gets here,
-                # or the empty key first of all
-                if i:
-                    raise ValueError(f"duplicate trie key {key!r}")
-                terminal[0] = order[0]
-                continue
-            last = -1
-            while path_depth[-1] > common:
-                path_depth.pop()
-                last = path.pop()
-            if path_depth[-1] < common:
-                # the new key leaves the last one's path inside an edge: split the edge there
-                split = len(depth)
-                depth.append(common)
-                first.append(first[last])
-                parent.append(path[-1])
-                terminal.append(-1)
-                parent[last] = split
-                path.append(split)
-                path_depth.append(common)
-            path.append(len(depth))
-            path_depth.append(len(key))
-            depth.append(len(key))
-            first.append(i)
-            parent.append(path[-2])
-            terminal.append(order[i])
-            prev = key
-
+        joined = b"".join(ordered)
+        if b"\0" in joined:
+            bad = next(k for k in self.keys if b"\0" in k)
+            raise ValueError(f"trie key {bad!r} contains a NUL byte")
+        depth, first, parent = _sorted_keys_tree(ordered)
         depth_a = np.array(depth, dtype=np.int64)
         first_a = np.array(first, dtype=np.int64)
         pre = np.lexsort((depth_a, first_a))
@@ -198,18 +161,21 @@ class TrieShape:
         rank[pre] = np.arange(pre.size)
         depth_a = depth_a[pre]
         first_a = first_a[pre]
-        #: per node: the index in ``keys`` of the key ending at it, or -1
-        self._terminal = np.array(terminal, dtype=np.int64)[pre]
+        key_len = np.fromiter(map(len, ordered), dtype=np.int64, count=len(ordered))
+        #: per node: the index in ``keys`` of the key ending at it, or -1 (a node is a key's
+        #: when it is as long as the first key through it)
+        self._terminal = np.full(pre.size, -1, dtype=np.int64)
+        if ordered:
+            ends = depth_a == key_len[first_a]
+            self._terminal[ends] = np.array(order, dtype=np.int64)[first_a[ends]]
         #: per node but the root: its parent
         self._parent = rank[np.array(parent, dtype=np.int64)[pre[1:]]]
         parent_depth = depth_a[self._parent]
         #: per node but the root: its edge label, as a range of ``_key_bytes``
         self._label_len = depth_a[1:] - parent_depth
-        key_len = np.fromiter(map(len, ordered), dtype=np.int64, count=len(ordered))
-        key_start = np.cumsum(key_len) - key_len
-        self._label_src = key_start[first_a[1:]] + parent_depth if len(ordered) else first_a[1:]
+        self._label_src = _starts(key_len)[first_a[1:]] + parent_depth
         #: the sorted keys, concatenated
-        self._key_bytes = np.frombuffer(b"".join(ordered), dtype=np.uint8)
+        self._key_bytes = np.frombuffer(joined, dtype=np.uint8)
         #: the nodes but the root grouped by parent (children in order within a group)
         self._child_order = np.argsort(self._parent, kind="stable") + 1
         #: bytes of a node that do not depend on payloads or offsets: child count, labels, NULs
@@ -295,6 +261,49 @@ class TrieShape:
             if np.array_equal(new, offsets):
                 return offsets, node_size, child_uleb
             offsets = new
+
+
+def _sorted_keys_tree(ordered: list[bytes]) -> tuple[list[int], list[int], list[int]]:
+    """The nodes of the trie of sorted, distinct keys, in the order they are made: per node
+    its depth (string length), the first key through it and its parent (the root is node 0).
+
+    One step per key: below the common prefix with the previous key, the previous key's path
+    is done with; if that prefix ends inside an edge, a node splits it; the key hangs below.
+    """
+    lcp = [0, *map(_common_prefix_length, ordered, ordered[1:])] if ordered else []
+    depth, first, parent = [0], [0], [-1]
+    # the nodes from the root to the last key
+    path = [0]
+    for i, (key, common) in enumerate(zip(ordered, lcp, strict=True)):
+        if common == len(key):
+            # sorted order puts a key's extensions after it, so only an equal key gets here, or
+            # the empty key first of all (the root is its node)
+            if i:
+                raise ValueError(f"duplicate trie key {key!r}")
+            continue
+        last = -1
+        while depth[path[-1]] > common:
+            last = path.pop()
+        top = path[-1]
+        if depth[top] < common:
+            split = len(depth)
+            depth.append(common)
+            first.append(first[last])
+            parent.append(top)
+            parent[last] = split
+            path.append(split)
+            top = split
+        path.append(len(depth))
+        depth.append(len(key))
+        first.append(i)
+        parent.append(top)
+    return depth, first, parent
+
+
+def _common_prefix_length(a: bytes, b: bytes) -> int:
+    n = min(len(a), len(b))
+    # the highest byte in which the two n-byte prefixes differ
+    return n - ((int.from_bytes(a[:n]) ^ int.from_bytes(b[:n])).bit_length() + 7) // 8
 
 
 def _sum_by_parent(parent: np.ndarray, values: np.ndarray, count: int) -> np.ndarray:

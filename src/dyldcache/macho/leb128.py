@@ -78,6 +78,19 @@ def uleb_encode_array(values: np.ndarray, sizes: np.ndarray | None = None) -> np
 
 def uleb_decode(data: bytes | memoryview, offset: int = 0) -> tuple[int, int]:
     """Decode one ULEB128 at ``offset``; returns (value, offset after it). Raises ValueError."""
+    # one to three bytes (offsets, sizes and addresses below 2 MiB) without the loop
+    try:
+        low = data[offset]
+        if low < 0x80:
+            return low, offset + 1
+        mid = data[offset + 1]
+        if mid < 0x80:
+            return low & 0x7F | mid << 7, offset + 2
+        high = data[offset + 2]
+        if high < 0x80:
+            return low & 0x7F | (mid & 0x7F) << 7 | high << 14, offset + 3
+    except IndexError:
+        pass  # the loop below names the problem
     result = shift = 0
     end = len(data)
     pos = offset
