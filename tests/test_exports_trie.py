@@ -18,6 +18,7 @@ from trie_oracle import export_fields, reference_payload, reference_trie, uleb
 
 from dyldcache.errors import MachOFormatError
 from dyldcache.macho import constants as C
+from dyldcache.macho import exports_trie
 from dyldcache.macho.exports_trie import (
     MAX_KEY_LENGTH,
     Export,
@@ -340,6 +341,20 @@ def test_large_trie_matches_reference() -> None:
     assert len(raw) > 1 << 14
     assert raw == reference_trie(entries)
     assert read_trie(raw, "t", 0) == sorted(entries.items())
+
+
+def test_copies_in_small_steps_give_the_same_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the writer copies labels and payloads a bounded number of bytes at a time: steps smaller
+    # than one payload, and than many labels, must not change the result
+    rng = random.Random(7)
+    entries = {
+        rng.randbytes(rng.randrange(1, 60)).replace(b"\0", b"z"): rng.randbytes(rng.randrange(1, 90))
+        for _ in range(400)
+    }
+    expected = reference_trie(entries)
+    for step in (1, 7, 64, 1 << 20):
+        monkeypatch.setattr(exports_trie, "COPY_STEP", step)
+        assert write_trie(entries.items()) == expected
 
 
 @settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])

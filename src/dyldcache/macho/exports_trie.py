@@ -34,6 +34,9 @@ MAX_KEY_LENGTH = 16384
 
 _U64_MAX = (1 << 64) - 1
 
+#: bytes the trie writer copies per vectorized step
+COPY_STEP = 1 << 20
+
 
 def _walk_trie(data: bytes | memoryview, path: str, base_offset: int) -> list[tuple[bytes, int, int]]:
     """(key, payload start, payload end) of every terminal node, in pre-order.
@@ -320,12 +323,21 @@ def _starts(sizes: np.ndarray) -> np.ndarray:
 def _copy_ranges(
     out: np.ndarray, dst: np.ndarray, src: np.ndarray, src_start: np.ndarray, lengths: np.ndarray
 ) -> None:
-    """``out[dst[i]:][:lengths[i]] = src[src_start[i]:][:lengths[i]]`` for every i, at once."""
-    total = int(lengths.sum())
-    if not total:
-        return
-    within = np.arange(total) - np.repeat(_starts(lengths), lengths)
-    out[np.repeat(dst, lengths) + within] = src[np.repeat(src_start, lengths) + within]
+    """``out[dst[i]:][:lengths[i]] = src[src_start[i]:][:lengths[i]]`` for every i.
+
+    Vectorized over about ``COPY_STEP`` bytes at a time, so that the index arrays (8 bytes per
+    byte copied) stay small whatever the size of the trie.
+    """
+    ends = np.cumsum(lengths)
+    start, done = 0, 0
+    while start < ends.size:
+        stop = max(start + 1, int(np.searchsorted(ends, done + COPY_STEP, side="right")))
+        count = lengths[start:stop]
+        within = np.arange(int(ends[stop - 1]) - done) - np.repeat(_starts(count), count)
+        out[np.repeat(dst[start:stop], count) + within] = src[
+            np.repeat(src_start[start:stop], count) + within
+        ]
+        start, done = stop, int(ends[stop - 1])
 
 
 def write_trie(entries: Iterable[tuple[bytes, bytes]]) -> bytes:
