@@ -218,6 +218,22 @@ def test_export_payload_errors() -> None:
         read_exports(node(b"\x10\x01"), "t", 0)  # resolver missing
 
 
+def test_payloads_off_the_common_path() -> None:
+    def node(payload: bytes) -> bytes:
+        return bytes([0, 1, ord("x"), 0, 5]) + uleb(len(payload)) + payload + b"\x00"
+
+    # flags that take two ULEB bytes (0x80: a bit with no meaning yet), an address of 64 bits
+    # (a 10-byte ULEB), a weak re-export with a long import name
+    assert read_exports(node(uleb(0x80) + uleb(0x1234)), "t", 0) == [Export("x", 0x80, 0x1234)]
+    assert read_exports(node(b"\x00" + uleb(2**64 - 1)), "t", 0) == [Export("x", 0, 2**64 - 1)]
+    reexport = Export("x", 0x0C, ordinal=300, import_name="y" * 200)
+    assert read_exports(node(b"\x0c" + uleb(300) + b"y" * 200 + b"\0"), "t", 0) == [reexport]
+    with pytest.raises(MachOFormatError, match="64 bits"):
+        read_exports(node(b"\x00" + uleb(2**64)), "t", 0)
+    with pytest.raises(MachOFormatError, match="payload is"):
+        read_exports(node(b"\x08\x01y\x00z"), "t", 0)  # a byte after the import name
+
+
 # -- properties -------------------------------------------------------------------------------------
 
 _small_keys = st.lists(st.sampled_from(b"ab_\xff"), max_size=8).map(bytes)

@@ -422,38 +422,34 @@ def read_exports(data: bytes | memoryview, path: str, base_offset: int) -> list[
     append = exports.append
     reexport, stub = C.EXPORT_SYMBOL_FLAGS_REEXPORT, C.EXPORT_SYMBOL_FLAGS_STUB_AND_RESOLVER
     for key, start, end in _walk_trie(buf, path, base_offset):
-        # the common, well-formed payload read inline; anything odd is read again by
-        # _read_payload, which names the problem
+        # a well-formed payload is read inline (every flag fits in one ULEB byte); anything
+        # odd is read again by _read_payload, which names the problem
         try:
-            flags, pos = _uleb_at(buf, start)
+            flags = buf[start]
+            if flags & 0x80 or flags & C.EXPORT_SYMBOL_FLAGS_KIND_MASK == 3:
+                raise ValueError("not read inline")
             if flags & reexport:
-                ordinal, pos = _uleb_at(buf, pos)
+                ordinal, pos = uleb_decode(buf, start + 1)
                 name_end = buf.find(b"\0", pos, end)
                 if name_end < 0:
                     raise ValueError("import name is not NUL-terminated")
                 export = Export(_decode_name(key), flags, 0, 0, ordinal, _decode_name(buf[pos:name_end]))
                 pos = name_end + 1
             else:
-                address, pos = _uleb_at(buf, pos)
+                address, pos = uleb_decode(buf, start + 1)
                 resolver = 0
                 if flags & stub:
-                    resolver, pos = _uleb_at(buf, pos)
+                    resolver, pos = uleb_decode(buf, pos)
                 export = Export(_decode_name(key), flags, address, resolver)
-            if (
-                pos != end
-                or flags & C.EXPORT_SYMBOL_FLAGS_KIND_MASK == 3
-                or (max(flags, export.address, export.resolver, export.ordinal) > _U64_MAX)
+            # a ULEB of 9 bytes or fewer holds at most 63 bits
+            if pos != end or (
+                end - start > 9 and max(export.address, export.resolver, export.ordinal) > _U64_MAX
             ):
-                raise ValueError("malformed payload")
-        except (ValueError, IndexError):
+                raise ValueError("not read inline")
+        except ValueError:
             export = _read_payload(buf, key, start, end, path, base_offset)
         append(export)
     return exports
-
-
-def _uleb_at(buf: bytes, pos: int) -> tuple[int, int]:
-    byte = buf[pos]
-    return (byte, pos + 1) if byte < 0x80 else uleb_decode(buf, pos)
 
 
 def _read_payload(buf: bytes, key: bytes, start: int, end: int, path: str, base_offset: int) -> Export:
