@@ -273,11 +273,16 @@ def _sorted_keys_tree(ordered: list[bytes]) -> tuple[list[int], list[int], list[
     One step per key: below the common prefix with the previous key, the previous key's path
     is done with; if that prefix ends inside an edge, a node splits it; the key hangs below.
     """
-    lcp = [0, *map(_common_prefix_length, ordered, ordered[1:])] if ordered else []
     depth, first, parent = [0], [0], [-1]
     # the nodes from the root to the last key
     path = [0]
-    for i, (key, common) in enumerate(zip(ordered, lcp, strict=True)):
+    prev = b""
+    from_bytes = int.from_bytes
+    for i, key in enumerate(ordered):
+        # the common prefix with the previous key: the highest byte in which their first n
+        # bytes differ
+        n = min(len(prev), len(key))
+        common = n - ((from_bytes(prev[:n]) ^ from_bytes(key[:n])).bit_length() + 7) // 8
         if common == len(key):
             # sorted order puts a key's extensions after it, so only an equal key gets here, or
             # the empty key first of all (the root is its node)
@@ -300,13 +305,8 @@ def _sorted_keys_tree(ordered: list[bytes]) -> tuple[list[int], list[int], list[
         depth.append(len(key))
         first.append(i)
         parent.append(top)
+        prev = key
     return depth, first, parent
-
-
-def _common_prefix_length(a: bytes, b: bytes) -> int:
-    n = min(len(a), len(b))
-    # the highest byte in which the two n-byte prefixes differ
-    return n - ((int.from_bytes(a[:n]) ^ int.from_bytes(b[:n])).bit_length() + 7) // 8
 
 
 def _sum_by_parent(parent: np.ndarray, values: np.ndarray, count: int) -> np.ndarray:
