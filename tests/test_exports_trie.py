@@ -4,27 +4,36 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import random
 import re
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import LLVM_OBJDUMP, shared_path, time_limit, tool
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from trie_oracle import export_fields, reference_payload, reference_trie, uleb
 
 from dyldcache.errors import MachOFormatError
 from dyldcache.macho import constants as C
+from dyldcache.macho import exports_trie
 from dyldcache.macho.exports_trie import (
     MAX_KEY_LENGTH,
     Export,
+    TrieShape,
+    export_payload,
+    export_payload_sizes,
+    packed_export_payloads,
     read_exports,
     read_trie,
     write_exports,
     write_trie,
 )
 from dyldcache.macho.file import MachOFile, open_macho
-from dyldcache.macho.leb128 import uleb_decode, uleb_size
+from dyldcache.macho.leb128 import uleb_decode, uleb_encode_array, uleb_size, uleb_sizes
+from dyldcache.names import encode_name
 
 # -- hand-assembled bytes ---------------------------------------------------------------------------
 
@@ -209,6 +218,22 @@ def test_export_payload_errors() -> None:
         read_exports(node(b"\x10\x01"), "t", 0)  # resolver missing
 
 
+def test_payloads_off_the_common_path() -> None:
+    def node(payload: bytes) -> bytes:
+        return bytes([0, 1, ord("x"), 0, 5]) + uleb(len(payload)) + payload + b"\x00"
+
+    # flags that take two ULEB bytes (0x80: a bit with no meaning yet), an address of 64 bits
+    # (a 10-byte ULEB), a weak re-export with a long import name
+    assert read_exports(node(uleb(0x80) + uleb(0x1234)), "t", 0) == [Export("x", 0x80, 0x1234)]
+    assert read_exports(node(b"\x00" + uleb(2**64 - 1)), "t", 0) == [Export("x", 0, 2**64 - 1)]
+    reexport = Export("x", 0x0C, ordinal=300, import_name="y" * 200)
+    assert read_exports(node(b"\x0c" + uleb(300) + b"y" * 200 + b"\0"), "t", 0) == [reexport]
+    with pytest.raises(MachOFormatError, match="64 bits"):
+        read_exports(node(b"\x00" + uleb(2**64)), "t", 0)
+    with pytest.raises(MachOFormatError, match="payload is"):
+        read_exports(node(b"\x08\x01y\x00z"), "t", 0)  # a byte after the import name
+
+
 # -- properties -------------------------------------------------------------------------------------
 
 _small_keys = st.lists(st.sampled_from(b"ab_\xff"), max_size=8).map(bytes)
@@ -280,40 +305,175 @@ def test_trie_rejects_a_duplicate(entries: list[tuple[bytes, bytes]]) -> None:
         write_trie([*entries, (entries[0][0], b"\x01")])
 
 
-_names = st.text(
-    st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)), min_size=1, max_size=24
-)
-_u64 = st.integers(0, 2**64 - 1)
-
-
-@st.composite
-def exports(draw: st.DrawFn) -> list[Export]:
-    names = draw(st.lists(_names, unique=True, max_size=30))
-    out = []
-    for name in names:
-        weak = C.EXPORT_SYMBOL_FLAGS_WEAK_DEFINITION if draw(st.booleans()) else 0
-        kind = draw(st.sampled_from(["regular", "tls", "absolute", "resolver", "reexport"]))
-        if kind == "regular":
-            out.append(Export(name, weak, draw(_u64)))
-        elif kind == "tls":
-            out.append(Export(name, weak | C.EXPORT_SYMBOL_FLAGS_KIND_THREAD_LOCAL, draw(_u64)))
-        elif kind == "absolute":
-            out.append(Export(name, C.EXPORT_SYMBOL_FLAGS_KIND_ABSOLUTE, draw(_u64)))
-        elif kind == "resolver":
-            out.append(Export(name, weak | C.EXPORT_SYMBOL_FLAGS_STUB_AND_RESOLVER, draw(_u64), draw(_u64)))
-        else:
-            import_name = draw(st.one_of(st.just(""), _names))
-            out.append(
-                Export(name, C.EXPORT_SYMBOL_FLAGS_REEXPORT, ordinal=draw(_u64), import_name=import_name)
-            )
-    return out
+exports = export_fields().map(lambda fields: [Export(**f) for f in fields])  # type: ignore[arg-type]
 
 
 @settings(max_examples=300)
-@given(exports())
+@given(exports)
 def test_exports_round_trip(items: list[Export]) -> None:
     raw = write_exports(items)
     assert read_exports(raw, "t", 0) == sorted(items, key=lambda e: e.name.encode())
+
+
+# -- against a writer written from the format rules (trie_oracle) ---------------------------------
+
+_long_keys = st.tuples(
+    st.binary(min_size=100, max_size=700).map(lambda b: b.replace(b"\0", b"x")),
+    st.lists(st.lists(st.sampled_from(b"ab\x80"), max_size=6).map(bytes), min_size=1, max_size=12),
+).map(lambda t: {t[0] + suffix for suffix in t[1]} | {t[0][: len(t[0]) // 2]})
+
+
+@st.composite
+def mixed_entries(draw: st.DrawFn) -> dict[bytes, bytes]:
+    """Short random keys with added prefixes, and groups of long keys sharing a long prefix."""
+    keys = {k for k, _ in draw(trie_entries())}
+    for group in draw(st.lists(_long_keys, max_size=3)):
+        keys |= group
+    payload = st.one_of(st.binary(min_size=1, max_size=12), st.binary(min_size=120, max_size=300))
+    return {k: draw(payload) for k in keys}
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(mixed_entries(), st.randoms(use_true_random=False))
+def test_writer_matches_reference(entries: dict[bytes, bytes], rng: random.Random) -> None:
+    items = list(entries.items())
+    rng.shuffle(items)  # the input order does not matter
+    assert write_trie(items) == reference_trie(entries)
+
+
+def test_large_trie_matches_reference() -> None:
+    # enough bytes that child offsets need 3-byte ULEBs (>= 16384), nodes with many children
+    # (every byte value 1..255 starts a key), keys that are prefixes of others, long shared
+    # prefixes: the offset fixed point takes several passes here
+    rng = random.Random(12)
+    entries = {bytes([b]): bytes([b]) * (b % 7 + 1) for b in range(1, 256)}
+    stem = bytes(rng.randrange(1, 256) for _ in range(300))
+    for _ in range(1500):
+        key = bytes(rng.choice(b"_Zab\xc3") for _ in range(rng.randrange(1, 30)))
+        entries[key] = rng.randbytes(rng.choice((1, 3, 40, 200)))
+        entries[stem + key] = b"\x01"
+        entries[key[: rng.randrange(len(key) + 1)]] = b"\x02\x03"
+    raw = write_trie(entries.items())
+    assert len(raw) > 1 << 14
+    assert raw == reference_trie(entries)
+    assert read_trie(raw, "t", 0) == sorted(entries.items())
+
+
+def test_copies_in_small_steps_give_the_same_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the writer copies labels and payloads a bounded number of bytes at a time: steps smaller
+    # than one payload, and than many labels, must not change the result
+    rng = random.Random(7)
+    entries = {
+        rng.randbytes(rng.randrange(1, 60)).replace(b"\0", b"z"): rng.randbytes(rng.randrange(1, 90))
+        for _ in range(400)
+    }
+    expected = reference_trie(entries)
+    for step in (1, 7, 64, 1 << 20):
+        monkeypatch.setattr(exports_trie, "COPY_STEP", step)
+        assert write_trie(entries.items()) == expected
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(mixed_entries(), st.data())
+def test_shape_serves_several_encodings(entries: dict[bytes, bytes], data: st.DataObject) -> None:
+    keys = list(entries)
+    shape = TrieShape(keys)
+    other = [data.draw(st.binary(min_size=1, max_size=200)) for _ in keys]
+    for payloads in ([entries[k] for k in keys], other):
+        raw = shape.encode(payloads)
+        assert raw == reference_trie(dict(zip(keys, payloads, strict=True)))
+        assert shape.size(np.array([len(p) for p in payloads], dtype=np.int64)) == len(raw)
+
+
+@given(mixed_entries(), st.data())
+def test_shape_rejects_nul_and_empty_payloads(entries: dict[bytes, bytes], data: st.DataObject) -> None:
+    keys = list(entries)
+    if not keys:
+        return
+    victim = data.draw(st.sampled_from(keys))
+    at = data.draw(st.integers(0, len(victim)))
+    with pytest.raises(ValueError, match="NUL"):
+        TrieShape([*keys, victim[:at] + b"\0" + victim[at:]])
+    payloads = [entries[k] for k in keys]
+    payloads[keys.index(victim)] = b""
+    with pytest.raises(ValueError, match="empty payload"):
+        TrieShape(keys).encode(payloads)
+    with pytest.raises(ValueError, match="empty payload"):
+        write_trie(zip(keys, payloads, strict=True))
+
+
+@given(st.lists(st.one_of(st.integers(0, 2**64 - 1), st.sampled_from([0, 127, 128, 2**63, 2**64 - 1]))))
+def test_vectorized_uleb_matches_reference(values: list[int]) -> None:
+    array = np.array(values, dtype=np.uint64)
+    assert uleb_encode_array(array).tobytes() == b"".join(uleb(v) for v in values)
+    assert uleb_sizes(array).tolist() == [len(uleb(v)) for v in values]
+
+
+@given(st.integers(0, 2**70), st.binary(max_size=4), st.binary(max_size=3))
+def test_uleb_decode_matches_reference(value: int, before: bytes, after: bytes) -> None:
+    raw = uleb(value)
+    data = before + raw + after
+    if len(raw) > 10:
+        with pytest.raises(ValueError, match="too long"):
+            uleb_decode(data, len(before))
+    else:
+        assert uleb_decode(data, len(before)) == (value, len(before) + len(raw))
+    # cut anywhere inside the number: it runs past the end
+    for cut in range(len(before), len(before) + min(len(raw), 10)):
+        with pytest.raises(ValueError, match="past the end"):
+            uleb_decode(memoryview(data)[:cut], len(before))
+
+
+def _moved_reference(e: Export, move: int) -> bytes:
+    resolver = e.resolver + move if e.flags & C.EXPORT_SYMBOL_FLAGS_STUB_AND_RESOLVER else e.resolver
+    return reference_payload(e.flags, e.address + move, resolver, e.ordinal, encode_name(e.import_name))
+
+
+@settings(max_examples=300)
+@given(exports, st.data())
+def test_packed_payloads_match_reference(items: list[Export], data: st.DataObject) -> None:
+    # moves that keep every field within 64 bits
+    moves = [
+        0
+        if e.flags & C.EXPORT_SYMBOL_FLAGS_REEXPORT
+        else data.draw(st.integers(0, 2**64 - 1 - max(e.address, e.resolver)))
+        for e in items
+    ]
+    unmoved = [_moved_reference(e, 0) for e in items]
+    expected = [_moved_reference(e, m) for e, m in zip(items, moves, strict=True)]
+    for got_moves, want in ((None, unmoved), (moves, expected)):
+        raw, sizes = packed_export_payloads(items, got_moves)
+        assert raw.tobytes() == b"".join(want)
+        assert sizes.tolist() == [len(p) for p in want]
+        assert export_payload_sizes(items, got_moves).tolist() == sizes.tolist()
+    names = [encode_name(e.name) for e in items]
+    assert write_exports(items) == reference_trie(dict(zip(names, unmoved, strict=True)))
+
+
+def test_packed_payloads_reject_what_export_payload_rejects() -> None:
+    good = Export("_g", 0, 0x10)
+    bad = [
+        Export("_f", 3),  # kind 3 does not exist
+        Export("_f", 0, 1, resolver=2),  # a resolver without the flag
+        Export("_f", 0, 1, ordinal=2),  # an ordinal without REEXPORT
+        Export("_f", 0, 1, import_name="x"),
+        Export("_f", C.EXPORT_SYMBOL_FLAGS_REEXPORT, address=4, ordinal=1),
+        Export("_f", C.EXPORT_SYMBOL_FLAGS_REEXPORT, ordinal=1, import_name="a\0b"),
+        Export("_f", 0, -1),
+        Export("_f", 0, 2**64),
+        Export("_f", -1),
+    ]
+    for e in bad:
+        with pytest.raises(ValueError) as expected:
+            export_payload(e)
+        for fn in (packed_export_payloads, export_payload_sizes):
+            with pytest.raises(ValueError) as got:
+                fn([good, e])
+            assert str(got.value) == str(expected.value)
+    # a move that takes an address past 64 bits, or below 0
+    for move in (1, -0x11):
+        with pytest.raises(ValueError):
+            packed_export_payloads([Export("_f", 0, 2**64 - 1 if move > 0 else 0x10)], [move])
 
 
 # -- llvm-objdump as oracle -------------------------------------------------------------------------

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..macho.exports_trie import Export, TrieShape, export_payload
+from ..macho import constants as C
+from ..macho.exports_trie import Export, TrieShape, export_payload_sizes, packed_export_payloads
 from ..names import encode_name
 
 #: exports the linker reads and the cache drops
@@ -23,22 +24,30 @@ ESTIMATE_DELTA = 1 << 31
 def encode_exports(exports: list[Export], delta: Callable[[Export], int]) -> bytes:
     """The trie of the cached ``exports`` (the input's, in trie order), each regular or
     thread-local offset (and resolver) moved by ``delta(export)``; padded to 8 bytes."""
-    kept = [e for e in exports if not e.name.startswith(SKIPPED_EXPORT_PREFIXES)]
+    kept = _kept(exports)
     shape = TrieShape(encode_name(e.name) for e in kept)
-    payloads = []
-    for e in kept:
-        if e.is_reexport or e.is_absolute:
-            payloads.append(export_payload(e))
-            continue
-        d = delta(e)
-        resolver = e.resolver + d if e.is_resolver else e.resolver
-        payloads.append(
-            export_payload(Export(e.name, e.flags, e.address + d, resolver, e.ordinal, e.import_name))
-        )
-    raw = shape.encode(payloads)
+    moves = [delta(e) if _moves(e.flags) else 0 for e in kept]
+    raw = shape.encode_packed(*packed_export_payloads(kept, moves))
     return raw + bytes(-len(raw) % 8)
 
 
 def exports_size_bound(exports: list[Export]) -> int:
-    """Bytes the rebuilt trie can take at most, whatever the layout."""
-    return len(encode_exports(exports, lambda _e: ESTIMATE_DELTA))
+    """Bytes the rebuilt trie can take at most, whatever the layout: the length of
+    :func:`encode_exports` with every delta ``ESTIMATE_DELTA``, without writing it."""
+    kept = _kept(exports)
+    shape = TrieShape(encode_name(e.name) for e in kept)
+    moves = [ESTIMATE_DELTA if _moves(e.flags) else 0 for e in kept]
+    size = shape.size(export_payload_sizes(kept, moves))
+    return size + -size % 8
+
+
+def _kept(exports: list[Export]) -> list[Export]:
+    return [e for e in exports if not e.name.startswith(SKIPPED_EXPORT_PREFIXES)]
+
+
+def _moves(flags: int) -> bool:
+    """Whether an export's address is an offset in the image, which moves with its segment
+    (not a re-export's, nor an absolute value)."""
+    return not flags & C.EXPORT_SYMBOL_FLAGS_REEXPORT and (
+        flags & C.EXPORT_SYMBOL_FLAGS_KIND_MASK != C.EXPORT_SYMBOL_FLAGS_KIND_ABSOLUTE
+    )

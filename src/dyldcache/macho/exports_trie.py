@@ -22,15 +22,20 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..errors import MachOFormatError
 from . import constants as C
-from .leb128 import Cursor, uleb_decode, uleb_encode
+from .leb128 import Cursor, uleb_decode, uleb_encode, uleb_encode_array, uleb_sizes
 
 #: longest key accepted from a file. Real keys are symbol names or install names (C++ and Swift
 #: names reach a few KB); the limit also bounds the depth, since every edge label is non-empty.
 MAX_KEY_LENGTH = 16384
 
 _U64_MAX = (1 << 64) - 1
+
+#: bytes the trie writer copies per vectorized step
+COPY_STEP = 1 << 20
 
 
 def _walk_trie(data: bytes | memoryview, path: str, base_offset: int) -> list[tuple[bytes, int, int]]:
@@ -53,12 +58,19 @@ def _walk_trie(data: bytes | memoryview, path: str, base_offset: int) -> list[tu
         except ValueError as exc:
             raise error(pos, str(exc)) from None
 
+    find = buf.find
     out: list[tuple[bytes, int, int]] = []
-    visited = {0}
+    visited = bytearray(size)
+    visited[0] = 1
     stack: list[tuple[int, bytes]] = [(0, b"")]
+    pop, push = stack.pop, stack.append
     while stack:
-        node, key = stack.pop()
-        term_size, pos = uleb(node)
+        node, key = pop()
+        # every node offset is inside the data; one-byte ULEBs (nearly all) are read inline
+        term_size = buf[node]
+        pos = node + 1
+        if term_size >= 0x80:
+            term_size, pos = uleb(node)
         if term_size:
             end = pos + term_size
             if end > size:
@@ -71,9 +83,11 @@ def _walk_trie(data: bytes | memoryview, path: str, base_offset: int) -> list[tu
             raise error(pos, "node's child count is past the end of the trie")
         count = buf[pos]
         pos += 1
-        children: list[tuple[int, bytes]] = []
+        # children are pushed last first, so the first child is popped first: pre-order, in
+        # stored order
+        first = len(stack)
         for _ in range(count):
-            label_end = buf.find(b"\0", pos)
+            label_end = find(b"\0", pos)
             if label_end < 0:
                 raise error(pos, "edge label is not NUL-terminated")
             # ld64 before ~2019 wrote an empty label for a symbol that is also a prefix of
@@ -81,18 +95,22 @@ def _walk_trie(data: bytes | memoryview, path: str, base_offset: int) -> list[tu
             child_key = key + buf[pos:label_end]
             if len(child_key) > MAX_KEY_LENGTH:
                 raise error(pos, f"key longer than {MAX_KEY_LENGTH} bytes")
-            child, next_pos = uleb(label_end + 1)
+            pos = label_end + 1
+            child = buf[pos] if pos < size else 0x80
+            if child < 0x80:
+                pos += 1
+            else:
+                child, pos = uleb(label_end + 1)
             if child == 0 or child >= size:
                 raise error(
                     label_end + 1, f"child node offset {child:#x} is outside the trie (size {size:#x})"
                 )
-            if child in visited:
+            if visited[child]:
                 raise error(label_end + 1, f"node {child:#x} is reached twice (loop or shared node)")
-            visited.add(child)
-            children.append((child, child_key))
-            pos = next_pos
-        # reversed, so the first child is popped first: pre-order, children in stored order
-        stack.extend(reversed(children))
+            visited[child] = 1
+            push((child, child_key))
+        if count > 1:
+            stack[first:] = stack[first:][::-1]
     return out
 
 
@@ -105,49 +123,66 @@ def read_trie(data: bytes | memoryview, path: str, base_offset: int) -> list[tup
     return [(key, buf[start:end]) for key, start, end in _walk_trie(buf, path, base_offset)]
 
 
-class _Node:
-    __slots__ = ("edges", "payload")
-
-    def __init__(self) -> None:
-        self.payload: bytes | None = None
-        #: first byte of the label -> (label, child)
-        self.edges: dict[int, tuple[bytes, _Node]] = {}
-
-
 class TrieShape:
     """The node structure of a trie for a fixed set of keys.
 
     Nodes are in pre-order with children in byte order of their labels. Encoding payloads
     into a shape is cheap, so one shape can serve several encodings of the same keys (the
     cache builder sizes a dylib's export trie, then writes it again with final addresses).
+
+    The shape is built from the sorted keys in one step per key: a node of the trie is the
+    root, a key, or the common prefix of two keys adjacent in sorted order, and the nodes
+    sorted by their strings are the pre-order (a prefix sorts first, then children in byte
+    order). Node arrays below are in that order; node 0 is the root, and every other node
+    comes after its parent.
     """
 
-    __slots__ = ("_children", "_fixed", "_labels", "_terminal", "keys")
+    __slots__ = (
+        "_child_order",
+        "_fixed",
+        "_key_bytes",
+        "_label_len",
+        "_label_src",
+        "_parent",
+        "_terminal",
+        "keys",
+    )
 
     def __init__(self, keys: Iterable[bytes]) -> None:
-        root = _Node()
-        self.keys: list[bytes] = []
-        for key in keys:
-            key = bytes(key)
-            if b"\0" in key:
-                raise ValueError(f"trie key {key!r} contains a NUL byte")
-            # the payload slot holds the key's index until encoding time
-            _insert(root, key, len(self.keys).to_bytes(4, "little"))
-            self.keys.append(key)
-        # pre-order with an explicit stack: keys can be long enough to exhaust Python's recursion
-        order: list[_Node] = []
-        stack = [root]
-        while stack:
-            node = stack.pop()
-            order.append(node)
-            stack.extend(child for _, (_, child) in sorted(node.edges.items(), reverse=True))
-        index = {id(n): i for i, n in enumerate(order)}
-        #: per node: the index of its key, or -1 for a node with no entry
-        self._terminal = [-1 if n.payload is None else int.from_bytes(n.payload, "little") for n in order]
-        self._children = [[index[id(c)] for _, (_, c) in sorted(n.edges.items())] for n in order]
-        self._labels = [[label for _, (label, _) in sorted(n.edges.items())] for n in order]
+        self.keys: list[bytes] = list(map(bytes, keys))
+        order = sorted(range(len(self.keys)), key=self.keys.__getitem__)
+        ordered = [self.keys[i] for i in order]
+        joined = b"".join(ordered)
+        if b"\0" in joined:
+            bad = next(k for k in self.keys if b"\0" in k)
+            raise ValueError(f"trie key {bad!r} contains a NUL byte")
+        depth, first, parent = _sorted_keys_tree(ordered)
+        depth_a = np.array(depth, dtype=np.int64)
+        first_a = np.array(first, dtype=np.int64)
+        pre = np.lexsort((depth_a, first_a))
+        rank = np.empty_like(pre)
+        rank[pre] = np.arange(pre.size)
+        depth_a = depth_a[pre]
+        first_a = first_a[pre]
+        key_len = np.fromiter(map(len, ordered), dtype=np.int64, count=len(ordered))
+        #: per node: the index in ``keys`` of the key ending at it, or -1 (a node is a key's
+        #: when it is as long as the first key through it)
+        self._terminal = np.full(pre.size, -1, dtype=np.int64)
+        if ordered:
+            ends = depth_a == key_len[first_a]
+            self._terminal[ends] = np.array(order, dtype=np.int64)[first_a[ends]]
+        #: per node but the root: its parent
+        self._parent = rank[np.array(parent, dtype=np.int64)[pre[1:]]]
+        parent_depth = depth_a[self._parent]
+        #: per node but the root: its edge label, as a range of ``_key_bytes``
+        self._label_len = depth_a[1:] - parent_depth
+        self._label_src = _starts(key_len)[first_a[1:]] + parent_depth
+        #: the sorted keys, concatenated
+        self._key_bytes = np.frombuffer(joined, dtype=np.uint8)
+        #: the nodes but the root grouped by parent (children in order within a group)
+        self._child_order = np.argsort(self._parent, kind="stable") + 1
         #: bytes of a node that do not depend on payloads or offsets: child count, labels, NULs
-        self._fixed = [1 + sum(len(label) + 1 for label in labels) for labels in self._labels]
+        self._fixed = 1 + _sum_by_parent(self._parent, self._label_len + 1, pre.size)
 
     def encode(self, payloads: list[bytes]) -> bytes:
         """The trie with ``payloads[i]`` as the terminal payload of ``keys[i]``."""
@@ -155,52 +190,154 @@ class TrieShape:
             return b""
         if len(payloads) != len(self.keys):
             raise ValueError(f"{len(payloads)} payloads for {len(self.keys)} keys")
+        sizes = np.fromiter(map(len, payloads), dtype=np.int64, count=len(payloads))
+        return self.encode_packed(np.frombuffer(b"".join(payloads), dtype=np.uint8), sizes)
+
+    def size(self, payload_sizes: np.ndarray) -> int:
+        """Length of :meth:`encode_packed`'s result for payloads of these sizes."""
+        if not self.keys:
+            return 0
+        offsets, node_size, _ = self._layout(payload_sizes)
+        return int(offsets[-1] + node_size[-1])
+
+    def encode_packed(self, payload_bytes: np.ndarray, payload_sizes: np.ndarray) -> bytes:
+        """:meth:`encode` with the payloads concatenated in key order: ``payload_sizes[i]``
+        bytes of ``payload_bytes`` (uint8) for ``keys[i]``."""
+        if not self.keys:
+            return b""
+        offsets, node_size, child_uleb = self._layout(payload_sizes)
+        out = np.zeros(int(offsets[-1] + node_size[-1]), dtype=np.uint8)
         terminal = self._terminal
-        children = self._children
-        n = len(terminal)
-        head = []
-        for t in terminal:
-            if t < 0:
-                head.append(1)
-            else:
-                size = len(payloads[t])
-                if size == 0:
-                    raise ValueError(f"trie key {self.keys[t]!r} has an empty payload")
-                head.append(((size.bit_length() + 6) // 7 or 1) + size)
-        base = [h + f for h, f in zip(head, self._fixed, strict=True)]
-        offsets = [0] * n
+        # terminal nodes: ULEB payload size, payload (a node with no entry has a 0 there)
+        nodes = np.flatnonzero(terminal >= 0)
+        keys = terminal[nodes]
+        sizes = payload_sizes[keys]
+        size_len = uleb_sizes(sizes)
+        _copy_ranges(out, offsets[nodes], uleb_encode_array(sizes, size_len), _starts(size_len), size_len)
+        payload_start = _starts(payload_sizes)
+        _copy_ranges(out, offsets[nodes] + size_len, payload_bytes, payload_start[keys], sizes)
+        count_at = offsets + 1
+        count_at[nodes] += size_len + sizes - 1
+        # edges are keyed by their first byte, never NUL: at most 255 children
+        out[count_at] = np.bincount(self._parent, minlength=offsets.size)
+        # each child, grouped by parent: label, NUL, ULEB offset of the child
+        kids = self._child_order
+        label_len = self._label_len[kids - 1]
+        kid_uleb = child_uleb[kids - 1]
+        entry = label_len + 1 + kid_uleb
+        before = np.cumsum(entry) - entry
+        owner = self._parent[kids - 1]
+        group_start = np.ones(kids.size, dtype=bool)
+        group_start[1:] = owner[1:] != owner[:-1]
+        before -= np.maximum.accumulate(np.where(group_start, before, 0))
+        entry_at = count_at[owner] + 1 + before
+        _copy_ranges(out, entry_at, self._key_bytes, self._label_src[kids - 1], label_len)
+        _copy_ranges(
+            out,
+            entry_at + label_len + 1,
+            uleb_encode_array(offsets[kids], kid_uleb),
+            _starts(kid_uleb),
+            kid_uleb,
+        )
+        return out.tobytes()
+
+    def _layout(self, payload_sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per node: offset and size; per node but the root: ULEB length of its offset."""
+        if payload_sizes.size != len(self.keys):
+            raise ValueError(f"{payload_sizes.size} payloads for {len(self.keys)} keys")
+        terminal = self._terminal
+        is_terminal = terminal >= 0
+        sizes = payload_sizes[terminal[is_terminal]]
+        if not sizes.all():
+            key = self.keys[int(terminal[is_terminal][np.argmin(sizes != 0)])]
+            raise ValueError(f"trie key {key!r} has an empty payload")
+        head = np.ones(terminal.size, dtype=np.int64)
+        head[is_terminal] = uleb_sizes(sizes) + sizes
+        base = head + self._fixed
+        offsets = np.zeros(terminal.size, dtype=np.int64)
         # offsets only grow from one pass to the next (a larger offset never shrinks a ULEB),
         # so this reaches a fixed point, in practice after two or three passes
         while True:
-            pos = 0
-            changed = False
-            for i in range(n):
-                if offsets[i] != pos:
-                    offsets[i] = pos
-                    changed = True
-                size = base[i]
-                for c in children[i]:
-                    size += (offsets[c].bit_length() + 6) // 7 or 1
-                pos += size
-            if not changed:
-                break
-        out = bytearray()
-        for i in range(n):
-            t = terminal[i]
-            if t < 0:
-                out.append(0)
-            else:
-                out += uleb_encode(len(payloads[t]))
-                out += payloads[t]
-            kids = children[i]
-            # edges are keyed by their first byte, never NUL: at most 255 of them
-            out.append(len(kids))
-            for label, c in zip(self._labels[i], kids, strict=True):
-                out += label
-                out.append(0)
-                out += uleb_encode(offsets[c])
-        assert len(out) == pos
-        return bytes(out)
+            child_uleb = uleb_sizes(offsets[1:])
+            node_size = base + _sum_by_parent(self._parent, child_uleb, terminal.size)
+            new = _starts(node_size)
+            if np.array_equal(new, offsets):
+                return offsets, node_size, child_uleb
+            offsets = new
+
+
+def _sorted_keys_tree(ordered: list[bytes]) -> tuple[list[int], list[int], list[int]]:
+    """The nodes of the trie of sorted, distinct keys, in the order they are made: per node
+    its depth (string length), the first key through it and its parent (the root is node 0).
+
+    One step per key: below the common prefix with the previous key, the previous key's path
+    is done with; if that prefix ends inside an edge, a node splits it; the key hangs below.
+    """
+    depth, first, parent = [0], [0], [-1]
+    # the nodes from the root to the last key
+    path = [0]
+    prev = b""
+    from_bytes = int.from_bytes
+    for i, key in enumerate(ordered):
+        # the common prefix with the previous key: the highest byte in which their first n
+        # bytes differ
+        n = min(len(prev), len(key))
+        common = n - ((from_bytes(prev[:n]) ^ from_bytes(key[:n])).bit_length() + 7) // 8
+        if common == len(key):
+            # sorted order puts a key's extensions after it, so only an equal key gets here, or
+            # the empty key first of all (the root is its node)
+            if i:
+                raise ValueError(f"duplicate trie key {key!r}")
+            continue
+        last = -1
+        while depth[path[-1]] > common:
+            last = path.pop()
+        top = path[-1]
+        if depth[top] < common:
+            split = len(depth)
+            depth.append(common)
+            first.append(first[last])
+            parent.append(top)
+            parent[last] = split
+            path.append(split)
+            top = split
+        path.append(len(depth))
+        depth.append(len(key))
+        first.append(i)
+        parent.append(top)
+        prev = key
+    return depth, first, parent
+
+
+def _sum_by_parent(parent: np.ndarray, values: np.ndarray, count: int) -> np.ndarray:
+    """Per node: the sum of ``values`` over its children (int64)."""
+    return np.bincount(parent, weights=values, minlength=count).astype(np.int64)
+
+
+def _starts(sizes: np.ndarray) -> np.ndarray:
+    """Where each of consecutive pieces of ``sizes`` bytes starts."""
+    starts: np.ndarray = np.cumsum(sizes) - sizes
+    return starts
+
+
+def _copy_ranges(
+    out: np.ndarray, dst: np.ndarray, src: np.ndarray, src_start: np.ndarray, lengths: np.ndarray
+) -> None:
+    """``out[dst[i]:][:lengths[i]] = src[src_start[i]:][:lengths[i]]`` for every i.
+
+    Vectorized over about ``COPY_STEP`` bytes at a time, so that the index arrays (8 bytes per
+    byte copied) stay small whatever the size of the trie.
+    """
+    ends = np.cumsum(lengths)
+    start, done = 0, 0
+    while start < ends.size:
+        stop = max(start + 1, int(np.searchsorted(ends, done + COPY_STEP, side="right")))
+        count = lengths[start:stop]
+        within = np.arange(int(ends[stop - 1]) - done) - np.repeat(_starts(count), count)
+        out[np.repeat(dst[start:stop], count) + within] = src[
+            np.repeat(src_start[start:stop], count) + within
+        ]
+        start, done = stop, int(ends[stop - 1])
 
 
 def write_trie(entries: Iterable[tuple[bytes, bytes]]) -> bytes:
@@ -216,41 +353,6 @@ def write_trie(entries: Iterable[tuple[bytes, bytes]]) -> bytes:
             raise ValueError(f"trie key {key!r} has an empty payload (a terminal size of 0 means 'no entry')")
     shape = TrieShape(k for k, _ in pairs)
     return shape.encode([p for _, p in pairs])
-
-
-def _insert(root: _Node, key: bytes, payload: bytes) -> None:
-    node = root
-    rest = key
-    while True:
-        if not rest:
-            if node.payload is not None:
-                raise ValueError(f"duplicate trie key {key!r}")
-            node.payload = payload
-            return
-        edge = node.edges.get(rest[0])
-        if edge is None:
-            leaf = _Node()
-            leaf.payload = payload
-            node.edges[rest[0]] = (rest, leaf)
-            return
-        label, child = edge
-        common = _common_prefix(label, rest)
-        if common == len(label):
-            node, rest = child, rest[common:]
-            continue
-        # split the edge: node -label[:common]-> middle -label[common:]-> child
-        middle = _Node()
-        middle.edges[label[common]] = (label[common:], child)
-        node.edges[rest[0]] = (label[:common], middle)
-        node, rest = middle, rest[common:]
-
-
-def _common_prefix(a: bytes, b: bytes) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 # -- exports ----------------------------------------------------------------------------------------
@@ -317,27 +419,60 @@ def read_exports(data: bytes | memoryview, path: str, base_offset: int) -> list[
     """Every export of a trie, in trie pre-order (``base_offset`` = file offset of ``data[0]``)."""
     buf = bytes(data)
     exports: list[Export] = []
+    append = exports.append
+    reexport, stub = C.EXPORT_SYMBOL_FLAGS_REEXPORT, C.EXPORT_SYMBOL_FLAGS_STUB_AND_RESOLVER
     for key, start, end in _walk_trie(buf, path, base_offset):
-        cur = Cursor(buf[start:end], path, base_offset + start, f"export {_decode_name(key)!r}")
-        flags = cur.uleb()
-        if flags & C.EXPORT_SYMBOL_FLAGS_KIND_MASK == 3:
-            raise cur.error(f"unknown export kind 3 in flags {flags:#x}", 0)
-        address = resolver = ordinal = 0
-        import_name = ""
-        if flags & C.EXPORT_SYMBOL_FLAGS_REEXPORT:
-            ordinal = cur.uleb()
-            import_name = _decode_name(cur.cstring())
-        elif flags & C.EXPORT_SYMBOL_FLAGS_STUB_AND_RESOLVER:
-            address = cur.uleb()
-            resolver = cur.uleb()
-        else:
-            address = cur.uleb()
-        if not cur.at_end():
-            raise cur.error(f"payload is {end - start} bytes but its fields take {cur.pos}")
-        if max(flags, address, resolver, ordinal) > _U64_MAX:
-            raise cur.error("a payload field does not fit in 64 bits", 0)
-        exports.append(Export(_decode_name(key), flags, address, resolver, ordinal, import_name))
+        # a well-formed payload is read inline (every flag fits in one ULEB byte); anything
+        # odd is read again by _read_payload, which names the problem
+        try:
+            flags = buf[start]
+            if flags & 0x80 or flags & C.EXPORT_SYMBOL_FLAGS_KIND_MASK == 3:
+                raise ValueError("not read inline")
+            if flags & reexport:
+                ordinal, pos = uleb_decode(buf, start + 1)
+                name_end = buf.find(b"\0", pos, end)
+                if name_end < 0:
+                    raise ValueError("import name is not NUL-terminated")
+                export = Export(_decode_name(key), flags, 0, 0, ordinal, _decode_name(buf[pos:name_end]))
+                pos = name_end + 1
+            else:
+                address, pos = uleb_decode(buf, start + 1)
+                resolver = 0
+                if flags & stub:
+                    resolver, pos = uleb_decode(buf, pos)
+                export = Export(_decode_name(key), flags, address, resolver)
+            # a ULEB of 9 bytes or fewer holds at most 63 bits
+            if pos != end or (
+                end - start > 9 and max(export.address, export.resolver, export.ordinal) > _U64_MAX
+            ):
+                raise ValueError("not read inline")
+        except ValueError:
+            export = _read_payload(buf, key, start, end, path, base_offset)
+        append(export)
     return exports
+
+
+def _read_payload(buf: bytes, key: bytes, start: int, end: int, path: str, base_offset: int) -> Export:
+    """The export of one terminal payload, read field by field with bounds checks."""
+    cur = Cursor(buf[start:end], path, base_offset + start, f"export {_decode_name(key)!r}")
+    flags = cur.uleb()
+    if flags & C.EXPORT_SYMBOL_FLAGS_KIND_MASK == 3:
+        raise cur.error(f"unknown export kind 3 in flags {flags:#x}", 0)
+    address = resolver = ordinal = 0
+    import_name = ""
+    if flags & C.EXPORT_SYMBOL_FLAGS_REEXPORT:
+        ordinal = cur.uleb()
+        import_name = _decode_name(cur.cstring())
+    elif flags & C.EXPORT_SYMBOL_FLAGS_STUB_AND_RESOLVER:
+        address = cur.uleb()
+        resolver = cur.uleb()
+    else:
+        address = cur.uleb()
+    if not cur.at_end():
+        raise cur.error(f"payload is {end - start} bytes but its fields take {cur.pos}")
+    if max(flags, address, resolver, ordinal) > _U64_MAX:
+        raise cur.error("a payload field does not fit in 64 bits", 0)
+    return Export(_decode_name(key), flags, address, resolver, ordinal, import_name)
 
 
 def export_payload(export: Export) -> bytes:
@@ -369,6 +504,116 @@ def export_payload(export: Export) -> bytes:
     return bytes(out)
 
 
+def packed_export_payloads(
+    exports: list[Export], moves: list[int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The payloads of ``exports``, concatenated (uint8), and their sizes, for
+    :meth:`TrieShape.encode_packed`.
+
+    ``moves[i]`` is added to the address of ``exports[i]`` and, for a stub-and-resolver, to its
+    resolver. ValueError as :func:`export_payload` gives it.
+    """
+    fields = _PayloadFields.of(exports, moves)
+    if fields is None:
+        payloads = _one_by_one(exports, moves)
+        return np.frombuffer(b"".join(payloads), dtype=np.uint8), _sizes(payloads)
+    return fields.encode(), fields.sizes
+
+
+def export_payload_sizes(exports: list[Export], moves: list[int] | None = None) -> np.ndarray:
+    """The sizes of :func:`packed_export_payloads`, without building the payloads."""
+    fields = _PayloadFields.of(exports, moves)
+    return _sizes(_one_by_one(exports, moves)) if fields is None else fields.sizes
+
+
+def _sizes(payloads: list[bytes]) -> np.ndarray:
+    return np.fromiter(map(len, payloads), dtype=np.int64, count=len(payloads))
+
+
+def _one_by_one(exports: list[Export], moves: list[int] | None) -> list[bytes]:
+    if moves is None:
+        return [export_payload(e) for e in exports]
+    out = []
+    for e, d in zip(exports, moves, strict=True):
+        resolver = e.resolver + d if e.is_resolver else e.resolver
+        out.append(export_payload(Export(e.name, e.flags, e.address + d, resolver, e.ordinal, e.import_name)))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class _PayloadFields:
+    """The payloads of many exports as arrays: ULEB flags, ULEB ordinal (re-exports) or address,
+    ULEB resolver (stub-and-resolver only), then the import name and its NUL (re-exports only).
+    """
+
+    #: the ULEB fields of every export, one export after the other
+    fields: np.ndarray
+    #: per export: ULEB bytes of its fields
+    uleb_size: np.ndarray
+    #: the import names of the re-exports, each with its NUL, one after the other
+    names: bytes
+    #: per export: bytes of ``names`` that are its (0 if it is not a re-export)
+    name_size: np.ndarray
+
+    @property
+    def sizes(self) -> np.ndarray:
+        sizes: np.ndarray = self.uleb_size + self.name_size
+        return sizes
+
+    @staticmethod
+    def of(exports: list[Export], moves: list[int] | None) -> _PayloadFields | None:
+        """None if a field contradicts the flags or does not fit in 64 bits, the cases
+        :func:`export_payload` rejects (so that it can name the problem)."""
+        stub = C.EXPORT_SYMBOL_FLAGS_STUB_AND_RESOLVER
+        try:
+            flags = np.array([e.flags for e in exports], dtype=np.uint64)
+            ordinal = np.array([e.ordinal for e in exports], dtype=np.uint64)
+            if moves is None:
+                address = np.array([e.address for e in exports], dtype=np.uint64)
+                resolver = np.array([e.resolver for e in exports], dtype=np.uint64)
+            else:
+                pairs = zip(exports, moves, strict=True)
+                address = np.array([e.address + d for e, d in pairs], dtype=np.uint64)
+                pairs = zip(exports, moves, strict=True)
+                resolver = np.array(
+                    [e.resolver + d if e.flags & stub else e.resolver for e, d in pairs], dtype=np.uint64
+                )
+        except OverflowError:
+            return None
+        reexport = flags & np.uint64(C.EXPORT_SYMBOL_FLAGS_REEXPORT) != 0
+        has_resolver = ~reexport & (flags & np.uint64(stub) != 0)
+        names = [encode_name(e.import_name) for e in exports]
+        name_size = _sizes(names)
+        contradictions = (
+            (flags & np.uint64(C.EXPORT_SYMBOL_FLAGS_KIND_MASK) == np.uint64(3))
+            | (reexport & ((address != 0) | (resolver != 0)))
+            | (~reexport & ((ordinal != 0) | (name_size != 0) | (~has_resolver & (resolver != 0))))
+        )
+        names = [n for n, r in zip(names, reexport.tolist(), strict=True) if r]
+        if contradictions.any() or any(b"\0" in n for n in names):
+            return None
+        count = 2 + has_resolver.astype(np.int64)
+        first = _starts(count)
+        fields = np.empty(int(count.sum()), dtype=np.uint64)
+        fields[first] = flags
+        fields[first + 1] = np.where(reexport, ordinal, address)
+        fields[first[has_resolver] + 2] = resolver[has_resolver]
+        uleb_size = np.add.reduceat(uleb_sizes(fields), first) if first.size else first
+        joined = b"".join(n + b"\0" for n in names)
+        return _PayloadFields(fields, uleb_size, joined, np.where(reexport, name_size + 1, 0))
+
+    def encode(self) -> np.ndarray:
+        sizes = self.sizes
+        out = np.empty(int(sizes.sum()), dtype=np.uint8)
+        start = _starts(sizes)
+        _copy_ranges(out, start, uleb_encode_array(self.fields), _starts(self.uleb_size), self.uleb_size)
+        names = np.frombuffer(self.names, dtype=np.uint8)
+        _copy_ranges(out, start + self.uleb_size, names, _starts(self.name_size), self.name_size)
+        return out
+
+
 def write_exports(exports: Iterable[Export]) -> bytes:
     """The export trie of ``exports`` (no trailing padding; callers pad). ValueError on duplicates."""
-    return write_trie((encode_name(e.name), export_payload(e)) for e in exports)
+    items = list(exports)
+    shape = TrieShape(encode_name(e.name) for e in items)
+    return shape.encode_packed(*packed_export_payloads(items))

@@ -44,8 +44,53 @@ def uleb_size(value: int) -> int:
     return max(1, (value.bit_length() + 6) // 7)
 
 
+def uleb_sizes(values: np.ndarray) -> np.ndarray:
+    """ULEB128 length in bytes of every value of a uint64 array (vectorized; int64 result)."""
+    v = np.asarray(values, dtype=np.uint64)
+    sizes = np.ones(v.shape, dtype=np.int64)
+    for k in range(1, _MAX_LEB_BYTES):
+        sizes += v >= np.uint64(1 << (7 * k))
+    return sizes
+
+
+def uleb_encode_array(values: np.ndarray, sizes: np.ndarray | None = None) -> np.ndarray:
+    """The ULEB128 encodings of a uint64 array, concatenated, as a uint8 array (vectorized).
+
+    ``sizes`` (from :func:`uleb_sizes`) may be passed when the caller has it already.
+    """
+    v = np.asarray(values, dtype=np.uint64)
+    if sizes is None:
+        sizes = uleb_sizes(v)
+    ends = np.cumsum(sizes)
+    total = int(ends[-1]) if ends.size else 0
+    out = np.empty(total, dtype=np.uint8)
+    if not total:
+        return out
+    # byte k of every value: the k-th group of 7 bits, with the high bit set unless it is the last
+    starts = ends - sizes
+    for k in range(int(sizes.max())):
+        has = np.flatnonzero(sizes > k)
+        group = (v[has] >> np.uint64(7 * k)) & np.uint64(0x7F)
+        more = (sizes[has] > k + 1).astype(np.uint8) << 7
+        out[starts[has] + k] = group.astype(np.uint8) | more
+    return out
+
+
 def uleb_decode(data: bytes | memoryview, offset: int = 0) -> tuple[int, int]:
     """Decode one ULEB128 at ``offset``; returns (value, offset after it). Raises ValueError."""
+    # one to three bytes (offsets, sizes and addresses below 2 MiB) without the loop
+    try:
+        low = data[offset]
+        if low < 0x80:
+            return low, offset + 1
+        mid = data[offset + 1]
+        if mid < 0x80:
+            return low & 0x7F | mid << 7, offset + 2
+        high = data[offset + 2]
+        if high < 0x80:
+            return low & 0x7F | (mid & 0x7F) << 7 | high << 14, offset + 3
+    except IndexError:
+        pass  # the loop below names the problem
     result = shift = 0
     end = len(data)
     pos = offset
