@@ -39,6 +39,7 @@ from .chained_pointers import (
 from .fixups import FIXUP_DTYPE, FixupKind, Fixups, Import, empty_fixups
 from .format import ChainedFixupsHeader, ChainedStartsInSegment
 from .image import MachOImage
+from .jump_chains import JumpTable, index_dtype
 
 #: bytes of one imports-table entry, by imports_format
 _IMPORT_ENTRY_SIZE = {
@@ -375,7 +376,10 @@ def decode_chained_fixups(
         seg = segments[starts.segment_index]
         parts.append(_decode_segment(starts, seg, data, path, base_address, data_file_offset, import_addends))
     records = np.concatenate(parts) if parts else empty_fixups()
-    records = records[np.argsort(records["address"], kind="stable")]
+    address = records["address"]
+    if len(records) > 1 and (address[1:] < address[:-1]).any():
+        # (each segment's records come out by address; segments are usually in address order)
+        records = records[np.argsort(address, kind="stable")]
     if len(records) > 1:
         dup = np.flatnonzero(records["address"][1:] == records["address"][:-1])
         if dup.size:
@@ -388,32 +392,19 @@ def decode_chained_fixups(
     return Fixups(records, info.import_list(), "chained", pointer_formats=formats)
 
 
-def _walk_chain(
-    unpack: struct.Struct,
-    data: bytes | bytearray | memoryview,
-    fileoff: int,
-    pos: int,
-    end: int,
-    fmt: PointerFormat,
-    out: list[int],
-) -> int:
-    """Append the segment offsets of one chain to ``out``; returns -1, or the segment offset
-    of the pointer whose ``next`` leaves [.., end).
+#: pointer-doubling levels kept for the chain walks (pieces of 2**8 pointers; see jump_chains)
+_CHAIN_LEVELS = 6
+#: pointer slots looked at together (pages are walked in batches of about this many slots)
+_BATCH_SLOTS = 1 << 20
 
-    ``pos`` must already be a valid pointer position. ``next`` is unsigned and at least 1
-    when followed, so positions strictly increase and the walk ends within end/stride steps.
-    """
-    shift, mask, stride, size = fmt.next_shift, (1 << fmt.next_bits) - 1, fmt.stride, fmt.size
-    unpack_from, append = unpack.unpack_from, out.append
-    while True:
-        append(pos)
-        step = (unpack_from(data, fileoff + pos)[0] >> shift) & mask
-        if step == 0:
-            return -1
-        nxt = pos + step * stride
-        if nxt + size > end:
-            return pos
-        pos = nxt
+
+@dataclass(frozen=True, slots=True)
+class _ChainError:
+    """A problem met while walking the chains, and where a sequential walk would meet it."""
+
+    page: int
+    offset: int
+    error: MachOFormatError
 
 
 def _decode_segment(
@@ -429,41 +420,57 @@ def _decode_segment(
     page_size = starts.page_size
     # the segment's file bytes, as far as ``data`` has them
     seg_end = max(0, min(seg.filesize, memoryview(data).nbytes - seg.fileoff))
-    unpack = struct.Struct("<Q" if fmt.size == 8 else "<I")
-    positions: list[int] = []
-    for page, page_starts in enumerate(starts.chain_starts):
-        for start in page_starts:
-            page_off = page * page_size
-            # a chain stays inside its page and inside the segment's file bytes
-            end = min(page_off + page_size, seg_end)
-            pos = page_off + start
-            if pos + fmt.size > end:
-                raise MachOFormatError(
+    per_page = [len(c) for c in starts.chain_starts]
+    start_page = np.repeat(np.arange(len(per_page), dtype=np.int64), per_page)
+    start_pos = start_page * page_size + np.array(
+        [s for c in starts.chain_starts for s in c], dtype=np.int64
+    ).reshape(-1)
+    # a chain stays inside its page and inside the segment's file bytes
+    start_end = np.minimum((start_page + 1) * page_size, seg_end)
+    outside = start_pos + fmt.size > start_end
+    problems: list[_ChainError] = []
+    if outside.any():
+        k = int(np.flatnonzero(outside)[0])
+        page = int(start_page[k])
+        problems.append(
+            _ChainError(
+                page,
+                int(start_pos[k]),
+                MachOFormatError(
                     path,
                     starts.file_offset + _SEG_HEADER + 2 * page,
                     f"chained fixups: segment {starts.segment_index} page {page}: chain start "
-                    f"{start:#x} is outside the segment's file content",
-                )
-            bad = _walk_chain(unpack, data, seg.fileoff, pos, end, fmt, positions)
-            if bad >= 0:
-                step = (unpack.unpack_from(data, seg.fileoff + bad)[0] >> fmt.next_shift) & (
-                    (1 << fmt.next_bits) - 1
-                )
-                raise MachOFormatError(
+                    f"{int(start_pos[k] - page * page_size):#x} is outside the segment's file content",
+                ),
+            )
+        )
+    walk = _ChainWalk(fmt, page_size, seg_end, data, seg.fileoff)
+    found = [walk.batch(start_pos[~outside], lo, hi) for lo, hi in walk.batches(start_page[~outside])]
+    pos_arr = np.concatenate([f[0] for f in found]) if found else np.zeros(0, dtype=np.int64)
+    values = np.concatenate([f[1] for f in found]) if found else np.zeros(0, dtype=_U64)
+    bad = np.concatenate([f[2] for f in found]) if found else np.zeros(0, dtype=bool)
+    if bad.any():
+        k = int(np.flatnonzero(bad)[0])
+        at = int(pos_arr[k])
+        page_off = at // page_size * page_size
+        step = (int(values[k]) >> fmt.next_shift) & ((1 << fmt.next_bits) - 1)
+        problems.append(
+            _ChainError(
+                at // page_size,
+                at,
+                MachOFormatError(
                     path,
-                    data_file_offset + seg.fileoff + bad,
-                    f"chained fixups: next {step} of the pointer at segment offset {bad:#x} "
-                    f"leaves its page ({page_off:#x}..{end:#x})",
-                )
-    if not positions:
+                    data_file_offset + seg.fileoff + at,
+                    f"chained fixups: next {step} of the pointer at segment offset {at:#x} "
+                    f"leaves its page ({page_off:#x}..{min(page_off + page_size, seg_end):#x})",
+                ),
+            )
+        )
+    if problems:
+        raise min(problems, key=lambda p: (p.page, p.offset)).error
+    if not len(pos_arr):
         return empty_fixups()
-    pos_arr = np.array(positions, dtype=np.int64)
-    raw = np.frombuffer(data, dtype=np.uint8)
     file_pos = pos_arr + seg.fileoff
-    # gather the little-endian pointer values at arbitrary (possibly unaligned) offsets
-    values = np.zeros(len(pos_arr), dtype=_U64)
-    for k in range(fmt.size):
-        values |= raw[file_pos + k].astype(_U64) << _U64(8 * k)
     recs = decode_pointers(fmt, values, base, starts.record.max_valid_pointer)
     recs["address"] = _U64(seg.vmaddr) + pos_arr.astype(_U64)
     recs["segment"] = starts.segment_index
@@ -488,8 +495,77 @@ def _decode_segment(
             data_file_offset + int(file_pos[k]),
             "chained fixups: kernel-collection pointer refers to another collection (cacheLevel != 0)",
         )
-    kept: np.ndarray = recs[keep]
+    kept: np.ndarray = recs if keep.all() else recs[keep]
     return kept
+
+
+@dataclass(frozen=True, slots=True)
+class _ChainWalk:
+    """The chains of one segment, walked a batch of pages at a time.
+
+    Every pointer slot of a batch (every ``stride`` bytes from the chain starts) gets the slot
+    its ``next`` names, or the end: ``next`` is 0, or it leaves the slot's page (the slot is
+    then marked bad). The chains are then listed by pointer doubling (:class:`JumpTable`).
+    """
+
+    fmt: PointerFormat
+    page_size: int
+    #: the segment's file bytes that ``data`` holds
+    seg_end: int
+    data: bytes | bytearray | memoryview
+    #: where the segment starts in ``data``
+    fileoff: int
+
+    def batches(self, pages: np.ndarray) -> list[tuple[int, int]]:
+        """[first, last) page ranges of about _BATCH_SLOTS slots that hold the given pages."""
+        if not pages.size:
+            return []
+        per_batch = max(1, _BATCH_SLOTS * self.fmt.stride // self.page_size)
+        used = np.unique(pages // per_batch)
+        return [(int(b) * per_batch, (int(b) + 1) * per_batch) for b in used]
+
+    def batch(
+        self, chain_starts: np.ndarray, first_page: int, last_page: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(segment offset, value, bad) of every pointer on the chains that start in pages
+        [first_page, last_page), by segment offset (a pointer two chains reach comes twice)."""
+        fmt, stride = self.fmt, self.fmt.stride
+        lo, hi = first_page * self.page_size, min(last_page * self.page_size, self.seg_end)
+        mine = chain_starts[(chain_starts >= lo) & (chain_starts < hi)]
+        found = []
+        # chains from starts at different offsets modulo the stride never meet
+        for residue in np.unique(mine % stride).tolist():
+            first = lo + (residue - lo) % stride
+            count = (hi - fmt.size - first) // stride + 1
+            words = np.ndarray(
+                shape=(count,),
+                dtype="<u8" if fmt.size == 8 else "<u4",
+                buffer=self.data,
+                offset=self.fileoff + first,
+                strides=(stride,),
+            )
+            step = ((words >> (fmt.next_shift)) & ((1 << fmt.next_bits) - 1)).astype(np.int64)
+            slot = np.arange(count, dtype=np.int64)
+            pos = first + slot * stride
+            page_end = np.minimum((pos // self.page_size + 1) * self.page_size, self.seg_end)
+            leaves = pos + step * stride + fmt.size > page_end
+            bad = leaves & (step != 0)
+            table = np.where((step == 0) | leaves, count, slot + step).astype(index_dtype(count + 1))
+            chains = JumpTable(np.append(table, count), _CHAIN_LEVELS)
+            heads = (mine[mine % stride == residue] - first) // stride
+            firsts, counts, _ = chains.pieces(heads, np.full(heads.size, self.page_size // stride + 1))
+            nodes, _ = chains.members(firsts, counts)
+            nodes = np.sort(nodes)
+            found.append((pos[nodes], words[nodes].astype(_U64), bad[nodes]))
+        if len(found) > 1:
+            at = np.concatenate([f[0] for f in found])
+            order = np.argsort(at, kind="stable")
+            return (
+                at[order],
+                np.concatenate([f[1] for f in found])[order],
+                np.concatenate([f[2] for f in found])[order],
+            )
+        return found[0] if found else (np.zeros(0, np.int64), np.zeros(0, _U64), np.zeros(0, bool))
 
 
 # ---------------------------------------------------------------------------------------------
