@@ -12,7 +12,8 @@ Decoding yields the uniform :data:`~dyldcache.macho.fixups.FIXUP_DTYPE` records,
 every rebase target turned into an absolute VM address as linked (formats that store an
 offset from the mach header get the image's base address added). Encoding takes the same
 records, writes every chained pointer into the output file buffer and returns the blob. The
-bit layout of each pointer format is :mod:`dyldcache.macho.chained_pointers`.
+bit layout of each pointer format is :mod:`dyldcache.macho.chained_pointers`; following the
+chains through a segment's bytes is :mod:`dyldcache.macho.chain_walk`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 
 from ..errors import MachOFormatError
 from . import constants as C
+from .chain_walk import ChainWalk
 from .chained_pointers import (
     ENCODABLE_FORMATS,
     INLINE_ADDEND,
@@ -39,7 +41,6 @@ from .chained_pointers import (
 from .fixups import FIXUP_DTYPE, FixupKind, Fixups, Import, empty_fixups
 from .format import ChainedFixupsHeader, ChainedStartsInSegment
 from .image import MachOImage
-from .jump_chains import JumpTable, index_dtype
 
 #: bytes of one imports-table entry, by imports_format
 _IMPORT_ENTRY_SIZE = {
@@ -392,12 +393,6 @@ def decode_chained_fixups(
     return Fixups(records, info.import_list(), "chained", pointer_formats=formats)
 
 
-#: pointer-doubling levels kept for the chain walks (pieces of 2**8 pointers; see jump_chains)
-_CHAIN_LEVELS = 6
-#: pointer slots looked at together (pages are walked in batches of about this many slots)
-_BATCH_SLOTS = 1 << 20
-
-
 @dataclass(frozen=True, slots=True)
 class _ChainError:
     """A problem met while walking the chains, and where a sequential walk would meet it."""
@@ -444,11 +439,8 @@ def _decode_segment(
                 ),
             )
         )
-    walk = _ChainWalk(fmt, page_size, seg_end, data, seg.fileoff)
-    found = [walk.batch(start_pos[~outside], lo, hi) for lo, hi in walk.batches(start_page[~outside])]
-    pos_arr = np.concatenate([f[0] for f in found]) if found else np.zeros(0, dtype=np.int64)
-    values = np.concatenate([f[1] for f in found]) if found else np.zeros(0, dtype=_U64)
-    bad = np.concatenate([f[2] for f in found]) if found else np.zeros(0, dtype=bool)
+    walk = ChainWalk(fmt, page_size, seg_end, data, seg.fileoff)
+    pos_arr, values, bad = walk.pointers(start_pos[~outside], start_page[~outside])
     if bad.any():
         k = int(np.flatnonzero(bad)[0])
         at = int(pos_arr[k])
@@ -497,75 +489,6 @@ def _decode_segment(
         )
     kept: np.ndarray = recs if keep.all() else recs[keep]
     return kept
-
-
-@dataclass(frozen=True, slots=True)
-class _ChainWalk:
-    """The chains of one segment, walked a batch of pages at a time.
-
-    Every pointer slot of a batch (every ``stride`` bytes from the chain starts) gets the slot
-    its ``next`` names, or the end: ``next`` is 0, or it leaves the slot's page (the slot is
-    then marked bad). The chains are then listed by pointer doubling (:class:`JumpTable`).
-    """
-
-    fmt: PointerFormat
-    page_size: int
-    #: the segment's file bytes that ``data`` holds
-    seg_end: int
-    data: bytes | bytearray | memoryview
-    #: where the segment starts in ``data``
-    fileoff: int
-
-    def batches(self, pages: np.ndarray) -> list[tuple[int, int]]:
-        """[first, last) page ranges of about _BATCH_SLOTS slots that hold the given pages."""
-        if not pages.size:
-            return []
-        per_batch = max(1, _BATCH_SLOTS * self.fmt.stride // self.page_size)
-        used = np.unique(pages // per_batch)
-        return [(int(b) * per_batch, (int(b) + 1) * per_batch) for b in used]
-
-    def batch(
-        self, chain_starts: np.ndarray, first_page: int, last_page: int
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(segment offset, value, bad) of every pointer on the chains that start in pages
-        [first_page, last_page), by segment offset (a pointer two chains reach comes twice)."""
-        fmt, stride = self.fmt, self.fmt.stride
-        lo, hi = first_page * self.page_size, min(last_page * self.page_size, self.seg_end)
-        mine = chain_starts[(chain_starts >= lo) & (chain_starts < hi)]
-        found = []
-        # chains from starts at different offsets modulo the stride never meet
-        for residue in np.unique(mine % stride).tolist():
-            first = lo + (residue - lo) % stride
-            count = (hi - fmt.size - first) // stride + 1
-            words = np.ndarray(
-                shape=(count,),
-                dtype="<u8" if fmt.size == 8 else "<u4",
-                buffer=self.data,
-                offset=self.fileoff + first,
-                strides=(stride,),
-            )
-            step = ((words >> (fmt.next_shift)) & ((1 << fmt.next_bits) - 1)).astype(np.int64)
-            slot = np.arange(count, dtype=np.int64)
-            pos = first + slot * stride
-            page_end = np.minimum((pos // self.page_size + 1) * self.page_size, self.seg_end)
-            leaves = pos + step * stride + fmt.size > page_end
-            bad = leaves & (step != 0)
-            table = np.where((step == 0) | leaves, count, slot + step).astype(index_dtype(count + 1))
-            chains = JumpTable(np.append(table, count), _CHAIN_LEVELS)
-            heads = (mine[mine % stride == residue] - first) // stride
-            firsts, counts, _ = chains.pieces(heads, np.full(heads.size, self.page_size // stride + 1))
-            nodes, _ = chains.members(firsts, counts)
-            nodes = np.sort(nodes)
-            found.append((pos[nodes], words[nodes].astype(_U64), bad[nodes]))
-        if len(found) > 1:
-            at = np.concatenate([f[0] for f in found])
-            order = np.argsort(at, kind="stable")
-            return (
-                at[order],
-                np.concatenate([f[1] for f in found])[order],
-                np.concatenate([f[2] for f in found])[order],
-            )
-        return found[0] if found else (np.zeros(0, np.int64), np.zeros(0, _U64), np.zeros(0, bool))
 
 
 # ---------------------------------------------------------------------------------------------
