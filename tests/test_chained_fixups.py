@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,13 @@ from dyldcache.macho.chained_fixups import (
 )
 from dyldcache.macho.file import parse_macho
 from dyldcache.macho.fixups import FixupKind, Fixups, Import, empty_fixups
-from dyldcache.macho.format import LinkeditDataCommand, MachHeader64, SegmentCommand64
+from dyldcache.macho.format import (
+    ChainedFixupsHeader,
+    ChainedStartsInSegment,
+    LinkeditDataCommand,
+    MachHeader64,
+    SegmentCommand64,
+)
 
 APPLE_DYLIBS = ["fixup-chains-arm64.dylib", "fixup-chains-arm64e.dylib", "libexports.dylib"]
 ENCODABLE = [
@@ -740,3 +747,127 @@ def test_fuzzed_files() -> None:
             with contextlib.suppress(MachOFormatError):
                 read_chained_fixups(image)
     assert parsed > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# the chain walk against a walker written here from <mach-o/fixup-chains.h>, one pointer at a time:
+# a chain starts at page_start[page] and each pointer's ``next`` (bits 51.., in stride units; 0
+# ends the chain) must land on a pointer that still ends inside the page and the segment's bytes
+
+#: (stride, width of next, the top bits a plain rebase keeps clear, target bits, high8 shift)
+_WALK_FORMATS = {
+    C.DYLD_CHAINED_PTR_64: (4, 12, 1, 36, 36),
+    C.DYLD_CHAINED_PTR_ARM64E: (8, 11, 2, 43, 43),
+}
+
+
+@dataclass(frozen=True)
+class _Seg:
+    vmaddr: int
+    fileoff: int
+    filesize: int
+
+
+def _walk_blob(fmt: int, page_size: int, page_start: list[int]) -> bytes:
+    """An LC_DYLD_CHAINED_FIXUPS blob by hand: segment 0 without fixups, segment 1 with these
+    page starts, no imports."""
+    seg = ChainedStartsInSegment(22 + 2 * len(page_start), page_size, fmt, page_size, 0, len(page_start))
+    starts = (
+        struct.pack("<3I", 2, 0, 16)
+        + bytes(4)
+        + seg.pack()
+        + struct.pack(f"<{len(page_start)}H", *page_start)
+    )
+    imports_offset = (32 + len(starts) + 3) // 4 * 4
+    header = ChainedFixupsHeader(0, 32, imports_offset, imports_offset, 0, C.DYLD_CHAINED_IMPORT, 0)
+    return header.pack().ljust(32, b"\0") + starts.ljust(imports_offset - 32, b"\0") + b"\0\0\0\0"
+
+
+def _reference_walk(
+    fmt: int, page_size: int, page_start: list[int], data: bytes, seg: _Seg, blob_offset: int
+) -> list[tuple[int, int, int]] | tuple[int, str]:
+    """(address, target, high8) of every pointer on the chains, or the first (offset, message)."""
+    stride, next_bits, _, target_bits, high8_shift = _WALK_FORMATS[fmt]
+    seg_end = min(seg.filesize, len(data) - seg.fileoff)
+    out = []
+    for page, start in enumerate(page_start):
+        if start == C.DYLD_CHAINED_PTR_START_NONE:
+            continue
+        page_off = page * page_size
+        end = min(page_off + page_size, seg_end)
+        pos = page_off + start
+        if pos + 8 > end:
+            return (
+                blob_offset + 32 + 16 + 22 + 2 * page,
+                f"chained fixups: segment 1 page {page}: chain start {start:#x} "
+                "is outside the segment's file content",
+            )
+        while True:
+            word = int.from_bytes(data[seg.fileoff + pos : seg.fileoff + pos + 8], "little")
+            out.append((seg.vmaddr + pos, word & ((1 << target_bits) - 1), (word >> high8_shift) & 0xFF))
+            step = (word >> 51) & ((1 << next_bits) - 1)
+            if step == 0:
+                break
+            if pos + step * stride + 8 > end:
+                return (
+                    seg.fileoff + pos,
+                    f"chained fixups: next {step} of the pointer at segment offset {pos:#x} leaves its page "
+                    f"({page_off:#x}..{end:#x})",
+                )
+            pos += step * stride
+    return sorted(out)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(sorted(_WALK_FORMATS)), st.sampled_from([0x1000, 0x4000]), st.data())
+def test_chain_walk_matches_a_pointer_by_pointer_walk(fmt: int, page_size: int, data: st.DataObject) -> None:
+    stride, next_bits, clear_bits, _, _ = _WALK_FORMATS[fmt]
+    pages = data.draw(st.integers(1, 4))
+    size = pages * page_size - data.draw(st.sampled_from([0, 0, 8, 0x300, page_size - 8]))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    body = bytearray(rng.integers(0, 256, page_size + size, dtype=np.uint8).tobytes())
+    # every word a plain rebase (no bind or auth bits), so that only the chains can go wrong
+    for at in range(page_size + 7, len(body), stride):
+        body[at] &= 0xFF >> clear_bits
+    page_start = []
+    for page in range(pages):
+        if data.draw(st.integers(0, 5)) == 0:
+            page_start.append(C.DYLD_CHAINED_PTR_START_NONE)
+            continue
+        pos = data.draw(st.integers(0, page_size // stride - 3)) * stride
+        page_start.append(pos)
+
+        def put(at: int, step: int, page: int = page) -> None:
+            word_at = page_size + page * page_size + at
+            if word_at + 8 <= len(body):
+                word = int.from_bytes(body[word_at : word_at + 8], "little") & ~(((1 << next_bits) - 1) << 51)
+                body[word_at : word_at + 8] = (word | step << 51).to_bytes(8, "little")
+
+        # a chain of small steps (sometimes a few large ones), ended by next = 0 or, now and
+        # then, by any next at all (mostly one that leaves the page)
+        for _ in range(data.draw(st.integers(0, 3) | st.integers(0, 600))):
+            step = data.draw(st.integers(2 if stride == 4 else 1, 5) | st.integers(0, 1 << (next_bits - 3)))
+            # 0 here: to the last pointer that fits in the page (or in the segment's bytes)
+            room = min(page_size, size - page * page_size) - 8 - pos
+            step = step or data.draw(st.sampled_from([room // stride, (page_size - 8 - pos) // stride]))
+            if step <= 0 or step >> next_bits or pos + step * stride + 8 > page_size:
+                break
+            put(pos, step)
+            pos += step * stride
+        # one past the last pointer that fits, or anything
+        past = (min(page_size, size - page * page_size) - 8 - pos) // stride + 1
+        bad = data.draw(st.sampled_from([past, past, 1]) | st.integers(1, (1 << next_bits) - 1))
+        put(pos, 0 if data.draw(st.integers(0, 5)) else min(max(bad, 1), (1 << next_bits) - 1))
+    blob = _walk_blob(fmt, page_size, page_start)
+    blob_offset = len(body)
+    info = parse_chained_fixups_blob(blob, "walk", blob_offset)
+    segments = [_Seg(0x10000, 0, page_size), _Seg(0x10000 + page_size, page_size, size)]
+    expected = _reference_walk(fmt, page_size, page_start, bytes(body), segments[1], blob_offset)
+    try:
+        fixups = decode_chained_fixups(info, segments, bytes(body), "walk", 0x10000)
+    except MachOFormatError as exc:
+        assert (exc.offset, exc.message) == expected
+    else:
+        got = [(int(r["address"]), int(r["target"]), int(r["high8"])) for r in fixups.records]
+        assert got == expected
+        assert (fixups.records["kind"] == FixupKind.REBASE).all()

@@ -12,7 +12,8 @@ Decoding yields the uniform :data:`~dyldcache.macho.fixups.FIXUP_DTYPE` records,
 every rebase target turned into an absolute VM address as linked (formats that store an
 offset from the mach header get the image's base address added). Encoding takes the same
 records, writes every chained pointer into the output file buffer and returns the blob. The
-bit layout of each pointer format is :mod:`dyldcache.macho.chained_pointers`.
+bit layout of each pointer format is :mod:`dyldcache.macho.chained_pointers`; following the
+chains through a segment's bytes is :mod:`dyldcache.macho.chain_walk`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 
 from ..errors import MachOFormatError
 from . import constants as C
+from .chain_walk import ChainWalk
 from .chained_pointers import (
     ENCODABLE_FORMATS,
     INLINE_ADDEND,
@@ -375,7 +377,10 @@ def decode_chained_fixups(
         seg = segments[starts.segment_index]
         parts.append(_decode_segment(starts, seg, data, path, base_address, data_file_offset, import_addends))
     records = np.concatenate(parts) if parts else empty_fixups()
-    records = records[np.argsort(records["address"], kind="stable")]
+    address = records["address"]
+    if len(records) > 1 and (address[1:] < address[:-1]).any():
+        # (each segment's records come out by address; segments are usually in address order)
+        records = records[np.argsort(address, kind="stable")]
     if len(records) > 1:
         dup = np.flatnonzero(records["address"][1:] == records["address"][:-1])
         if dup.size:
@@ -388,32 +393,13 @@ def decode_chained_fixups(
     return Fixups(records, info.import_list(), "chained", pointer_formats=formats)
 
 
-def _walk_chain(
-    unpack: struct.Struct,
-    data: bytes | bytearray | memoryview,
-    fileoff: int,
-    pos: int,
-    end: int,
-    fmt: PointerFormat,
-    out: list[int],
-) -> int:
-    """Append the segment offsets of one chain to ``out``; returns -1, or the segment offset
-    of the pointer whose ``next`` leaves [.., end).
+@dataclass(frozen=True, slots=True)
+class _ChainError:
+    """A problem met while walking the chains, and where a sequential walk would meet it."""
 
-    ``pos`` must already be a valid pointer position. ``next`` is unsigned and at least 1
-    when followed, so positions strictly increase and the walk ends within end/stride steps.
-    """
-    shift, mask, stride, size = fmt.next_shift, (1 << fmt.next_bits) - 1, fmt.stride, fmt.size
-    unpack_from, append = unpack.unpack_from, out.append
-    while True:
-        append(pos)
-        step = (unpack_from(data, fileoff + pos)[0] >> shift) & mask
-        if step == 0:
-            return -1
-        nxt = pos + step * stride
-        if nxt + size > end:
-            return pos
-        pos = nxt
+    page: int
+    offset: int
+    error: MachOFormatError
 
 
 def _decode_segment(
@@ -429,41 +415,54 @@ def _decode_segment(
     page_size = starts.page_size
     # the segment's file bytes, as far as ``data`` has them
     seg_end = max(0, min(seg.filesize, memoryview(data).nbytes - seg.fileoff))
-    unpack = struct.Struct("<Q" if fmt.size == 8 else "<I")
-    positions: list[int] = []
-    for page, page_starts in enumerate(starts.chain_starts):
-        for start in page_starts:
-            page_off = page * page_size
-            # a chain stays inside its page and inside the segment's file bytes
-            end = min(page_off + page_size, seg_end)
-            pos = page_off + start
-            if pos + fmt.size > end:
-                raise MachOFormatError(
+    per_page = [len(c) for c in starts.chain_starts]
+    start_page = np.repeat(np.arange(len(per_page), dtype=np.int64), per_page)
+    start_pos = start_page * page_size + np.array(
+        [s for c in starts.chain_starts for s in c], dtype=np.int64
+    ).reshape(-1)
+    # a chain stays inside its page and inside the segment's file bytes
+    start_end = np.minimum((start_page + 1) * page_size, seg_end)
+    outside = start_pos + fmt.size > start_end
+    problems: list[_ChainError] = []
+    if outside.any():
+        k = int(np.flatnonzero(outside)[0])
+        page = int(start_page[k])
+        problems.append(
+            _ChainError(
+                page,
+                int(start_pos[k]),
+                MachOFormatError(
                     path,
                     starts.file_offset + _SEG_HEADER + 2 * page,
                     f"chained fixups: segment {starts.segment_index} page {page}: chain start "
-                    f"{start:#x} is outside the segment's file content",
-                )
-            bad = _walk_chain(unpack, data, seg.fileoff, pos, end, fmt, positions)
-            if bad >= 0:
-                step = (unpack.unpack_from(data, seg.fileoff + bad)[0] >> fmt.next_shift) & (
-                    (1 << fmt.next_bits) - 1
-                )
-                raise MachOFormatError(
+                    f"{int(start_pos[k] - page * page_size):#x} is outside the segment's file content",
+                ),
+            )
+        )
+    walk = ChainWalk(fmt, page_size, seg_end, data, seg.fileoff)
+    pos_arr, values, bad = walk.pointers(start_pos[~outside], start_page[~outside])
+    if bad.any():
+        k = int(np.flatnonzero(bad)[0])
+        at = int(pos_arr[k])
+        page_off = at // page_size * page_size
+        step = (int(values[k]) >> fmt.next_shift) & ((1 << fmt.next_bits) - 1)
+        problems.append(
+            _ChainError(
+                at // page_size,
+                at,
+                MachOFormatError(
                     path,
-                    data_file_offset + seg.fileoff + bad,
-                    f"chained fixups: next {step} of the pointer at segment offset {bad:#x} "
-                    f"leaves its page ({page_off:#x}..{end:#x})",
-                )
-    if not positions:
+                    data_file_offset + seg.fileoff + at,
+                    f"chained fixups: next {step} of the pointer at segment offset {at:#x} "
+                    f"leaves its page ({page_off:#x}..{min(page_off + page_size, seg_end):#x})",
+                ),
+            )
+        )
+    if problems:
+        raise min(problems, key=lambda p: (p.page, p.offset)).error
+    if not len(pos_arr):
         return empty_fixups()
-    pos_arr = np.array(positions, dtype=np.int64)
-    raw = np.frombuffer(data, dtype=np.uint8)
     file_pos = pos_arr + seg.fileoff
-    # gather the little-endian pointer values at arbitrary (possibly unaligned) offsets
-    values = np.zeros(len(pos_arr), dtype=_U64)
-    for k in range(fmt.size):
-        values |= raw[file_pos + k].astype(_U64) << _U64(8 * k)
     recs = decode_pointers(fmt, values, base, starts.record.max_valid_pointer)
     recs["address"] = _U64(seg.vmaddr) + pos_arr.astype(_U64)
     recs["segment"] = starts.segment_index
@@ -488,7 +487,7 @@ def _decode_segment(
             data_file_offset + int(file_pos[k]),
             "chained fixups: kernel-collection pointer refers to another collection (cacheLevel != 0)",
         )
-    kept: np.ndarray = recs[keep]
+    kept: np.ndarray = recs if keep.all() else recs[keep]
     return kept
 
 

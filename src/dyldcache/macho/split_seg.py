@@ -26,11 +26,13 @@ paired movw).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 from ..errors import MachOFormatError
 from . import constants as C
+from .jump_chains import JumpTable, index_dtype
 
 #: one v2 reference: the location (from) and what it points to (to), as section-relative offsets
 SPLIT_SEG_DTYPE = np.dtype(
@@ -148,18 +150,23 @@ def _ulebs(raw: np.ndarray, path: str, base: int) -> tuple[np.ndarray, np.ndarra
     starts[0] = 0
     starts[1:] = ends[:-1] + 1
     lengths = ends - starts + 1
-    if lengths.max() > 10:
+    longest = int(lengths.max())
+    if longest > 10:
         k = int(np.flatnonzero(lengths > 10)[0])
         raise MachOFormatError(path, base + int(starts[k]), "split seg info: ULEB128 longer than 10 bytes")
-    tenth = np.flatnonzero((lengths == 10) & (raw[starts + 9 * (lengths == 10)] > 1))
-    if tenth.size:
-        raise MachOFormatError(
-            path, base + int(starts[tenth[0]]), "split seg info: ULEB128 overflows 64 bits"
-        )
-    values = np.zeros(ends.size, dtype=_U64)
-    for b in range(int(lengths.max())):
-        has = lengths > b
-        values[has] |= (raw[starts[has] + b].astype(_U64) & _U64(0x7F)) << _U64(7 * b)
+    if longest == 10:
+        ten = np.flatnonzero(lengths == 10)
+        tenth = ten[raw[ends[ten]] > 1]
+        if tenth.size:
+            raise MachOFormatError(
+                path, base + int(starts[tenth[0]]), "split seg info: ULEB128 overflows 64 bits"
+            )
+    values = (raw[ends] & 0x7F).astype(_U64)
+    longer = np.flatnonzero(lengths > 1)
+    # the last byte of each number is its highest; add the lower bytes, numbers still long enough
+    for b in range(longest - 1):
+        values[longer] = (values[longer] << _U64(7)) | (raw[ends[longer] - 1 - b] & 0x7F)
+        longer = longer[lengths[longer] > b + 2]
     return values, starts
 
 
@@ -171,89 +178,197 @@ def read_split_seg(data: bytes | memoryview, path: str, base_offset: int = 0) ->
     return SplitSegInfo(1, _read_v1(raw, path, base_offset))
 
 
+#: kind groups per ToOffset that the first pass of the v2 decoder follows: ld64 and our linker
+#: write one group per kind, so at most MAX_V2_KIND; a stream with more is decoded a second time
+#: without this limit
+_KIND_GROUPS_FIRST_PASS = 15
+#: pointer-doubling levels kept for the walks (pieces of 2**n records; see jump_chains)
+_TO_OFFSET_LEVELS = 5
+_KIND_GROUP_LEVELS = 4
+
+
+@dataclass(slots=True)
+class _V2Records:
+    """Where the records of a v2 stream start (indexes into its ULEB128 values), in stream order."""
+
+    #: each FromToSection
+    sections: np.ndarray
+    #: the number of ToOffsets of each FromToSection
+    to_counts: np.ndarray
+    #: each ToOffset
+    to_offsets: np.ndarray
+    #: each kind group
+    kind_groups: np.ndarray
+    #: the value after the last FromToSection
+    end: int
+
+
 def _read_v2(raw: np.ndarray, path: str, base: int) -> np.ndarray:
     values, starts = _ulebs(raw, path, base)
-    vals = values.tolist()
-    n = len(vals)
+    n = len(values)
 
     def error(i: int, message: str) -> MachOFormatError:
         at = base + (int(starts[i]) if i < n else raw.size)
         return MachOFormatError(path, at, f"split seg info: {message}")
 
-    # walk the headers in Python (one step per group, locals only: this is the hot loop);
-    # each run of from-deltas is only recorded as (first value index, count) and summed below
-    # with numpy. Bounds and kinds are checked once the walk is done.
-    groups: list[tuple[int, int, int, int, int, int]] = []
-    add = groups.append
     if n == 0:
         raise error(0, "missing FromToSection count")
-    i = 1
-    try:
-        for _ in range(vals[0]):
-            from_sect, to_sect, to_count = vals[i], vals[i + 1], vals[i + 2]
-            if from_sect > 0xFFFF or to_sect > 0xFFFF:
-                raise error(
-                    i if from_sect > 0xFFFF else i + 1,
-                    f"section index {max(from_sect, to_sect)} is too large",
-                )
-            i += 3
-            to_offset = 0
-            for _ in range(to_count):
-                to_offset += vals[i]
-                kind_count = vals[i + 1]
-                i += 2
-                for _ in range(kind_count):
-                    count = vals[i + 1]
-                    add((vals[i], from_sect, to_sect, to_offset, i + 2, count))
-                    i += 2 + count
-                    if i > n:
-                        raise error(n, f"{count} from-offsets run past the end of the data")
-    except IndexError:
-        raise error(i, "truncated split seg info") from None
-    if i > n:
-        raise error(n, "truncated split seg info")
-    if groups:
-        kinds_seen = [g[0] for g in groups]
-        bad_kind = next((k for k, g in enumerate(groups) if g[0] > MAX_V2_KIND), None)
-        if bad_kind is not None:
-            raise error(groups[bad_kind][4] - 2, f"bad kind {kinds_seen[bad_kind]}")
-        big = next((g for g in groups if g[3] >= 1 << 64), None)
-        if big is not None:
-            raise error(big[4] - 3, "to-offset overflows 64 bits")
-    group_kind = [g[0] for g in groups]
-    group_from = [g[1] for g in groups]
-    group_to = [g[2] for g in groups]
-    group_to_offset = [g[3] for g in groups]
-    group_first = [g[4] for g in groups]
-    group_count = [g[5] for g in groups]
+    records = _v2_records(values, error, _KIND_GROUPS_FIRST_PASS) or _v2_records(values, error, None)
+    assert records is not None  # the second pass has no limit: it decodes or raises
+    to_at, group_at = records.to_offsets, records.kind_groups
+    # the FromToSection of every ToOffset, the ToOffset of every kind group
+    to_section = np.repeat(np.arange(records.sections.size), records.to_counts)
+    kind_counts = values[to_at + 1].astype(np.int64)
+    group_to = np.repeat(np.arange(to_at.size), kind_counts)
+    first_to = np.cumsum(records.to_counts) - records.to_counts
+    to_offset, to_wrapped = _segmented_sums(values[to_at], np.repeat(first_to, records.to_counts))
+    kinds = values[group_at]
+    bad_kind = np.flatnonzero(kinds > MAX_V2_KIND)
+    if bad_kind.size:
+        k = int(bad_kind[0])
+        raise error(int(group_at[k]), f"bad kind {int(kinds[k])}")
+    # a to-offset is 2^64 or more once its sum wrapped anywhere before it in its FromToSection
+    # (the first sum of a run never wraps, so the count at the run's first ToOffset is the count before)
+    wraps = np.cumsum(to_wrapped)
+    big = np.flatnonzero((wraps - wraps[np.repeat(first_to, records.to_counts)])[group_to] > 0)
+    if big.size:
+        raise error(int(to_at[group_to[big[0]]]), "to-offset overflows 64 bits")
     # what follows the last FromToSection is the 0x00 terminator and zero padding
-    rest = np.flatnonzero(values[i:])
+    rest = np.flatnonzero(values[records.end :])
     if rest.size:
-        raise error(i + int(rest[0]), "unexpected data after the last entry")
+        raise error(records.end + int(rest[0]), "unexpected data after the last entry")
 
-    counts = np.array(group_count, dtype=np.int64)
-    total = int(counts.sum()) if counts.size else 0
+    counts = values[group_at + 1].astype(np.int64)
+    total = int(counts.sum())
     out = np.zeros(total, dtype=SPLIT_SEG_DTYPE)
     if total == 0:
         return out
-    out["kind"] = np.repeat(np.array(group_kind, dtype=np.uint8), counts)
-    out["from_section"] = np.repeat(np.array(group_from, dtype=np.uint16), counts)
-    out["to_section"] = np.repeat(np.array(group_to, dtype=np.uint16), counts)
-    out["to_offset"] = np.repeat(np.array(group_to_offset, dtype=_U64), counts)
-    # segmented cumulative sum of the from-deltas: one cumsum, minus the total before each group
+    section_at = records.sections[to_section[group_to]]
+    out["kind"] = np.repeat(kinds.astype(np.uint8), counts)
+    out["from_section"] = np.repeat(values[section_at].astype(np.uint16), counts)
+    out["to_section"] = np.repeat(values[section_at + 1].astype(np.uint16), counts)
+    out["to_offset"] = np.repeat(to_offset[group_to], counts)
+    # the from-deltas of each kind group, summed from 0 in each group
     group_start = np.cumsum(counts) - counts
-    index = np.arange(total) - np.repeat(group_start, counts) + np.repeat(np.array(group_first), counts)
-    sums = np.cumsum(values[index])
-    before = np.where(group_start > 0, sums[np.maximum(group_start - 1, 0)], _U64(0))
-    out["from_offset"] = sums - np.repeat(before, counts)
+    index = np.arange(total) + np.repeat(group_at + 2 - group_start, counts)
+    out["from_offset"], wrapped = _segmented_sums(values[index], np.repeat(group_start, counts))
     # deltas are unsigned, so a from-offset that goes down inside its group wrapped past 2^64
-    wrapped = np.flatnonzero(
-        (out["from_offset"][1:] < out["from_offset"][:-1])
-        & (np.arange(1, total) != np.repeat(group_start, counts)[1:])
-    )
-    if wrapped.size:
-        raise error(int(index[wrapped[0] + 1]), "from-offset overflows 64 bits")
+    if wrapped.any():
+        raise error(int(index[np.flatnonzero(wrapped)[0]]), "from-offset overflows 64 bits")
     return out
+
+
+def _segmented_sums(deltas: np.ndarray, run_start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Running sums of uint64 ``deltas`` that start again from 0 at each run (``run_start`` =
+    the index where the run of each delta starts), and where a sum wrapped past 2^64 (a sum
+    below the one before it in the same run)."""
+    sums = np.cumsum(deltas, dtype=_U64)
+    if not sums.size:
+        return sums, np.zeros(0, dtype=bool)
+    before = np.where(run_start > 0, sums[np.maximum(run_start - 1, 0)], _U64(0))
+    out = sums - before
+    wrapped = np.zeros(sums.size, dtype=bool)
+    wrapped[1:] = (out[1:] < out[:-1]) & (run_start[1:] != np.arange(1, sums.size))
+    return out, wrapped
+
+
+class _ErrorAt(Protocol):
+    def __call__(self, i: int, message: str) -> MachOFormatError: ...
+
+
+def _v2_records(values: np.ndarray, error: _ErrorAt, kind_limit: int | None) -> _V2Records | None:
+    """Find the records of a v2 stream without a Python step per record.
+
+    For every value index, where the next record would start if a kind group (``groups``) or a
+    ToOffset (``tos``) started there; node ``n + 1`` means "cannot be read". The FromToSections
+    are walked one by one, each following its ToOffsets by pointer doubling. With ``kind_limit``,
+    a ToOffset with more kind groups counts as unreadable and None is returned if one is met.
+    Raises the error of the first record a sequential reader could not read.
+    """
+    n = len(values)
+    fail = n + 1
+    dtype = index_dtype(n + 2)
+    # counts above n never fit; clamping keeps the index arithmetic in int64
+    small = np.minimum(values, _U64(n)).view(np.int64)
+    at = np.arange(n - 1, dtype=np.int64)  # the positions whose second value exists
+    # kind group at k: kind, count, count from-deltas (past n + 1 = past the end = fail)
+    groups_next = np.full(n + 2, fail, dtype=dtype)
+    groups_next[: n - 1] = np.minimum(at + 2 + small[1:], fail)
+    groups = JumpTable(groups_next, _KIND_GROUP_LEVELS)
+    # ToOffset at j: to-delta, kind_count, kind_count kind groups
+    kind_counts = small[1:]
+    # (each kind group takes two values at least, so n // 2 + 1 of them never fit)
+    limit = n // 2 + 1 if kind_limit is None else kind_limit
+    to_next = np.full(n + 2, fail, dtype=dtype)
+    # most ToOffsets have one kind group: one step for every position, then the others
+    body = to_next[: n - 1]
+    np.take(groups_next, at + 2, mode="clip", out=body)
+    other = np.flatnonzero(kind_counts != 1)
+    count = kind_counts[other]
+    body[other[count == 0]] = other[count == 0] + 2
+    body[other[count > limit]] = fail
+    more = other[(count > 1) & (count <= limit)]
+    body[more] = groups.advance(body[more], kind_counts[more] - 1)
+    tos = JumpTable(to_next, _TO_OFFSET_LEVELS)
+
+    sections: list[int] = []
+    to_counts: list[int] = []
+    firsts: list[np.ndarray] = []
+    counts: list[np.ndarray] = []
+    i = 1
+    # every FromToSection takes three values at least, so a larger count ends in truncation
+    for _ in range(min(int(values[0]), n)):
+        if i + 2 >= n:
+            raise error(i, "truncated split seg info")
+        from_sect, to_sect, to_count = int(values[i]), int(values[i + 1]), int(values[i + 2])
+        if from_sect > 0xFFFF or to_sect > 0xFFFF:
+            raise error(
+                i if from_sect > 0xFFFF else i + 1, f"section index {max(from_sect, to_sect)} is too large"
+            )
+        sections.append(i)
+        to_counts.append(to_count)
+        if to_count == 0:
+            i += 3
+            continue
+        piece_firsts, piece_counts, end = tos.walk(i + 3, min(to_count, n))
+        if end == fail:
+            if kind_limit is not None:
+                return None
+            raise _first_unreadable(values, tos, groups, i + 3, error)
+        firsts.append(piece_firsts)
+        counts.append(piece_counts)
+        i = end
+    to_at = _sorted_members(tos, firsts, counts, n)
+    group_firsts, group_counts, _ = groups.pieces(to_at + 2, small[to_at + 1])
+    group_at = _sorted_members(groups, [group_firsts], [group_counts], n)
+    return _V2Records(
+        np.array(sections, dtype=np.int64), np.array(to_counts, dtype=np.int64), to_at, group_at, i
+    )
+
+
+def _sorted_members(
+    table: JumpTable, firsts: list[np.ndarray], counts: list[np.ndarray], n: int
+) -> np.ndarray:
+    """The nodes of the pieces, ascending (they are distinct records, all below ``n``)."""
+    mark = np.zeros(n, dtype=bool)
+    if firsts:
+        nodes, _ = table.members(np.concatenate(firsts), np.concatenate(counts))
+        mark[nodes] = True
+    return np.flatnonzero(mark)
+
+
+def _first_unreadable(
+    values: np.ndarray, tos: JumpTable, groups: JumpTable, first: int, error: _ErrorAt
+) -> MachOFormatError:
+    """The error of the first record a sequential reader cannot read in the ToOffsets from ``first``."""
+    n = len(values)
+    bad_to = tos.last(first)
+    if bad_to + 1 >= n:
+        return error(bad_to, "truncated split seg info")
+    bad_group = groups.last(bad_to + 2)
+    if bad_group + 1 >= n:
+        return error(bad_group, "truncated split seg info")
+    return error(n, f"{int(values[bad_group + 1])} from-offsets run past the end of the data")
 
 
 def _read_v1(raw: np.ndarray, path: str, base: int) -> np.ndarray:

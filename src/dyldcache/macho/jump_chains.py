@@ -1,0 +1,146 @@
+"""Walking many forward chains at once by pointer doubling, without a Python step per node.
+
+A chain is a jump table over nodes ``0..N-1``: node ``x`` is followed by ``table[x]``. The last
+node, :attr:`JumpTable.end`, is absorbing (``table[end] == end``) and stands for "the walk
+stopped" (a chain end or a failure, as the caller defines it). The LINKEDIT decoders build such
+tables for every position at once (split seg v2: where the record after a given position would
+start; chained fixups: where the pointer at a slot says the next one is) and then need the nodes
+of a few walks through them.
+
+Level ``l`` of the table is the table applied ``2**l`` times (``levels[l+1] = levels[l][levels[l]]``).
+Levels up to ``top`` are kept; a walk of ``k`` steps is cut into pieces of at most ``2**top``
+steps (one vectorized step per piece over all walks), and the nodes of every piece are then
+listed by halving the pieces level by level.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def index_dtype(size: int) -> type[np.signedinteger]:
+    """The narrowest signed integer type that holds node numbers below ``size``."""
+    return np.int32 if size < 1 << 31 else np.int64
+
+
+class JumpTable:
+    """Powers of one jump table (see the module docstring)."""
+
+    __slots__ = ("_levels", "end", "top")
+
+    def __init__(self, table: np.ndarray, top: int) -> None:
+        #: the absorbing node
+        self.end = len(table) - 1
+        #: the highest level kept (pieces have at most 2**top steps)
+        self.top = top
+        self._levels = [table]
+
+    def level(self, index: int) -> np.ndarray:
+        """The table applied ``2**index`` times (``index <= top``)."""
+        while len(self._levels) <= index:
+            last = self._levels[-1]
+            self._levels.append(np.take(last, last, mode="clip"))
+        return self._levels[index]
+
+    def advance(self, nodes: np.ndarray, steps: np.ndarray) -> np.ndarray:
+        """Where each walk from ``nodes`` is after ``steps`` steps (element-wise; any ``steps`` >= 0)."""
+        x = np.asarray(nodes).astype(self._levels[0].dtype, copy=True)
+        k = np.asarray(steps, dtype=np.int64)
+        # only the walks still moving are looked at
+        todo = np.flatnonzero((k > 0) & (x != self.end))
+        at, left = x[todo], k[todo]
+        short = not left.size or int(left.max()) <= 1 << self.top
+        table = self._levels[0]
+        bit = 0
+        while todo.size:
+            if short:
+                # few steps (a kind group count): one step at a time; most walks stop early
+                at = np.take(table, at, mode="clip")
+                left -= 1
+            else:
+                table = self.level(bit) if bit <= self.top else np.take(table, table, mode="clip")
+                now = np.flatnonzero(left & 1)
+                at[now] = np.take(table, at[now], mode="clip")
+                left >>= 1
+                bit += 1
+            done = (left == 0) | (at == self.end)
+            if done.any():
+                x[todo[done]] = at[done]
+                busy = ~done
+                todo, at, left = todo[busy], at[busy], left[busy]
+        return x
+
+    def pieces(self, nodes: np.ndarray, steps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Cut the walks of ``steps`` nodes from ``nodes`` into pieces of at most ``2**top`` nodes.
+
+        Returns the first node of each piece, the number of nodes in it and the walk it belongs
+        to. Pieces that start at :attr:`end` may be left out.
+        """
+        x = np.asarray(nodes).astype(self._levels[0].dtype, copy=True)
+        k = np.asarray(steps, dtype=np.int64).copy()
+        chunk = 1 << self.top
+        firsts, counts, walks = [x.copy()], [np.minimum(k, chunk)], [np.arange(x.size)]
+        live = np.flatnonzero((k > chunk) & (x != self.end))
+        if live.size:
+            top = self.level(self.top)
+        while live.size:
+            x[live] = np.take(top, x[live], mode="clip")
+            k[live] -= chunk
+            firsts.append(x[live])
+            counts.append(np.minimum(k[live], chunk))
+            walks.append(live)
+            live = live[(k[live] > chunk) & (x[live] != self.end)]
+        return np.concatenate(firsts), np.concatenate(counts), np.concatenate(walks)
+
+    def walk(self, node: int, steps: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """:meth:`pieces` of one walk, with one Python step a piece, and where the walk ends."""
+        chunk = 1 << self.top
+        top = self.level(self.top)
+        firsts, left = [node], steps
+        while left > chunk and node != self.end:
+            node = int(top[node])
+            left -= chunk
+            firsts.append(node)
+        counts = np.minimum(left + chunk * np.arange(len(firsts) - 1, -1, -1, dtype=np.int64), chunk)
+        # the rest of the last piece, bit by bit
+        for bit in range(min(left, chunk).bit_length()):
+            if left >> bit & 1:
+                node = int(self.level(bit)[node])
+        return np.array(firsts, dtype=np.int64), counts, node
+
+    def members(self, firsts: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every node of the pieces from :meth:`pieces` (``counts`` at most ``2**top``) except
+        :attr:`end`, and the index of the piece each comes from; in no particular order."""
+        x = np.asarray(firsts)
+        k = np.asarray(counts, dtype=np.int64)
+        owner = np.arange(x.size, dtype=np.int64)
+        live = (k > 0) & (x != self.end)
+        x, k, owner = x[live], k[live], owner[live]
+        if not x.size:
+            return x, owner
+        for bit in reversed(range(int(k.max() - 1).bit_length())):
+            # each piece has at most 2**(bit+1) nodes: split off its second half
+            half = 1 << bit
+            split = np.flatnonzero(k > half)
+            if not split.size:
+                continue
+            second = np.take(self.level(bit), x[split], mode="clip")
+            rest = k[split] - half
+            k[split] = half
+            alive = second != self.end
+            x = np.concatenate([x, second[alive]])
+            k = np.concatenate([k, rest[alive]])
+            owner = np.concatenate([owner, owner[split][alive]])
+        return x, owner
+
+    def last(self, node: int) -> int:
+        """The last node before :attr:`end` on the walk from ``node`` (``node`` itself when its
+        successor is the end; ``node`` must not be the end)."""
+        top = self.level(self.top)
+        while int(top[node]) != self.end:
+            node = int(top[node])
+        for bit in reversed(range(self.top)):
+            after = int(self.level(bit)[node])
+            if after != self.end:
+                node = after
+        return node
