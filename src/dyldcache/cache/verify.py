@@ -31,6 +31,8 @@ from .format import HEADER_SIZE, CacheHeader, uuid_string
 from .reader import CacheFile, DyldCache
 
 _R, _RW, _RX = 1, 3, 5
+#: images parsed between two releases of the files' pages
+_RELEASE_EVERY = 8
 
 
 def _check_signature(f: CacheFile) -> list[str]:
@@ -180,6 +182,10 @@ def _check_images(cache: DyldCache) -> list[str]:
     out = []
     spans = [(m.address, m.end) for f in cache.files for m in f.mappings]
     for img in cache.images:
+        if img.index % _RELEASE_EVERY == 0:
+            # each parse maps header and LINKEDIT pages: thousands of images would add up
+            for f in cache.files:
+                f.release_pages()
         try:
             macho = cache.image_macho(img.index)
         except DyldCacheError as exc:
