@@ -8,6 +8,7 @@ import os
 import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
 from cache_fixtures import CacheFactory, RawCache, fixture_install_names, input_segments
 
@@ -102,3 +103,36 @@ def test_cached_images_keep_their_alignment(cache_factory: CacheFactory, key: st
             assert vmaddr % max((a for _, _, a in found), default=1) == 0, path
             sections += len(found)
     assert sections > 2 * len(raw.images)
+
+
+def test_a_cache_address_moves_by_its_segments_slide(cache_factory: CacheFactory, tmp_path: Path) -> None:
+    """After layout, an input address inside a segment moves by that segment's slide (cache
+    address minus input address, from the segments' own placement); one past a segment's end
+    stays with it, an address below the first segment moves with the lowest one. The scalar
+    cache_address and the vectorized cache_addresses agree."""
+    root = cache_factory.root("arm64")
+    builder = CacheBuilder(BuildOptions(arch="arm64", output_dir=str(tmp_path / "out"), root=root, jobs=1))
+    try:
+        builder.calculate_inputs()
+        builder.estimate_global_optimizations()
+        builder.create_subcaches()
+        assert builder.model is not None
+        checked = 0
+        for d in builder.model.dylibs:
+            placed = [s for s in d.segments if s.chunk is not None]
+            lowest = min(d.segments, key=lambda s: s.input.vmaddr)
+            for seg in placed:
+                base = seg.input.vmaddr
+                for addr in (base, base + seg.input.vmsize - 1, base + seg.input.vmsize // 2):
+                    want = addr + seg.cache_vmaddr - seg.input_vmaddr
+                    assert d.cache_address(InputVMAddr(addr)) == want, (d.install_name, hex(addr))
+                    checked += 1
+            if lowest.input.vmaddr and lowest.chunk is not None:
+                addr = lowest.input.vmaddr - 1
+                assert d.cache_address(InputVMAddr(addr)) == addr + lowest.cache_vmaddr - lowest.input_vmaddr
+            probes = [s.input.vmaddr + k for s in d.segments for k in (0, 1, s.input.vmsize)]
+            vectorized = d.cache_addresses(np.array(probes, dtype=np.uint64)).tolist()
+            assert [d.cache_address(InputVMAddr(a)) for a in probes] == vectorized
+        assert checked > 2 * len(builder.model.dylibs)
+    finally:
+        builder._discard()

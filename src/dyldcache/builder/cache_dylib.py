@@ -178,8 +178,20 @@ class CacheDylib:
         return None
 
     def cache_address(self, addr: InputVMAddr) -> CacheVMAddr:
-        """One input VM address -> cache VM address (see :meth:`cache_addresses`)."""
-        return CacheVMAddr(int(self.cache_addresses(np.array([addr], dtype=np.uint64))[0]))
+        """One input VM address -> cache VM address, as :meth:`cache_addresses` maps it (the
+        bind pass asks once per import: a scalar walk over the few segments, not numpy)."""
+        chosen: DylibSegment | None = None
+        lowest = self.segments[0]
+        for seg in self.segments:
+            start = seg.input.vmaddr
+            if start < lowest.input.vmaddr:
+                lowest = seg
+            # the last segment (in order) of the highest start at or below the address
+            if start <= addr and (chosen is None or start >= chosen.input.vmaddr):
+                chosen = seg
+        seg = chosen if chosen is not None else lowest
+        slide = seg.slide if seg.chunk is not None else 0
+        return CacheVMAddr((addr + slide) & _U64_MASK)
 
     def cache_addresses(self, input_addrs: np.ndarray) -> np.ndarray:
         """Vectorized input VM address -> cache VM address (by the segment containing it).
@@ -193,6 +205,9 @@ class CacheDylib:
         idx = np.searchsorted(starts[order], input_addrs, side="right") - 1
         idx = np.clip(idx, 0, len(order) - 1)
         return (input_addrs.astype(np.int64) + slides[order][idx]).astype(np.uint64)
+
+
+_U64_MASK = (1 << 64) - 1
 
 
 def _has_auth_fixups(ci: CacheInput, seg: Segment) -> bool:
