@@ -24,6 +24,8 @@ class CacheModel:
     total_vm_size: int = 0
     #: the build's scratch files, for planned arrays that wait for a later phase (None: memory)
     scratch: ScratchFiles | None = None
+    #: worker processes for the parallel steps of the serial phases
+    jobs: int = 1
 
     @property
     def main(self) -> SubCache:

@@ -156,7 +156,9 @@ class CacheBuilder:
             detail = f" ({eviction_summary(evictions)})" if evictions else ""
             raise NothingPlacedError(f"no input dylib can be placed in the cache{detail}", list(evictions))
         dylibs = make_cache_dylibs(self.inputs, self.config)
-        self.model = CacheModel(self.config, dylibs, self.inputs.aliases, scratch=scratch)
+        self.model = CacheModel(
+            self.config, dylibs, self.inputs.aliases, scratch=scratch, jobs=self._jobs()
+        )
 
     # -- phase 2 --------------------------------------------------------------------------------
 

@@ -42,6 +42,7 @@ from ..headers import HeaderFields
 from ..layout import Chunk, ChunkKind, Region, RegionKind, SubCache, layout_files
 from ..model import CacheModel
 from ..scratch import ScratchArray
+from ..workers import run_tasks
 from .base import DylibResult, Optimizer
 
 _DATA_REGIONS = (RegionKind.DATA_CONST, RegionKind.DATA, RegionKind.AUTH, RegionKind.AUTH_CONST)
@@ -220,12 +221,31 @@ class SlideInfo(Optimizer):
                 by_region.setdefault(k, []).append((piece, lo, hi))
             if s.outside is not None:
                 outside.append(s.outside)
-        for k, ((sub, kind), chunk) in enumerate(self.chunks.items()):
-            region = sub.regions[kind]
+        # every window of every data region is encoded on its own (in parallel: each writes
+        # only its own pages of the output), then each region's windows are joined
+        windows = [
+            _Window(k, sub, region, start)
+            for k, (sub, kind) in enumerate(self.chunks)
+            for region in (sub.regions[kind],)
+            for start in range(0, max(region.file_end - region.file_offset, 1), MEMORY_WINDOW)
+        ]
+
+        def encode(i: int) -> tuple[bytes, str | None]:
+            w = windows[i]
             try:
-                blob = self._encode_region(model.config, buffers, sub, region, by_region.get(k, []))
+                return _encode_window(model.config, buffers, w, by_region.get(w.region_index, [])), None
             except ValueError as exc:
-                raise BuildError(f"slide info for {kind.name}: {exc}") from None
+                return b"", str(exc)
+            finally:
+                buffers.release_pages()
+
+        encoded = run_tasks(encode, len(windows), model.jobs if len(windows) >= 4 else 1)
+        for k, ((_, kind), chunk) in enumerate(self.chunks.items()):
+            mine = [e for w, e in zip(windows, encoded, strict=True) if w.region_index == k]
+            failed = next((message for _, message in mine if message is not None), None)
+            if failed is not None:
+                raise BuildError(f"slide info for {kind.name}: {failed}")
+            blob = join_slide_info(model.config.slide_info_version, [b for b, _ in mine])
             if len(blob) > chunk.size:
                 raise BuildError(
                     f"internal: slide info for {kind.name} ({len(blob)} bytes) outgrew {chunk.size}"
@@ -238,50 +258,54 @@ class SlideInfo(Optimizer):
                 "(text relocations are not supported)"
             )
 
-    @staticmethod
-    def _encode_region(
-        cfg: CacheConfig,
-        buffers: CacheBuffers,
-        sub: SubCache,
-        region: Region,
-        pieces: list[tuple[ScratchArray, int, int]],
-    ) -> bytes:
-        """The region's slide info, encoded one MEMORY_WINDOW of its mapping at a time."""
-        size = region.file_end - region.file_offset
-        blobs = []
-        for start in range(0, max(size, 1), MEMORY_WINDOW):
-            length = min(MEMORY_WINDOW, size - start)
-            lo = region.vm_addr + start
-            # the last window takes every pointer up to the region's end, so that one past
-            # the file-backed part fails in the encoder as it would in one piece
-            hi = lo + length if start + MEMORY_WINDOW < size else region.vm_end
-            parts = []
-            for piece, first, last in pieces:  # in cache order, as the pointers were bound
-                if first < hi and last >= lo:
-                    ptrs = piece.load()
-                    loc = ptrs["location"]
-                    parts.append(ptrs[np.searchsorted(loc, lo) : np.searchsorted(loc, hi)])
-            window = np.concatenate(parts) if parts else np.zeros(0, dtype=CACHE_POINTER_FIELDS)
-            window = window[np.argsort(window["location"], kind="stable")]
-            at = region.file_offset + start
-            mapping = buffers.of(sub)[at : at + length].data
-            try:
-                blobs.append(encode_slide_info(cfg, mapping, _mapping_pointers(window, lo)))
-            except ValueError as exc:  # offsets and sizes as the whole mapping has them
-                message = str(exc)
-                m = _MAPPING_OFFSET.search(message)
-                if m is not None:
-                    offset = start + int(m.group(1), 16)
-                    message = message.replace(m.group(0), f"pointer at mapping offset {offset:#x}")
-                m = _MAPPING_SIZE.search(message)
-                if m is not None:
-                    message = message.replace(m.group(0), f"does not fit in the mapping ({size:#x} bytes)")
-                raise ValueError(message) from None
-            del window, parts, mapping
-            buffers.release_pages()
-        return join_slide_info(cfg.slide_info_version, blobs)
-
     def header_fields(self, model: CacheModel, sub: SubCache, fields: HeaderFields) -> None:
         for (s, kind), chunk in self.chunks.items():
             if s is sub:
                 fields.slide_info[kind] = (chunk.file_offset, self.used.get(chunk, 0))
+
+
+@dataclass(frozen=True, slots=True)
+class _Window:
+    """One MEMORY_WINDOW of a data region's mapping, whose slide info is encoded on its own."""
+
+    region_index: int
+    sub: SubCache
+    region: Region
+    #: offset of the window in the region's mapping
+    start: int
+
+
+def _encode_window(
+    cfg: CacheConfig, buffers: CacheBuffers, w: _Window, pieces: list[tuple[ScratchArray, int, int]]
+) -> bytes:
+    """The slide info of one window of a region (joined with its neighbours' by the caller);
+    ValueError with offsets and sizes as the whole mapping has them."""
+    region, start = w.region, w.start
+    size = region.file_end - region.file_offset
+    length = min(MEMORY_WINDOW, size - start)
+    lo = region.vm_addr + start
+    # the last window takes every pointer up to the region's end, so that one past
+    # the file-backed part fails in the encoder as it would in one piece
+    hi = lo + length if start + MEMORY_WINDOW < size else region.vm_end
+    parts = []
+    for piece, first, last in pieces:  # in cache order, as the pointers were bound
+        if first < hi and last >= lo:
+            ptrs = piece.load()
+            loc = ptrs["location"]
+            parts.append(ptrs[np.searchsorted(loc, lo) : np.searchsorted(loc, hi)])
+    window = np.concatenate(parts) if parts else np.zeros(0, dtype=CACHE_POINTER_FIELDS)
+    window = window[np.argsort(window["location"], kind="stable")]
+    at = region.file_offset + start
+    mapping = buffers.of(w.sub)[at : at + length].data
+    try:
+        return encode_slide_info(cfg, mapping, _mapping_pointers(window, lo))
+    except ValueError as exc:
+        message = str(exc)
+        m = _MAPPING_OFFSET.search(message)
+        if m is not None:
+            offset = start + int(m.group(1), 16)
+            message = message.replace(m.group(0), f"pointer at mapping offset {offset:#x}")
+        m = _MAPPING_SIZE.search(message)
+        if m is not None:
+            message = message.replace(m.group(0), f"does not fit in the mapping ({size:#x} bytes)")
+        raise ValueError(message) from None
