@@ -26,6 +26,7 @@ from ..config import MEMORY_WINDOW, REGION_ALIGNMENT, CacheConfig
 from ..layout import Chunk, ChunkKind, RegionKind, SubCache, SubCacheKind, layout_files
 from ..model import CacheModel
 from ..types import align_up
+from ..workers import run_tasks
 from .base import Optimizer
 
 _UUID_SIZE = 16
@@ -35,18 +36,26 @@ def _put_at(buf: np.ndarray, offset: int, raw: bytes) -> None:
     buf[offset : offset + len(raw)] = np.frombuffer(raw, dtype=np.uint8)
 
 
-def _hash_windows(buffers: CacheBuffers, buf: np.ndarray, code_limit: int, page_size: int) -> bytearray:
-    """``hash_pages(buf[:code_limit])``, one window at a time, releasing each window's pages."""
-    out = bytearray()
+def _hash_windows(
+    buffers: CacheBuffers, buf: np.ndarray, code_limit: int, page_size: int, jobs: int = 1
+) -> bytearray:
+    """``hash_pages(buf[:code_limit])``, one window at a time (windows in parallel with
+    ``jobs`` workers), releasing each window's pages."""
     window = max(page_size, MEMORY_WINDOW - MEMORY_WINDOW % page_size)
-    for start in range(0, code_limit, window):
-        out += hash_pages(buf[start : min(start + window, code_limit)].data, page_size)
-        buffers.release_pages()
-    return out
+    starts = range(0, code_limit, window)
+
+    def hash_window(i: int) -> bytes:
+        start = starts[i]
+        try:
+            return hash_pages(buf[start : min(start + window, code_limit)].data, page_size)
+        finally:
+            buffers.release_pages()
+
+    return bytearray(b"".join(run_tasks(hash_window, len(starts), jobs if len(starts) >= 4 else 1)))
 
 
 def sign_file(
-    buffers: CacheBuffers, buf: np.ndarray, sub: SubCache, signature: Chunk, cfg: CacheConfig
+    buffers: CacheBuffers, buf: np.ndarray, sub: SubCache, signature: Chunk, cfg: CacheConfig, jobs: int = 1
 ) -> bytes:
     """Sign one file into its signature chunk; returns its UUID (written into its header too)."""
     code_limit = signature.file_offset
@@ -61,7 +70,7 @@ def sign_file(
     _put_at(buf, uuid_off, bytes(_UUID_SIZE))
 
     page = cfg.code_sign_page_size
-    hashes = _hash_windows(buffers, buf, code_limit, page)
+    hashes = _hash_windows(buffers, buf, code_limit, page, jobs)
 
     def sign() -> bytes:
         blob = build_code_signature(
@@ -114,7 +123,7 @@ class CodeSign(Optimizer):
         for sub in [*model.subcaches[1:], model.main]:
             if sub.kind is SubCacheKind.MAIN:
                 _record_uuids(buffers.of(sub), model.subcaches, uuids)
-            uuids[sub] = sign_file(buffers, buffers.of(sub), sub, self.chunks[sub], model.config)
+            uuids[sub] = sign_file(buffers, buffers.of(sub), sub, self.chunks[sub], model.config, model.jobs)
 
 
 def _record_uuids(main: np.ndarray, subcaches: list[SubCache], uuids: dict[SubCache, bytes]) -> None:
