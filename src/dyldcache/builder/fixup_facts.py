@@ -54,12 +54,6 @@ class FixupFacts:
         split = None if self.split_seg is None else SplitSegInfo(self.split_seg[0], self.split_seg[1].load())
         image.__dict__["split_seg"] = split
 
-    @staticmethod
-    def forget(image: MachOFile) -> None:
-        """Drop what :meth:`restore` gave (or a decode did)."""
-        image.__dict__.pop("fixups", None)
-        image.__dict__.pop("split_seg", None)
-
 
 def fixup_facts(image: MachOFile, scratch: ScratchFiles) -> FixupFacts:
     """The facts of ``image``'s fixups and split seg info (decoded if that was not done yet),

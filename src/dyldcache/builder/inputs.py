@@ -65,10 +65,6 @@ def eviction_summary(evictions: list[Eviction], most: int = 4) -> str:
     return f"{len(evictions)} evicted: " + "; ".join(parts)
 
 
-#: the image's cached LINKEDIT decodes (copies, or views that map input pages again)
-_LINKEDIT_CACHES = ("symbol_table", "indirect_symbols", "data_in_code", "function_starts", "exports")
-
-
 @dataclass(slots=True)
 class CacheInput:
     """An eligible dylib: the parsed image plus the facts later phases need."""
@@ -120,9 +116,7 @@ class CacheInput:
     def drop_decodes(self) -> None:
         """Forget what :meth:`restore_decodes` gave, and the LINKEDIT tables the image decoded
         on demand since (a worker passes over hundreds of dylibs: kept, they would add up)."""
-        self.fixup_facts.forget(self.image)
-        for name in _LINKEDIT_CACHES:
-            self.image.__dict__.pop(name, None)
+        self.image.forget_decodes()
 
     @contextlib.contextmanager
     def decoded(self) -> Iterator[None]:

@@ -43,6 +43,8 @@ __all__ = [
 class MachOFile(MachOImage):
     """One thin 64-bit Mach-O image held in a buffer (usually an mmap), with its decoders."""
 
+    LINKEDIT_DECODES = (*MachOImage.LINKEDIT_DECODES, "exports", "fixups", "split_seg", "function_starts")
+
     @cached_property
     def exports(self) -> list[Export]:
         found = self.exports_trie_bytes()

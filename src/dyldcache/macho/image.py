@@ -45,6 +45,9 @@ class MachOImage:
     commands and the tables they locate. :class:`~dyldcache.macho.file.MachOFile` adds the
     LINKEDIT decoders."""
 
+    #: the tables decoded from LINKEDIT on first use and kept (cached properties)
+    LINKEDIT_DECODES: tuple[str, ...] = ("symbol_table", "indirect_symbols", "data_in_code")
+
     def __init__(
         self,
         data: bytes | bytearray | memoryview | mmap.mmap,
@@ -262,6 +265,12 @@ class MachOImage:
         return self.data[sect.offset : sect.offset + sect.size]
 
     # -- tables in LINKEDIT ----------------------------------------------------------------------
+
+    def forget_decodes(self, *names: str) -> None:
+        """Drop the named LINKEDIT decodes (all of them when none is named); the next use
+        decodes again. A builder that passes over thousands of images keeps none."""
+        for name in names or self.LINKEDIT_DECODES:
+            self.__dict__.pop(name, None)
 
     @cached_property
     def symbol_table(self) -> SymbolTable:

@@ -198,6 +198,6 @@ def plan_symbol_tables(
         nloc, nglob, nund = counts[d.index]
         out[d.index] = DylibSymbols(tuple(parts.pop(d.index)), nloc, nglob, nund, store(new_ind, scratch))
         # the input's symbol table (its strings are a copy) is read again where a pass needs it
-        d.image.__dict__.pop("symbol_table", None)
+        d.image.forget_decodes("symbol_table")
         d.input.mapped.release_pages()
     return pool, out
