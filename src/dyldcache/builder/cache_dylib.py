@@ -21,7 +21,7 @@ from .eligibility import segment_content_size
 from .export_table import ExportTable
 from .inputs import CacheInput, Inputs
 from .layout import Chunk, ChunkKind, Region, RegionKind
-from .scratch import ScratchArray, ScratchFiles
+from .scratch import Stored, load, stored_len
 from .types import CacheFileOffset, CacheVMAddr, InputFileOffset, InputVMAddr
 
 #: chunk kind -> region it goes to
@@ -102,31 +102,15 @@ class DylibSymbols:
 
     @property
     def indirect_count(self) -> int:
-        return _stored_len(self.indirect_store)
+        return stored_len(self.indirect_store)
 
     def nlist(self) -> np.ndarray:
         """The nlist entries, an array of the caller's own."""
-        parts = [_load(p) for p in self.nlist_parts]
+        parts = [load(p) for p in self.nlist_parts]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=NLIST64_DTYPE)
 
     def indirect(self) -> np.ndarray:
-        return _load(self.indirect_store)
-
-
-#: an array planned in one phase and used in a later one: in memory, or in the scratch files
-Stored = np.ndarray | ScratchArray
-
-
-def store(array: np.ndarray, scratch: ScratchFiles | None) -> Stored:
-    return array if scratch is None else scratch.write(array)
-
-
-def _load(stored: Stored) -> np.ndarray:
-    return stored.copy() if isinstance(stored, np.ndarray) else stored.load()
-
-
-def _stored_len(stored: Stored) -> int:
-    return len(stored) if isinstance(stored, np.ndarray) else stored.count
+        return load(self.indirect_store)
 
 
 @dataclass(eq=False, slots=True)

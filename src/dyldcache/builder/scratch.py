@@ -77,3 +77,21 @@ class ScratchFiles:
             if pid == os.getpid():
                 os.close(fd)
                 del self._files[pid]
+
+
+#: an array planned in one phase and used in a later one: in memory, or in the scratch files
+Stored = np.ndarray | ScratchArray
+
+
+def store(array: np.ndarray, scratch: ScratchFiles | None) -> Stored:
+    """``array`` written to ``scratch``, or kept as it is without scratch files."""
+    return array if scratch is None else scratch.write(array)
+
+
+def load(stored: Stored) -> np.ndarray:
+    """The array, of the caller's own."""
+    return stored.copy() if isinstance(stored, np.ndarray) else stored.load()
+
+
+def stored_len(stored: Stored) -> int:
+    return len(stored) if isinstance(stored, np.ndarray) else stored.count

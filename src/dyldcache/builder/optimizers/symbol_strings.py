@@ -16,10 +16,10 @@ from ...macho import constants as C
 from ...macho.format import NLIST64_DTYPE
 from ...names import encode_name
 from ..buffers import CacheBuffers
-from ..cache_dylib import CacheDylib, DylibSymbols, Stored, store
+from ..cache_dylib import CacheDylib, DylibSymbols
 from ..layout import Chunk, ChunkKind, Region
 from ..model import CacheModel
-from ..scratch import ScratchFiles
+from ..scratch import ScratchFiles, Stored, store
 from .base import DylibResult, Optimizer
 from .string_pool import StringPool, string_keys
 from .unmapped_locals import UnmappedLocals
