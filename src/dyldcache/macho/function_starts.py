@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..errors import MachOFormatError
-from .leb128 import uleb_decode_all
+from .leb128 import uleb_decode_all, uleb_encode_array
 
 _MAX_LEB_BYTES = 10
 
@@ -81,30 +81,6 @@ def read_function_starts(
     return addresses
 
 
-def _uleb_encode_array(values: np.ndarray) -> bytes:
-    """Concatenated ULEB128 encodings of a uint64 array (vectorized)."""
-    if values.size == 0:
-        return b""
-    bits = np.zeros(values.size, dtype=np.int64)
-    v = values.copy()
-    while True:
-        nonzero = v != 0
-        if not nonzero.any():
-            break
-        bits[nonzero] += 7
-        v >>= np.uint64(7)
-    lengths = np.maximum(bits // 7, 1)
-    ends = np.cumsum(lengths)
-    begins = ends - lengths
-    out = np.zeros(int(ends[-1]), dtype=np.uint8)
-    for k in range(int(lengths.max())):
-        has = lengths > k
-        chunk = (values[has] >> np.uint64(7 * k)) & np.uint64(0x7F)
-        more = lengths[has] > k + 1
-        out[begins[has] + k] = chunk.astype(np.uint8) | np.where(more, 0x80, 0).astype(np.uint8)
-    return out.tobytes()
-
-
 def write_function_starts(addresses: Sequence[int] | np.ndarray, base_address: int) -> bytes:
     """Encode function starts: sorted and unique, ULEB deltas, a 0 terminator, zero-padded to 8.
 
@@ -116,5 +92,5 @@ def write_function_starts(addresses: Sequence[int] | np.ndarray, base_address: i
             f"function start {int(addrs[0]):#x} is not above the mach header ({base_address:#x})"
         )
     deltas = np.diff(addrs, prepend=np.uint64(base_address))
-    body = _uleb_encode_array(deltas) + b"\0"
+    body = uleb_encode_array(deltas).tobytes() + b"\0"
     return body + bytes(-len(body) % 8)

@@ -33,6 +33,7 @@ import numpy as np
 from ..errors import MachOFormatError
 from . import constants as C
 from .jump_chains import JumpTable, index_dtype
+from .leb128 import uleb_encode_array
 
 #: one v2 reference: the location (from) and what it points to (to), as section-relative offsets
 SPLIT_SEG_DTYPE = np.dtype(
@@ -419,23 +420,6 @@ def _read_v1(raw: np.ndarray, path: str, base: int) -> np.ndarray:
 # encoding
 
 
-def _uleb_encode_all(values: np.ndarray) -> bytes:
-    """ULEB128 encoding of every uint64 in ``values``, concatenated (vectorized)."""
-    v = np.asarray(values, dtype=_U64)
-    if v.size == 0:
-        return b""
-    lengths = np.ones(v.size, dtype=np.int64)
-    for k in range(1, 10):
-        lengths += v >= _U64(1 << (7 * k))
-    total = int(lengths.sum())
-    owner = np.repeat(np.arange(v.size), lengths)
-    first = np.cumsum(lengths) - lengths
-    index = np.arange(total) - np.repeat(first, lengths)
-    out = ((v[owner] >> (_U64(7) * index.astype(_U64))) & _U64(0x7F)).astype(np.uint8)
-    out[index < np.repeat(lengths - 1, lengths)] |= 0x80
-    return bytes(out.tobytes())
-
-
 def _pad8(raw: bytes) -> bytes:
     return raw + bytes(-len(raw) % 8)
 
@@ -456,7 +440,8 @@ def encode_split_seg_v2(entries: np.ndarray) -> bytes:
     e = e[np.lexsort((e["from_offset"], e["kind"], e["to_offset"], e["to_section"], e["from_section"]))]
     n = e.size
     if n == 0:
-        return _pad8(bytes([C.DYLD_CACHE_ADJ_V2_FORMAT]) + _uleb_encode_all(np.zeros(1, _U64)) + b"\0")
+        # a FromToSection count of 0 (ULEB128 0), then the terminator
+        return _pad8(bytes([C.DYLD_CACHE_ADJ_V2_FORMAT, 0, 0]))
     fs, ts = e["from_section"].astype(np.int64), e["to_section"].astype(np.int64)
     to_off, kind, from_off = e["to_offset"], e["kind"], e["from_offset"]
     # where each nesting level starts a new group (a new pair starts every inner level too)
@@ -498,7 +483,7 @@ def encode_split_seg_v2(entries: np.ndarray) -> bytes:
     tokens[:, 7] = from_delta
     mask[:, 7] = True
     stream = np.concatenate([np.array([p_id[-1] + 1], dtype=_U64), tokens[mask]])
-    return _pad8(bytes([C.DYLD_CACHE_ADJ_V2_FORMAT]) + _uleb_encode_all(stream) + b"\0")
+    return _pad8(bytes([C.DYLD_CACHE_ADJ_V2_FORMAT]) + uleb_encode_array(stream).tobytes() + b"\0")
 
 
 def encode_split_seg_v1(entries: np.ndarray) -> bytes:
@@ -525,7 +510,7 @@ def encode_split_seg_v1(entries: np.ndarray) -> bytes:
                 "is zero or repeated"
             )
         out.append(kind)
-        out += _uleb_encode_all(deltas)
+        out += uleb_encode_array(deltas).tobytes()
         out.append(0)
     out.append(0)
     return _pad8(bytes(out))
