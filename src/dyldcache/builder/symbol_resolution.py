@@ -49,6 +49,23 @@ class ExportIndex:
 
     def __init__(self, dylibs: Sequence[ExportSource]) -> None:
         self.dylibs = dylibs
+        self._libcxx: int | None = None
+        self._libcxx_known = False
+
+    def libcxx(self) -> int | None:
+        """The dylib weak-definition lookups search first: the first libc++ with weak definitions.
+        Found once per index; a weak lookup per import used to scan every dylib for it."""
+        if not self._libcxx_known:
+            self._libcxx = next(
+                (
+                    i
+                    for i, other in enumerate(self.dylibs)
+                    if other.install_name.startswith("/usr/lib/libc++.") and other.image.flags & C.MH_WEAK_DEFINES
+                ),
+                None,
+            )
+            self._libcxx_known = True
+        return self._libcxx
 
     def find(
         self,
@@ -99,15 +116,11 @@ class ExportIndex:
         if ordinal == C.BIND_SPECIAL_DYLIB_WEAK_LOOKUP:
             # no load order exists at build time: libc++ first, then the image itself, then
             # what it links directly (not upward)
-            for i, other in enumerate(self.dylibs):
-                if (
-                    other.install_name.startswith("/usr/lib/libc++.")
-                    and other.image.flags & C.MH_WEAK_DEFINES
-                ):
-                    found = self.find(i, imp.name, reexports=False)
-                    if found is not None:
-                        return found
-                    break
+            cxx = self.libcxx()
+            if cxx is not None:
+                found = self.find(cxx, imp.name, reexports=False)
+                if found is not None:
+                    return found
             found = self.find(client, imp.name, reexports=False)
             if found is not None:
                 return found
