@@ -112,6 +112,31 @@ class CacheExports(ExportIndex):
         found = self.resolve_export(client, imp)
         return None if found is None else self._target(found)
 
+    def targets(self, client: int, imports: Sequence[Import]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """:meth:`resolve` of every import in ``imports``, as arrays: the value (a cache address,
+        or the absolute value), the dylib that defines it (-1: an absolute value, -2: nothing
+        exports it), and the name of each export found (the import's own name when none)."""
+        where, which = self.resolve_many(client, imports)
+        value = np.zeros(len(imports), dtype=np.uint64)
+        dylib = np.where(where >= 0, where, -2)
+        names = [imp.name for imp in imports]
+        for j in np.unique(where[where >= 0]).tolist():
+            sel = np.flatnonzero(where == j)
+            d = self.dylibs[j]
+            table = d.exports
+            at = which[sel]
+            address = table.addresses[at]
+            absolute = (table.flags[at] & np.uint64(C.EXPORT_SYMBOL_FLAGS_KIND_MASK)) == np.uint64(
+                C.EXPORT_SYMBOL_FLAGS_KIND_ABSOLUTE
+            )
+            value[sel] = np.where(
+                absolute, address, d.cache_addresses(address + np.uint64(d.image.base_address))
+            )
+            dylib[sel[absolute]] = -1
+            for k, i in zip(sel.tolist(), at.tolist(), strict=True):
+                names[k] = table.name(i)
+        return value, dylib, names
+
 
 def _check_rebase_targets(
     dylib: CacheDylib, addrs: np.ndarray, targets: np.ndarray, moved: np.ndarray
@@ -185,21 +210,14 @@ def bind_dylib(dylib: CacheDylib, index: CacheExports, slides: PointerSlides) ->
     if len(bd):
         uniq, inv = np.unique(recs["bind"][bd], return_inverse=True)
         n = len(uniq)
-        t_value = np.zeros(n, dtype=np.uint64)
-        t_dylib = np.full(n, -1, dtype=np.int64)  # -1: absolute value; -2: missing weak import
-        t_weak = np.zeros(n, dtype=np.uint8)
-        for i, k in enumerate(uniq.tolist()):
-            imp = fx.imports[k]
-            t = index.resolve(dylib.index, imp)
-            t_weak[i] = imp.weak
-            result.use_names.append(t.name if t is not None else imp.name)
-            if t is None:
-                if not imp.weak:  # phase 1 evicts every dylib with such a bind
-                    raise BuildError(f"internal: {name}: bind to {imp.name} did not resolve in the bind pass")
-                t_dylib[i] = -2
-            else:
-                t_value[i] = t.value
-                t_dylib[i] = -1 if t.dylib is None else t.dylib
+        imports = [fx.imports[k] for k in uniq.tolist()]
+        t_value, t_dylib, names = index.targets(dylib.index, imports)
+        t_weak = np.fromiter((imp.weak for imp in imports), dtype=np.uint8, count=n)
+        result.use_names = names
+        missing = np.flatnonzero((t_dylib == -2) & (t_weak == 0))
+        if len(missing):  # phase 1 evicts every dylib with such a bind
+            lost = imports[int(missing[0])].name
+            raise BuildError(f"internal: {name}: bind to {lost} did not resolve in the bind pass")
         tdy = t_dylib[inv]
         value = t_value[inv] + recs["addend"][bd].astype(np.uint64)  # wraps like the C arithmetic
         value[tdy == -2] = 0  # a missing weak import is null, whatever its addend

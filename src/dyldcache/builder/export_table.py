@@ -94,14 +94,55 @@ class ExportTable:
             import_name,
         )
 
-    def get(self, name: str) -> Export | None:
-        """The export named ``name``, or None."""
+    def export(self, i: int) -> Export:
+        """Export number ``i`` (trie order)."""
+        return self._export(i)
+
+    @property
+    def flags(self) -> np.ndarray:
+        """EXPORT_SYMBOL_FLAGS_* of every export (read-only view)."""
+        return self._flags
+
+    @property
+    def addresses(self) -> np.ndarray:
+        """The address field of every export (read-only view)."""
+        return self._address
+
+    def lookup(self, name: str) -> int:
+        """Index of the export named ``name``, or -1."""
         h = hash(name)
         at = int(np.searchsorted(self._hashes, h))
         n = len(self._hashes)
         while at < n and int(self._hashes[at]) == h:
             i = int(self._hash_order[at])
             if self.name(i) == name:
-                return self._export(i)
+                return i
             at += 1
-        return None
+        return -1
+
+    def lookup_many(self, names: Sequence[str]) -> np.ndarray:
+        """Index of the export named by each of ``names`` (-1 where there is none): one search of
+        the hashes for all of them; only hash hits compare names."""
+        out = np.full(len(names), -1, dtype=np.int64)
+        n = len(self._hashes)
+        if not names or not n:
+            return out
+        hashes = np.fromiter((hash(x) for x in names), dtype=np.int64, count=len(names))
+        at = np.searchsorted(self._hashes, hashes)
+        hit = np.flatnonzero(self._hashes[np.minimum(at, n - 1)] == hashes)
+        order, ends, blob = self._hash_order, self._name_ends, self._names
+        for k, a in zip(hit.tolist(), at[hit].tolist(), strict=True):
+            want = encode_name(names[k])
+            h = int(hashes[k])
+            while a < n and int(self._hashes[a]) == h:
+                i = int(order[a])
+                if blob[int(ends[i - 1]) if i else 0 : int(ends[i])] == want:
+                    out[k] = i
+                    break
+                a += 1
+        return out
+
+    def get(self, name: str) -> Export | None:
+        """The export named ``name``, or None."""
+        i = self.lookup(name)
+        return None if i < 0 else self._export(i)
