@@ -29,6 +29,9 @@ _MIX = np.uint64(0x9E3779B97F4A7C15)
 _LEN_MIX = np.uint64(0xC2B2AE3D27D4EB4F)
 _EMPTY_SLOT = np.uint64(0)
 _FIRST_BITS = 12
+#: zero bytes kept past the pool's end, so that 8-byte reads at any string of it stay inside
+_PAD = 8
+_ALL_ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
 #: the builtin, under a name the class's own ``bytes`` method does not hide
 _Bytes = bytes
 
@@ -56,6 +59,11 @@ def string_keys(table: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.n
     return keys
 
 
+def _u64_at(raw: np.ndarray) -> np.ndarray:
+    """Element i is the little-endian u64 at byte i of ``raw`` (unaligned reads)."""
+    return np.ndarray(shape=(max(len(raw) - 7, 0),), dtype="<u8", buffer=raw, strides=(1,))
+
+
 def keys_of(strings: Sequence[bytes]) -> np.ndarray:
     """:func:`string_keys` of separate strings."""
     lengths = np.fromiter((len(s) for s in strings), dtype=np.int64, count=len(strings))
@@ -68,7 +76,7 @@ class StringPool:
     """One deduplicated string pool (a LINKEDIT region's, or the .symbols file's); starts with ""."""
 
     def __init__(self, first: tuple[str, ...] = ()) -> None:
-        self._buf = bytearray(b"\0")
+        self._buf = bytearray(b"\0" + bytes(_PAD))  # the pool, then _PAD zero bytes
         self._bits = _FIRST_BITS
         self._keys = np.zeros(1 << self._bits, dtype=np.uint64)
         self._offsets = np.zeros(1 << self._bits, dtype=np.int64)
@@ -84,17 +92,17 @@ class StringPool:
 
     @property
     def size(self) -> int:
-        return len(self._frozen) if self._frozen is not None else len(self._buf)
+        return len(self._frozen) if self._frozen is not None else len(self._buf) - _PAD
 
     def freeze(self) -> None:
         """Keep only the bytes: no string is added from now on."""
-        self._frozen = bytes(self._buf)
+        self._frozen = bytes(memoryview(self._buf)[:-_PAD])
         self._buf = bytearray()
         self._keys = self._offsets = np.zeros(0, dtype=np.uint64)
         self._side = {}
 
     def bytes(self) -> _Bytes:
-        return self._frozen if self._frozen is not None else bytes(self._buf)
+        return self._frozen if self._frozen is not None else bytes(memoryview(self._buf)[:-_PAD])
 
     def add(self, s: _Bytes) -> int:
         return int(self.add_many([s])[0])
@@ -118,23 +126,48 @@ class StringPool:
             new = new[np.argsort(first[new], kind="stable")]  # in order of first occurrence
             texts = [strings[i] for i in first[new].tolist()]
             lengths = np.fromiter((len(t) + 1 for t in texts), dtype=np.int64, count=len(texts))
-            offsets[new] = len(self._buf) + np.cumsum(lengths) - lengths
-            self._buf += b"\0".join(texts) + b"\0"
+            offsets[new] = self.size + np.cumsum(lengths) - lengths
+            self._append(b"\0".join(texts) + b"\0")
             self._insert(distinct[new], slots[new], offsets[new])
         out = offsets[back.reshape(-1)]
         # a key only names a candidate: check every string against the bytes at its offset
-        buf = self._buf
-        at = out.tolist()
-        for i, (s, o) in enumerate(zip(strings, at, strict=True)):
-            if not (buf.startswith(s, o) and buf[o + len(s)] == 0):
-                out[i] = self._side_add(s)
+        for i in np.flatnonzero(self._mismatches(strings, out)).tolist():
+            out[i] = self._side_add(strings[i])
         return out
+
+    def _append(self, data: _Bytes) -> None:
+        del self._buf[-_PAD:]
+        self._buf += data
+        self._buf += bytes(_PAD)
+
+    def _mismatches(self, strings: list[_Bytes], offsets: np.ndarray) -> np.ndarray:
+        """Which strings are not (the string, then a NUL) at their offset in the pool: compared
+        8 bytes at a time, all strings at once."""
+        lengths = np.fromiter(map(len, strings), dtype=np.int64, count=len(strings))
+        ends = np.cumsum(lengths)
+        joined = np.frombuffer(b"".join(strings) + bytes(_PAD), dtype=np.uint8)
+        words = (lengths + 7) >> 3
+        owner = np.repeat(np.arange(len(strings)), words)
+        first_word = np.cumsum(words) - words
+        at = (np.arange(len(owner)) - first_word[owner]) * 8  # byte of its string each word starts at
+        left = lengths[owner] - at  # bytes of the string from there on (at least 1)
+        tail_bits = (np.minimum(left, 7) * 8).astype(np.uint64)
+        mask = np.where(left >= 8, _ALL_ONES, (np.uint64(1) << tail_bits) - np.uint64(1))
+        pool = np.frombuffer(self._buf, dtype=np.uint8)
+        try:
+            bad: np.ndarray = pool[offsets + lengths] != 0
+            mine = _u64_at(joined)[ends[owner] - lengths[owner] + at]
+            theirs = _u64_at(pool)[offsets[owner] + at]
+        finally:
+            del pool  # the bytearray cannot grow while a view of it exists
+        bad[owner[((mine ^ theirs) & mask) != 0]] = True
+        return bad
 
     def _side_add(self, s: _Bytes) -> int:
         off = self._side.get(s)
         if off is None:
-            off = len(self._buf)
-            self._buf += s + b"\0"
+            off = self.size
+            self._append(s + b"\0")
             self._side[s] = off
         return off
 
