@@ -154,9 +154,13 @@ def _check_rebase_targets(
     ]
     if not spans:
         return
+    spans.sort()
     lo = np.array([a for a, _ in spans], dtype=np.uint64)
     hi = np.array([b for _, b in spans], dtype=np.uint64)
-    inside = ((moved[:, None] >= lo[None, :]) & (moved[:, None] <= hi[None, :])).any(axis=1)
+    # segments do not overlap: the last one starting at or below a target is the only candidate
+    # (a target at one's end and the next one's start is inside either way)
+    at = np.searchsorted(lo, moved, side="right") - 1
+    inside = (at >= 0) & (moved <= hi[np.maximum(at, 0)])
     if inside.all():
         return
     bad = np.flatnonzero(~inside)
