@@ -273,7 +273,12 @@ class CacheBuilder:
         """The cheap part of ``verify`` on the staged cache: mappings, every slide-info chain and
         its targets, every image's segments. A problem here is a bug in the builder."""
         assert self.output is not None
-        problems = verify_cache(self.output.staged(self.output.main_name), signatures=False)
+        jobs = self._jobs()
+        problems = verify_cache(
+            self.output.staged(self.output.main_name),
+            signatures=False,
+            run=lambda task, count: run_tasks(task, count, jobs),
+        )
         if problems:
             raise BuildError(
                 "internal: the new cache fails its own check (a bug in dyldcache; please report it): "

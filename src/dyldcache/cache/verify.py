@@ -128,32 +128,43 @@ def _check_mappings(f: CacheFile) -> list[str]:
     return out
 
 
-def _check_slide_info(cache: DyldCache) -> list[str]:
-    out = []
+#: runs ``task(0) ... task(count - 1)`` (perhaps in parallel) and returns the results in order
+TaskRunner = Callable[[Callable[[int], list[str]], int], list[list[str]]]
+
+
+def _one_by_one(task: Callable[[int], list[str]], count: int) -> list[list[str]]:
+    return [task(i) for i in range(count)]
+
+
+def _check_slide_info(cache: DyldCache, run: TaskRunner = _one_by_one) -> list[str]:
     ranges = sorted((m.address, m.end) for f in cache.files for m in f.mappings)
     starts = np.array([r[0] for r in ranges], dtype=np.uint64)
     ends = np.array([r[1] for r in ranges], dtype=np.uint64)
-    for f in cache.files:
-        name = os.path.basename(f.path)
-        for i, m in enumerate(f.mappings):
-            if not m.slide_info_size:
-                continue
-            try:
-                windows = list(_bad_targets(f.slide_info_windows(i), starts, ends))
-            except CacheFormatError as exc:
-                out.append(f"{name}: slide info of {m.name}: {exc.message}")
-                continue
-            version = f.slide_info_version(i) or 0
-            bad = [w for w in windows if w[1]]
-            if bad:
-                offset, count, target = bad[0][0], sum(w[1] for w in bad), bad[0][2]
-                page = offset // _page_size(version)
-                out.append(
-                    f"{name}: slide info v{version} of {m.name}, page {page}: pointer at "
-                    f"{m.address + offset:#x} holds {target:#x}, outside the cache "
-                    f"({count} such pointers)"
-                )
-    return out
+    slid = [(f, i) for f in cache.files for i, m in enumerate(f.mappings) if m.slide_info_size]
+    found = run(lambda k: _check_mapping_slide_info(slid[k][0], slid[k][1], starts, ends), len(slid))
+    return [problem for problems in found for problem in problems]
+
+
+def _check_mapping_slide_info(f: CacheFile, i: int, starts: np.ndarray, ends: np.ndarray) -> list[str]:
+    """The problems of mapping ``i``'s slide info: a chain the format refuses, or pointers whose
+    targets lie in no mapping of the cache (``starts``/``ends``, sorted)."""
+    name = os.path.basename(f.path)
+    m = f.mappings[i]
+    try:
+        windows = list(_bad_targets(f.slide_info_windows(i), starts, ends))
+        version = f.slide_info_version(i) or 0
+    except CacheFormatError as exc:
+        return [f"{name}: slide info of {m.name}: {exc.message}"]
+    bad = [w for w in windows if w[1]]
+    if not bad:
+        return []
+    offset, count, target = bad[0][0], sum(w[1] for w in bad), bad[0][2]
+    page = offset // _page_size(version)
+    return [
+        f"{name}: slide info v{version} of {m.name}, page {page}: pointer at "
+        f"{m.address + offset:#x} holds {target:#x}, outside the cache "
+        f"({count} such pointers)"
+    ]
 
 
 def _bad_targets(
@@ -213,13 +224,14 @@ def _check_is_a_cache(path: str) -> None:
     CacheHeader.read_any(head, path)
 
 
-def verify_cache(path: str, *, signatures: bool = True) -> list[str]:
+def verify_cache(path: str, *, signatures: bool = True, run: TaskRunner = _one_by_one) -> list[str]:
     """Every problem found in the cache at ``path`` (empty when it is consistent).
 
     A path that does not exist is a UsageError, and a file that is not a cache at all a
     CacheFormatError; a cache whose structure stops the reader (bad subcache UUID, mapping
     outside its file...) is reported as a problem. Without ``signatures`` the page hashes are
-    not checked (the builder's own quick check).
+    not checked (the builder's own quick check). ``run`` runs the per-mapping slide-info
+    checks (the builder passes its worker processes).
     """
     if not os.path.exists(path):
         raise UsageError(f"{path}: no such file")
@@ -236,7 +248,7 @@ def verify_cache(path: str, *, signatures: bool = True) -> list[str]:
             checks.append(functools.partial(_check_mappings, f))
             if signatures:
                 checks.append(functools.partial(_check_signature, f))
-        checks += [functools.partial(_check_slide_info, cache), functools.partial(_check_images, cache)]
+        checks += [functools.partial(_check_slide_info, cache, run), functools.partial(_check_images, cache)]
         for check in checks:
             # a structure that stops one check (an image path outside the file...) is its problem
             try:
