@@ -193,21 +193,23 @@ def _check_fixups(image: MachOFile, config: CacheConfig) -> str | None:
             return (
                 f"bind to {imp.name} uses library ordinal {imp.ordinal}; there are {len(image.dylibs)} dylibs"
             )
-    binds = records[(records["kind"] == FixupKind.BIND) | (records["kind"] == FixupKind.AUTH_BIND)]
-    if len(binds):
-        auth = binds["kind"] == FixupKind.AUTH_BIND
-        addend = binds["addend"] & np.int64(0x00FFFFFFFFFFFFFF)
+    kinds = records["kind"]
+    is_bind = (kinds == FixupKind.BIND) | (kinds == FixupKind.AUTH_BIND)
+    if np.any(is_bind):
+        bind_addends = records["addend"][is_bind]
+        auth = kinds[is_bind] == FixupKind.AUTH_BIND
+        addend = bind_addends & np.int64(0x00FFFFFFFFFFFFFF)
         if np.any(~auth & (addend >= (1 << 23))):
             return "bind addend too large for the patch table (>= 2^23)"
-        if np.any(auth & (binds["addend"] >= (1 << 5))):
+        if np.any(auth & (bind_addends >= (1 << 5))):
             return "authenticated bind addend too large for the patch table (>= 2^5)"
     # dyld-1162 checks this on x86_64 only; every arch needs it here, since the cache has no
     # mapping for a target outside the image and the pointer would point at another dylib's bytes
     # (the cache keeps of each segment only the span of its sections: a target in the rest of
     # the segment's VM, or one past it, would point at whatever the cache puts there)
-    rebases = records[(records["kind"] == FixupKind.REBASE) | (records["kind"] == FixupKind.AUTH_REBASE)]
-    if len(rebases):
-        targets = rebases["target"]
+    is_rebase = np.flatnonzero((kinds == FixupKind.REBASE) | (kinds == FixupKind.AUTH_REBASE))
+    if len(is_rebase):
+        targets = records["target"][is_rebase]
         inside = np.zeros(len(targets), dtype=bool)
         for seg in image.segments:
             if seg.name != "__LINKEDIT":
@@ -215,8 +217,9 @@ def _check_fixups(image: MachOFile, config: CacheConfig) -> str | None:
         bad = np.flatnonzero(~inside)
         if len(bad):
             k = int(bad[0])
+            at = int(records["address"][is_rebase[k]])
             return (
-                f"rebase target {int(targets[k]):#x} at {int(rebases['address'][k]):#x} is outside the "
+                f"rebase target {int(targets[k]):#x} at {at:#x} is outside the "
                 "dylib's segments (as the cache keeps them)"
             )
     if config.arch.name == "x86_64":
