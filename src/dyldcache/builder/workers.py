@@ -22,8 +22,12 @@ from ..interrupts import ignore_interrupts, interrupts_deferred
 
 T = TypeVar("T")
 
-#: chunks per worker: small enough to balance uneven tasks, large enough to keep pipes quiet
-CHUNKS_PER_WORKER = 8
+#: each chunk handed out is this share of what is left per worker: big chunks while much is
+#: left (few messages), single tasks at the end, so that no worker idles long while another
+#: finishes a big chunk
+GUIDED_SHARE = 4
+#: and no chunk is more than 1/(jobs * this) of all tasks (what a worker holds before replying)
+MAX_CHUNK_SHARE = 8
 
 
 def can_fork() -> bool:
@@ -49,13 +53,26 @@ def run_tasks(
     return _Workers(task, count, min(jobs, count)).run(on_result)
 
 
+def guided_chunks(count: int, jobs: int) -> list[range]:
+    """``range(count)`` cut into chunks for ``jobs`` workers, largest first (guided scheduling):
+    each takes 1/GUIDED_SHARE of what is left per worker, at least one task, at most
+    1/MAX_CHUNK_SHARE of all tasks per worker."""
+    out = []
+    lo = 0
+    largest = max(1, count // (jobs * MAX_CHUNK_SHARE))
+    while lo < count:
+        size = max(1, min(largest, (count - lo) // (jobs * GUIDED_SHARE)))
+        out.append(range(lo, lo + size))
+        lo += size
+    return out
+
+
 class _Workers:
     def __init__(self, task: Callable[[int], Any], count: int, jobs: int) -> None:
         self.task = task
         self.count = count
         self.jobs = jobs
-        size = max(1, count // (jobs * CHUNKS_PER_WORKER))
-        self.chunks = [range(lo, min(lo + size, count)) for lo in range(0, count, size)]
+        self.chunks = guided_chunks(count, jobs)
         self.processes: list[multiprocessing.process.BaseProcess] = []
         self.pipes: list[Connection] = []
 
