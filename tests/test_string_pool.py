@@ -89,3 +89,22 @@ def test_frozen_pool_refuses_strings() -> None:
     with pytest.raises(AssertionError):
         pool.add(b"x")
     assert string_pool.StringPool().bytes() == b"\0"
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_strings, max_size=40), st.data())
+def test_spans_of_a_table_equal_the_strings_themselves(strings: list[bytes], data: st.DataObject) -> None:
+    """add_table (spans of a string table, as the symbol planner passes an input's strings) gives
+    what adding the same strings one at a time gives, spans in any order, repeated or not."""
+    table = b"\0" + b"".join(s + b"\0" for s in strings)
+    starts, pos = [], 1
+    for s in strings:
+        starts.append(pos)
+        pos += len(s) + 1
+    picks = data.draw(st.lists(st.integers(0, max(len(strings) - 1, 0)), max_size=60)) if strings else []
+    a = np.array([starts[i] for i in picks], dtype=np.int64)
+    b = np.array([starts[i] + len(strings[i]) for i in picks], dtype=np.int64)
+    pool = StringPool()
+    got = pool.add_table(np.frombuffer(table, dtype=np.uint8), a, b).tolist()
+    want_bytes, want = _reference([[strings[i] for i in picks]])
+    assert got == want[0] and pool.bytes() == want_bytes

@@ -64,6 +64,18 @@ def _u64_at(raw: np.ndarray) -> np.ndarray:
     return np.ndarray(shape=(max(len(raw) - 7, 0),), dtype="<u8", buffer=raw, strides=(1,))
 
 
+def _gathered(table: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> _Bytes:
+    """The strings ``table[starts[i]:starts[i] + lengths[i] - 1]``, each followed by a NUL, as one
+    bytes object (``lengths`` count the NUL)."""
+    out = np.zeros(int(lengths.sum()), dtype=np.uint8)
+    chars = lengths - 1
+    owner = np.repeat(np.arange(len(starts)), chars)
+    dest_start = np.cumsum(lengths) - lengths
+    step = np.arange(len(owner)) - (np.cumsum(chars) - chars)[owner]
+    out[dest_start[owner] + step] = table[starts[owner] + step]
+    return out.tobytes()
+
+
 def keys_of(strings: Sequence[bytes]) -> np.ndarray:
     """:func:`string_keys` of separate strings."""
     lengths = np.fromiter((len(s) for s in strings), dtype=np.int64, count=len(strings))
@@ -110,12 +122,24 @@ class StringPool:
     def add_many(self, strings: list[_Bytes], keys: np.ndarray | None = None) -> np.ndarray:
         """The offset of each string, adding those not in the pool yet, in order. ``keys`` are
         their :func:`string_keys` when the caller has them."""
+        lengths = np.fromiter(map(len, strings), dtype=np.int64, count=len(strings))
+        ends = np.cumsum(lengths)
+        table = np.frombuffer(b"".join(strings), dtype=np.uint8)
+        return self.add_table(table, ends - lengths, ends, keys)
+
+    def add_table(
+        self, table: np.ndarray, starts: np.ndarray, ends: np.ndarray, keys: np.ndarray | None = None
+    ) -> np.ndarray:
+        """:meth:`add_many` of the strings ``table[starts[i]:ends[i]]`` (``table`` a uint8 array,
+        e.g. an input's string table), without making a Python object per string."""
         if self._frozen is not None:
             raise AssertionError("string added to a frozen pool")
-        if not strings:
+        if not len(starts):
             return np.zeros(0, dtype=np.int64)
+        starts = starts.astype(np.int64)
+        ends = ends.astype(np.int64)
         if keys is None:
-            keys = keys_of(strings)
+            keys = string_keys(table, starts, ends)
         distinct, first, back = np.unique(keys, return_index=True, return_inverse=True)
         self._grow(self._used + len(distinct))
         slots = self._find(distinct)
@@ -124,15 +148,15 @@ class StringPool:
         new = np.flatnonzero(~found)
         if new.size:
             new = new[np.argsort(first[new], kind="stable")]  # in order of first occurrence
-            texts = [strings[i] for i in first[new].tolist()]
-            lengths = np.fromiter((len(t) + 1 for t in texts), dtype=np.int64, count=len(texts))
+            which = first[new]
+            lengths = ends[which] - starts[which] + 1  # with the NUL
             offsets[new] = self.size + np.cumsum(lengths) - lengths
-            self._append(b"\0".join(texts) + b"\0")
+            self._append(_gathered(table, starts[which], lengths))
             self._insert(distinct[new], slots[new], offsets[new])
         out = offsets[back.reshape(-1)]
         # a key only names a candidate: check every string against the bytes at its offset
-        for i in np.flatnonzero(self._mismatches(strings, out)).tolist():
-            out[i] = self._side_add(strings[i])
+        for i in np.flatnonzero(self._mismatches(table, starts, ends, out)).tolist():
+            out[i] = self._side_add(table[starts[i] : ends[i]].tobytes())
         return out
 
     def _append(self, data: _Bytes) -> None:
@@ -140,14 +164,15 @@ class StringPool:
         self._buf += data
         self._buf += bytes(_PAD)
 
-    def _mismatches(self, strings: list[_Bytes], offsets: np.ndarray) -> np.ndarray:
-        """Which strings are not (the string, then a NUL) at their offset in the pool: compared
-        8 bytes at a time, all strings at once."""
-        lengths = np.fromiter(map(len, strings), dtype=np.int64, count=len(strings))
-        ends = np.cumsum(lengths)
-        joined = np.frombuffer(b"".join(strings) + bytes(_PAD), dtype=np.uint8)
+    def _mismatches(
+        self, table: np.ndarray, starts: np.ndarray, ends: np.ndarray, offsets: np.ndarray
+    ) -> np.ndarray:
+        """Which strings ``table[starts[i]:ends[i]]`` are not (the string, then a NUL) at their
+        offset in the pool: compared 8 bytes at a time, all strings at once."""
+        lengths = ends - starts
+        padded = np.concatenate([table, np.zeros(_PAD, dtype=np.uint8)])
         words = (lengths + 7) >> 3
-        owner = np.repeat(np.arange(len(strings)), words)
+        owner = np.repeat(np.arange(len(starts)), words)
         first_word = np.cumsum(words) - words
         at = (np.arange(len(owner)) - first_word[owner]) * 8  # byte of its string each word starts at
         left = lengths[owner] - at  # bytes of the string from there on (at least 1)
@@ -156,7 +181,7 @@ class StringPool:
         pool = np.frombuffer(self._buf, dtype=np.uint8)
         try:
             bad: np.ndarray = pool[offsets + lengths] != 0
-            mine = _u64_at(joined)[ends[owner] - lengths[owner] + at]
+            mine = _u64_at(padded)[starts[owner] + at]
             theirs = _u64_at(pool)[offsets[owner] + at]
         finally:
             del pool  # the bytearray cannot grow while a view of it exists

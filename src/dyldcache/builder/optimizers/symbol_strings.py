@@ -90,28 +90,42 @@ def _symbol_ranges(dylib: CacheDylib) -> tuple[range, range, range]:
 
 
 class _Names:
-    """The names at some string-table offsets (each up to its NUL), sliced in one pass, with
-    their string-pool keys."""
+    """The names at some string-table offsets (each up to its NUL) as spans of the string table,
+    with their string-pool keys: no Python object per name."""
 
     def __init__(self, d: CacheDylib, strx: np.ndarray) -> None:
         strings = d.image.symbol_table.strings
+        self.table = np.frombuffer(strings, dtype=np.uint8)
         if not len(strx):
-            self.names: list[bytes] = []
+            self.starts = self.ends = np.zeros(0, dtype=np.int64)
             self.keys = np.zeros(0, dtype=np.uint64)
             return
-        table = np.frombuffer(strings, dtype=np.uint8)
-        nuls = np.flatnonzero(table == 0)
+        nuls = np.flatnonzero(self.table == 0)
         if len(nuls):
             first = np.searchsorted(nuls, strx)  # the first NUL at or after each offset
-            ends = np.where(first < len(nuls), nuls[np.minimum(first, len(nuls) - 1)], len(strings))
+            self.ends = np.where(first < len(nuls), nuls[np.minimum(first, len(nuls) - 1)], len(strings))
         else:
-            ends = np.full(len(strx), len(strings))
-        starts = np.minimum(strx, len(strings))
-        self.names = [strings[a:b] for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]
-        self.keys = string_keys(table, starts, ends)
+            self.ends = np.full(len(strx), len(strings))
+        self.starts = np.minimum(strx, len(strings))
+        self.keys = string_keys(self.table, self.starts, self.ends)
 
-    def offsets_in(self, pool: StringPool) -> np.ndarray:
-        return pool.add_many(self.names, self.keys)
+    def starting_with(self, prefixes: tuple[bytes, ...]) -> np.ndarray:
+        """Which names start with one of ``prefixes`` (each at most 8 bytes)."""
+        padded = np.concatenate([self.table, np.zeros(8, dtype=np.uint8)])
+        words = np.ndarray(shape=(len(self.table) + 1,), dtype="<u8", buffer=padded, strides=(1,))
+        head = words[self.starts]
+        out = np.zeros(len(self.starts), dtype=bool)
+        for p in prefixes:
+            mask = np.uint64((1 << (8 * len(p))) - 1)
+            want = np.uint64(int.from_bytes(p, "little"))
+            out |= ((head & mask) == want) & (self.ends - self.starts >= len(p))
+        return out
+
+    def offsets_in(self, pool: StringPool, keep: np.ndarray | None = None) -> np.ndarray:
+        """Each name's offset in ``pool`` (added when new); only the ``keep`` ones when given."""
+        if keep is None:
+            return pool.add_table(self.table, self.starts, self.ends, self.keys)
+        return pool.add_table(self.table, self.starts[keep], self.ends[keep], self.keys[keep])
 
 
 def plan_symbol_tables(
@@ -167,11 +181,10 @@ def plan_symbol_tables(
         defined = ((types & C.N_TYPE) == C.N_SECT) & ((types & C.N_EXT) != 0) & ((types & C.N_STAB) == 0)
         idx = idx[defined]
         found = _Names(d, nlist["n_strx"][idx].astype(np.int64))
-        keep = np.array([not n.startswith(skipped) for n in found.names], dtype=bool)
-        idx = idx[keep] if len(idx) else idx
+        keep = ~found.starting_with(skipped)
+        idx = idx[keep]
         sel = nlist[idx].copy()
-        kept_names = [n for n, k in zip(found.names, keep.tolist(), strict=True) if k]
-        sel["n_strx"] = pool.add_many(kept_names, found.keys[keep] if len(keep) else found.keys)
+        sel["n_strx"] = found.offsets_in(pool, keep)
         kept_globals[d.index] = idx
         parts[d.index].append(store(sel, scratch))
         counts[d.index][1] = len(sel)
