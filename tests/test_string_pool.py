@@ -108,3 +108,17 @@ def test_spans_of_a_table_equal_the_strings_themselves(strings: list[bytes], dat
     got = pool.add_table(np.frombuffer(table, dtype=np.uint8), a, b).tolist()
     want_bytes, want = _reference([[strings[i] for i in picks]])
     assert got == want[0] and pool.bytes() == want_bytes
+
+
+def test_keys_are_the_same_whether_the_powers_are_kept_or_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tables longer than the kept powers compute their own: the keys do not depend on it."""
+    names = [f"_name{i}".encode() for i in range(300)]
+    table = np.frombuffer(b"\0".join(names) + b"\0", dtype=np.uint8)
+    lengths = np.array([len(n) for n in names])
+    ends = np.cumsum(lengths + 1) - 1
+    want = keys_of(names).tolist()
+    for kept in (1 << 22, 64):
+        monkeypatch.setattr(string_pool, "_KEPT_POWERS", kept)
+        monkeypatch.setattr(string_pool, "_POWERS", string_pool._Powers())
+        assert string_keys(table, ends - lengths, ends).tolist() == want
+        assert string_keys(table[:100], np.array([0]), np.array([6])).tolist() == keys_of([names[0]]).tolist()

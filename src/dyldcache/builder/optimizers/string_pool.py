@@ -36,19 +36,45 @@ _ALL_ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
 _Bytes = bytes
 
 
+class _Powers:
+    """_P**i and _P**-i modulo 2**64 for i up to the longest table seen, grown on demand (every
+    string table of a build would otherwise compute its own)."""
+
+    def __init__(self) -> None:
+        self.up = np.ones(1, dtype=np.uint64)
+        self.down = np.ones(1, dtype=np.uint64)
+
+    def upto(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        if len(self.up) > n:
+            return self.up[: n + 1], self.down[: n + 1]
+        size = max(n + 1, min(2 * len(self.up), _KEPT_POWERS))
+        up, down = _powers(_P, size), _powers(_P_INV, size)
+        if size <= _KEPT_POWERS:  # a huge table's are not kept (16 bytes per byte of it)
+            self.up, self.down = up, down
+        return up[: n + 1], down[: n + 1]
+
+
+def _powers(base: np.uint64, size: int) -> np.ndarray:
+    out = np.empty(size, dtype=np.uint64)
+    out[0] = 1
+    out[1:] = base
+    with np.errstate(over="ignore"):
+        np.cumprod(out, out=out)
+    return out
+
+
+#: string tables up to this many bytes share the powers (64 MiB of them at most)
+_KEPT_POWERS = 1 << 22
+
+
+_POWERS = _Powers()
+
+
 def string_keys(table: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     """The key of every string ``table[starts[i]:ends[i]]`` (``table`` a uint8 array)."""
     n = len(table)
+    powers, inverse = _POWERS.upto(n)
     with np.errstate(over="ignore"):
-        powers = np.empty(n + 1, dtype=np.uint64)
-        powers[0] = 1
-        inverse = np.empty(n + 1, dtype=np.uint64)
-        inverse[0] = 1
-        if n:
-            powers[1:] = _P
-            inverse[1:] = _P_INV
-            np.cumprod(powers, out=powers)
-            np.cumprod(inverse, out=inverse)
         prefix = np.zeros(n + 1, dtype=np.uint64)
         np.cumsum(table.astype(np.uint64) * powers[:n], out=prefix[1:])
         a = starts.astype(np.int64)
@@ -56,7 +82,8 @@ def string_keys(table: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.n
         keys = (prefix[b] - prefix[a]) * inverse[a]
         keys ^= (b - a).astype(np.uint64) * _LEN_MIX
     keys[keys == _EMPTY_SLOT] = _MIX  # 0 marks an empty slot
-    return keys
+    out: np.ndarray = keys
+    return out
 
 
 def _u64_at(raw: np.ndarray) -> np.ndarray:
