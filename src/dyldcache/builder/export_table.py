@@ -143,10 +143,11 @@ class ExportTable:
     def _find(self, key: bytes, h: int, at: int) -> int:
         """The index of the export named ``key`` (of hash ``h``, first looked for at ``at`` in
         the sorted hashes), or -1."""
-        hashes, n = self._hashes, len(self._hashes)
-        while at < n and int(hashes[at]) == h:
-            i = int(self._hash_order[at])
-            if self._name_bytes(i) == key:
+        hashes, order, ends, names = self._hashes, self._hash_order, self._name_ends, self._names
+        n = hashes.size
+        while at < n and hashes[at] == h:
+            i = int(order[at])
+            if names[int(ends[i - 1]) if i else 0 : int(ends[i])] == key:
                 return i
             at += 1
         return -1
@@ -155,12 +156,18 @@ class ExportTable:
         """The index of the export named ``name``, or -1."""
         key = encode_name(name)
         h = name_hash(key)
-        return self._find(key, h, int(np.searchsorted(self._hashes, h)))
+        return self._find(key, h, int(self._hashes.searchsorted(h)))
 
     def get(self, name: str) -> Export | None:
         """The export named ``name``, or None."""
-        i = self.index(name)
-        return None if i < 0 else self.export(i)
+        key = encode_name(name)
+        h = name_hash(key)
+        i = self._find(key, h, int(self._hashes.searchsorted(h)))
+        if i < 0:
+            return None
+        ordinal, import_name = self._reexports.get(i, _NOT_REEXPORTED)
+        flags, address = int(self._flags[i]), int(self._address[i])
+        return Export(decode_name(key), flags, address, self._resolvers.get(i, 0), ordinal, import_name)
 
     def lookup_many(self, names: Sequence[str]) -> np.ndarray:
         """Per name: the index of the export of that name, or -1 (int64)."""

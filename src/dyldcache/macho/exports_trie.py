@@ -71,7 +71,7 @@ def _walk_trie(
     pop, push = stack.pop, stack.append
     while stack:
         node, key = pop()
-        # every node offset is inside the data; one-byte ULEBs (nearly all) are read inline
+        # every node offset is inside the data; one-byte terminal sizes (nearly all) are read inline
         term_size = buf[node]
         pos = node + 1
         if term_size >= 0x80:
@@ -103,11 +103,17 @@ def _walk_trie(
             if len(child_key) > MAX_KEY_LENGTH:
                 raise error(pos, f"key longer than {MAX_KEY_LENGTH} bytes")
             pos = label_end + 1
+            # offsets below 16 KiB (most) are read inline, the rest by uleb, which checks them
             child = buf[pos] if pos < size else 0x80
             if child < 0x80:
                 pos += 1
             else:
-                child, pos = uleb(label_end + 1)
+                high = buf[pos + 1] if pos + 1 < size else 0x80
+                if high < 0x80:
+                    child = child & 0x7F | high << 7
+                    pos += 2
+                else:
+                    child, pos = uleb(label_end + 1)
             if child == 0 or child >= size:
                 raise error(
                     label_end + 1, f"child node offset {child:#x} is outside the trie (size {size:#x})"
@@ -159,9 +165,14 @@ def trie_nodes(keys: Sequence[bytes]) -> np.ndarray:
         root = np.zeros(1, dtype=TRIE_NODE_DTYPE)
         root["terminal"] = root["parent"] = -1
         return root
-    order = sorted(range(len(keys)), key=keys.__getitem__)
-    ordered = [keys[i] for i in order]
-    if any(b"\0" in k for k in ordered):
+    ordered = sorted(keys)
+    # per sorted key, its index in keys (a linker writes its trie in key order, so the keys
+    # of an export trie come sorted)
+    if ordered == keys:
+        key_of = np.arange(len(keys), dtype=np.int64)
+    else:
+        key_of = np.array(sorted(range(len(keys)), key=keys.__getitem__), dtype=np.int64)
+    if b"\0" in b"".join(ordered):
         bad = next(k for k in keys if b"\0" in k)
         raise ValueError(f"trie key {bad!r} contains a NUL byte")
     depth, first, parent = _sorted_keys_tree(ordered)
@@ -172,7 +183,6 @@ def trie_nodes(keys: Sequence[bytes]) -> np.ndarray:
     rank[pre] = np.arange(pre.size)
     depth_a = depth_a[pre]
     first_a = first_a[pre]
-    key_of = np.array(order, dtype=np.int64)
     key_len = np.fromiter(map(len, ordered), dtype=np.int64, count=len(ordered))
     nodes = np.zeros(pre.size, dtype=TRIE_NODE_DTYPE)
     # a node is a key's when it is as long as the first key through it
