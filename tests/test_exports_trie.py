@@ -359,6 +359,21 @@ def test_large_trie_matches_reference() -> None:
     assert read_trie(raw, "t", 0) == sorted(entries.items())
 
 
+def test_keys_that_part_by_one_bit() -> None:
+    # the writer finds where sorted keys part 8 bytes at a time: keys that first differ in any
+    # one bit, at any position of those 8 bytes and past them, with tails or without
+    rng = random.Random(5)
+    for shared in range(25):
+        for bit in range(8):
+            stem = bytes(rng.randrange(1, 256) for _ in range(shared))
+            low = rng.randrange(1, 256) & ~(1 << bit) or 1 << (bit + 1) % 8
+            high = low | 1 << bit
+            entries = {stem + bytes([low]): b"\x01", stem + bytes([high]) + b"tail": b"\x02"}
+            entries[stem + bytes([high])] = b"\x03"
+            entries[stem] = b"\x04"
+            assert write_trie(entries.items()) == reference_trie(entries), (shared, bit)
+
+
 def test_copies_in_small_steps_give_the_same_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
     # the writer copies labels and payloads a bounded number of bytes at a time: steps smaller
     # than one payload, and than many labels, must not change the result
