@@ -663,40 +663,16 @@ def export_payload(export: Export) -> bytes:
     return bytes(out)
 
 
-def packed_export_payloads(
-    exports: list[Export], moves: list[int] | None = None
-) -> tuple[np.ndarray, np.ndarray]:
+def packed_export_payloads(exports: list[Export]) -> tuple[np.ndarray, np.ndarray]:
     """The payloads of ``exports``, concatenated (uint8), and their sizes, for
-    :meth:`TrieShape.encode_packed`.
-
-    ``moves[i]`` is added to the address of ``exports[i]`` and, for a stub-and-resolver, to its
-    resolver. ValueError as :func:`export_payload` gives it.
-    """
-    fields = ExportPayloads.of(exports, moves)
+    :meth:`TrieShape.encode_packed`. ValueError as :func:`export_payload` gives it."""
+    fields = ExportPayloads.of(exports)
     if fields is None:
-        payloads = _one_by_one(exports, moves)
-        return np.frombuffer(b"".join(payloads), dtype=np.uint8), _sizes(payloads)
+        # one by one, so that export_payload names the first problem
+        payloads = [export_payload(e) for e in exports]
+        sizes = np.fromiter(map(len, payloads), dtype=np.int64, count=len(payloads))
+        return np.frombuffer(b"".join(payloads), dtype=np.uint8), sizes
     return fields.encode(), fields.sizes
-
-
-def export_payload_sizes(exports: list[Export], moves: list[int] | None = None) -> np.ndarray:
-    """The sizes of :func:`packed_export_payloads`, without building the payloads."""
-    fields = ExportPayloads.of(exports, moves)
-    return _sizes(_one_by_one(exports, moves)) if fields is None else fields.sizes
-
-
-def _sizes(payloads: list[bytes]) -> np.ndarray:
-    return np.fromiter(map(len, payloads), dtype=np.int64, count=len(payloads))
-
-
-def _one_by_one(exports: list[Export], moves: list[int] | None) -> list[bytes]:
-    if moves is None:
-        return [export_payload(e) for e in exports]
-    out = []
-    for e, d in zip(exports, moves, strict=True):
-        resolver = e.resolver + d if e.is_resolver else e.resolver
-        out.append(export_payload(Export(e.name, e.flags, e.address + d, resolver, e.ordinal, e.import_name)))
-    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -720,23 +696,14 @@ class ExportPayloads:
         return sizes
 
     @staticmethod
-    def of(exports: list[Export], moves: list[int] | None) -> ExportPayloads | None:
+    def of(exports: list[Export]) -> ExportPayloads | None:
         """None if a field contradicts the flags or does not fit in 64 bits, the cases
         :func:`export_payload` rejects (so that it can name the problem)."""
-        stub = C.EXPORT_SYMBOL_FLAGS_STUB_AND_RESOLVER
         try:
             flags = np.array([e.flags for e in exports], dtype=np.uint64)
             ordinal = np.array([e.ordinal for e in exports], dtype=np.uint64)
-            if moves is None:
-                address = np.array([e.address for e in exports], dtype=np.uint64)
-                resolver = np.array([e.resolver for e in exports], dtype=np.uint64)
-            else:
-                pairs = zip(exports, moves, strict=True)
-                address = np.array([e.address + d for e, d in pairs], dtype=np.uint64)
-                pairs = zip(exports, moves, strict=True)
-                resolver = np.array(
-                    [e.resolver + d if e.flags & stub else e.resolver for e, d in pairs], dtype=np.uint64
-                )
+            address = np.array([e.address for e in exports], dtype=np.uint64)
+            resolver = np.array([e.resolver for e in exports], dtype=np.uint64)
         except OverflowError:
             return None
         names = {i: encode_name(e.import_name) for i, e in enumerate(exports) if e.import_name}
