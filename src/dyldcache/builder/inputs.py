@@ -29,8 +29,8 @@ from .fixup_facts import FixupFacts, fixup_facts
 from .input_files import InputFile, RootFS
 from .install_names import LOADER_PATH, is_relative_name, resolve_load
 from .load_commands import load_command_room_problem
-from .rebuilt_exports import exports_size_bound
-from .scratch import ScratchFiles
+from .rebuilt_exports import exports_size_bound, rebuilt_trie_nodes
+from .scratch import ScratchArray, ScratchFiles
 from .symbol_resolution import ExportIndex
 from .workers import run_tasks
 
@@ -92,6 +92,8 @@ class CacheInput:
     export_table: ExportTable | None = None
     #: bytes its rebuilt export trie can take at most (rebuilt_exports.py)
     exports_size_bound: int = 0
+    #: the nodes of its rebuilt export trie, in the scratch files (rebuilt_exports.py)
+    exports_trie_nodes: ScratchArray | None = None
 
     @property
     def install_name(self) -> str:
@@ -187,6 +189,8 @@ class _Examined:
     synthesized: bool = False
     #: bytes its rebuilt export trie can take at most
     exports_size_bound: int = 0
+    #: the nodes of its rebuilt export trie (in the scratch files)
+    exports_trie_nodes: ScratchArray | None = None
 
 
 def _load(f: InputFile, config: CacheConfig) -> tuple[MappedFile, MachOFile] | str:
@@ -248,6 +252,7 @@ def _examine(f: InputFile, config: CacheConfig, aliases: dict[str, str], scratch
     facts: FixupFacts | None = None
     synthesized = False
     trie_bound = 0
+    trie_nodes: ScratchArray | None = None
     try:
         reason = check_eligibility(image, path, config, install)
         if reason is None and image.split_seg_version is None:
@@ -261,16 +266,18 @@ def _examine(f: InputFile, config: CacheConfig, aliases: dict[str, str], scratch
             # the exports come back to the parent with the verdict; the fixups and split seg
             # info (checked by check_eligibility) go to the scratch files
             _check_linkedit_tables(image)
-            exports = ExportTable(image.exports)
+            exports = ExportTable.of_image(image)
             facts = fixup_facts(image, scratch)
-            trie_bound = exports_size_bound(image.exports)
+            nodes = rebuilt_trie_nodes(exports)
+            trie_bound = exports_size_bound(exports, nodes)
+            trie_nodes = scratch.write(nodes)
     except FormatError as exc:
         reason, exports = f"malformed Mach-O: {exc}", None
     except Exception as exc:  # a bug of ours on odd input: costs this dylib, not the build
         reason, exports = internal_error_reason(exc), None
     if exports is None:
         return _Examined(path, install, reason)
-    return _Examined(path, install, reason, exports, facts, synthesized, trie_bound)
+    return _Examined(path, install, reason, exports, facts, synthesized, trie_bound, trie_nodes)
 
 
 def internal_error_reason(exc: BaseException) -> str:
@@ -393,6 +400,7 @@ def calculate_inputs(
             facts=ex.facts,
             export_table=ex.exports,
             exports_size_bound=ex.exports_size_bound,
+            exports_trie_nodes=ex.exports_trie_nodes,
         )
         if ex.install_name != image.install_name and ex.install_name is not None:
             ci.cache_name = ex.install_name

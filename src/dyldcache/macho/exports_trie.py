@@ -19,7 +19,7 @@ trie for its dylib-path lookup table, with a different payload; exports use::
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,16 +38,21 @@ _U64_MAX = (1 << 64) - 1
 COPY_STEP = 1 << 20
 
 
-def _walk_trie(data: bytes | memoryview, path: str, base_offset: int) -> list[tuple[bytes, int, int]]:
-    """(key, payload start, payload end) of every terminal node, in pre-order.
+def _walk_trie(
+    data: bytes | memoryview, path: str, base_offset: int
+) -> tuple[list[bytes], list[int], list[int]]:
+    """The key, payload start and payload end of every terminal node, in pre-order.
 
     Iterative with an explicit stack, and each node may be reached once only, so a malformed
     trie (loops, shared nodes, huge offsets) costs at most one visit per byte of input.
     """
     buf = bytes(data)
     size = len(buf)
+    keys: list[bytes] = []
+    starts: list[int] = []
+    ends: list[int] = []
     if size == 0:
-        return []
+        return keys, starts, ends
 
     def error(pos: int, message: str) -> MachOFormatError:
         return MachOFormatError(path, base_offset + pos, f"export trie: {message}")
@@ -59,14 +64,14 @@ def _walk_trie(data: bytes | memoryview, path: str, base_offset: int) -> list[tu
             raise error(pos, str(exc)) from None
 
     find = buf.find
-    out: list[tuple[bytes, int, int]] = []
+    add_key, add_start, add_end = keys.append, starts.append, ends.append
     visited = bytearray(size)
     visited[0] = 1
     stack: list[tuple[int, bytes]] = [(0, b"")]
     pop, push = stack.pop, stack.append
     while stack:
         node, key = pop()
-        # every node offset is inside the data; one-byte ULEBs (nearly all) are read inline
+        # every node offset is inside the data; one-byte terminal sizes (nearly all) are read inline
         term_size = buf[node]
         pos = node + 1
         if term_size >= 0x80:
@@ -77,7 +82,9 @@ def _walk_trie(data: bytes | memoryview, path: str, base_offset: int) -> list[tu
                 raise error(
                     node, f"terminal payload of {term_size} bytes runs past the end of the trie ({size:#x})"
                 )
-            out.append((key, pos, end))
+            add_key(key)
+            add_start(pos)
+            add_end(end)
             pos = end
         if pos >= size:
             raise error(pos, "node's child count is past the end of the trie")
@@ -96,11 +103,17 @@ def _walk_trie(data: bytes | memoryview, path: str, base_offset: int) -> list[tu
             if len(child_key) > MAX_KEY_LENGTH:
                 raise error(pos, f"key longer than {MAX_KEY_LENGTH} bytes")
             pos = label_end + 1
+            # offsets below 16 KiB (most) are read inline, the rest by uleb, which checks them
             child = buf[pos] if pos < size else 0x80
             if child < 0x80:
                 pos += 1
             else:
-                child, pos = uleb(label_end + 1)
+                high = buf[pos + 1] if pos + 1 < size else 0x80
+                if high < 0x80:
+                    child = child & 0x7F | high << 7
+                    pos += 2
+                else:
+                    child, pos = uleb(label_end + 1)
             if child == 0 or child >= size:
                 raise error(
                     label_end + 1, f"child node offset {child:#x} is outside the trie (size {size:#x})"
@@ -111,7 +124,7 @@ def _walk_trie(data: bytes | memoryview, path: str, base_offset: int) -> list[tu
             push((child, child_key))
         if count > 1:
             stack[first:] = stack[first:][::-1]
-    return out
+    return keys, starts, ends
 
 
 def read_trie(data: bytes | memoryview, path: str, base_offset: int) -> list[tuple[bytes, bytes]]:
@@ -120,7 +133,71 @@ def read_trie(data: bytes | memoryview, path: str, base_offset: int) -> list[tup
     ``base_offset`` is the file offset of ``data[0]``; errors name absolute file offsets.
     """
     buf = bytes(data)
-    return [(key, buf[start:end]) for key, start, end in _walk_trie(buf, path, base_offset)]
+    keys, starts, ends = _walk_trie(buf, path, base_offset)
+    return [(key, buf[start:end]) for key, start, end in zip(keys, starts, ends, strict=True)]
+
+
+#: one node of a trie as :func:`trie_nodes` gives it: the index of the key that ends at it (-1:
+#: none), its parent (-1: the root) and its edge label, bytes ``label_from`` to ``label_from +
+#: label_len`` of key ``label_key`` (the root has an empty one). 20 bytes a node, so that the
+#: cache builder can keep a shape between phases (builder/rebuilt_exports.py).
+TRIE_NODE_DTYPE = np.dtype(
+    [
+        ("terminal", "<i4"),
+        ("parent", "<i4"),
+        ("label_key", "<i4"),
+        ("label_from", "<i4"),
+        ("label_len", "<i4"),
+    ]
+)
+
+
+def trie_nodes(keys: Sequence[bytes]) -> np.ndarray:
+    """The nodes of the trie of ``keys`` (TRIE_NODE_DTYPE), in pre-order with children in byte
+    order of their labels; the root first, and every other node after its parent.
+
+    Built from the sorted keys in one step per key: a node of the trie is the root, a key, or
+    the common prefix of two keys adjacent in sorted order, and the nodes sorted by their
+    strings are the pre-order (a prefix sorts first, then children in byte order).
+    Raises ValueError for a duplicate key or one that contains NUL.
+    """
+    if not keys:
+        root = np.zeros(1, dtype=TRIE_NODE_DTYPE)
+        root["terminal"] = root["parent"] = -1
+        return root
+    ordered = sorted(keys)
+    # per sorted key, its index in keys (a linker writes its trie in key order, so the keys
+    # of an export trie come sorted)
+    if ordered == keys:
+        key_of = np.arange(len(keys), dtype=np.int64)
+    else:
+        key_of = np.array(sorted(range(len(keys)), key=keys.__getitem__), dtype=np.int64)
+    joined = b"".join(ordered)
+    if b"\0" in joined:
+        bad = next(k for k in keys if b"\0" in k)
+        raise ValueError(f"trie key {bad!r} contains a NUL byte")
+    depth, first, parent = _sorted_keys_tree(ordered, joined)
+    depth_a = np.array(depth, dtype=np.int64)
+    first_a = np.array(first, dtype=np.int64)
+    pre = np.lexsort((depth_a, first_a))
+    rank = np.empty_like(pre)
+    rank[pre] = np.arange(pre.size)
+    depth_a = depth_a[pre]
+    first_a = first_a[pre]
+    key_len = np.fromiter(map(len, ordered), dtype=np.int64, count=len(ordered))
+    nodes = np.zeros(pre.size, dtype=TRIE_NODE_DTYPE)
+    # a node is a key's when it is as long as the first key through it
+    ends = depth_a == key_len[first_a]
+    nodes["terminal"] = -1
+    nodes["terminal"][ends] = key_of[first_a[ends]]
+    parents = rank[np.array(parent, dtype=np.int64)[pre[1:]]]
+    nodes["parent"][0] = -1
+    nodes["parent"][1:] = parents
+    # a node's label is what the first key through it holds past its parent
+    nodes["label_key"] = key_of[first_a]
+    nodes["label_from"][1:] = depth_a[parents]
+    nodes["label_len"][1:] = depth_a[1:] - depth_a[parents]
+    return nodes
 
 
 class TrieShape:
@@ -128,82 +205,81 @@ class TrieShape:
 
     Nodes are in pre-order with children in byte order of their labels. Encoding payloads
     into a shape is cheap, so one shape can serve several encodings of the same keys (the
-    cache builder sizes a dylib's export trie, then writes it again with final addresses).
+    cache builder sizes a dylib's export trie in phase 1, keeps its nodes, and writes it with
+    final addresses in phase 3). Node arrays below are in pre-order; node 0 is the root.
 
-    The shape is built from the sorted keys in one step per key: a node of the trie is the
-    root, a key, or the common prefix of two keys adjacent in sorted order, and the nodes
-    sorted by their strings are the pre-order (a prefix sorts first, then children in byte
-    order). Node arrays below are in that order; node 0 is the root, and every other node
-    comes after its parent.
+    The payloads of an encoding are per *entry*: key ``i`` is entry ``i``, or, for a shape
+    made by :meth:`of_nodes`, whatever entry the nodes name (entries no node names are left out).
     """
 
     __slots__ = (
         "_child_order",
+        "_empty",
         "_fixed",
         "_key_bytes",
+        "_key_ends",
         "_label_len",
         "_label_src",
         "_parent",
         "_terminal",
-        "keys",
+        "entries",
     )
 
     def __init__(self, keys: Iterable[bytes]) -> None:
-        self.keys: list[bytes] = list(map(bytes, keys))
-        order = sorted(range(len(self.keys)), key=self.keys.__getitem__)
-        ordered = [self.keys[i] for i in order]
-        joined = b"".join(ordered)
-        if b"\0" in joined:
-            bad = next(k for k in self.keys if b"\0" in k)
-            raise ValueError(f"trie key {bad!r} contains a NUL byte")
-        depth, first, parent = _sorted_keys_tree(ordered)
-        depth_a = np.array(depth, dtype=np.int64)
-        first_a = np.array(first, dtype=np.int64)
-        pre = np.lexsort((depth_a, first_a))
-        rank = np.empty_like(pre)
-        rank[pre] = np.arange(pre.size)
-        depth_a = depth_a[pre]
-        first_a = first_a[pre]
-        key_len = np.fromiter(map(len, ordered), dtype=np.int64, count=len(ordered))
-        #: per node: the index in ``keys`` of the key ending at it, or -1 (a node is a key's
-        #: when it is as long as the first key through it)
-        self._terminal = np.full(pre.size, -1, dtype=np.int64)
-        if ordered:
-            ends = depth_a == key_len[first_a]
-            self._terminal[ends] = np.array(order, dtype=np.int64)[first_a[ends]]
+        listed = list(map(bytes, keys))
+        key_ends = np.cumsum(np.fromiter(map(len, listed), dtype=np.int64, count=len(listed)))
+        self._build(trie_nodes(listed), np.frombuffer(b"".join(listed), dtype=np.uint8), key_ends)
+
+    @classmethod
+    def of_nodes(cls, nodes: np.ndarray, key_bytes: np.ndarray, key_ends: np.ndarray) -> TrieShape:
+        """The shape of :func:`trie_nodes` ``nodes``, whose entries are keys that lie one after
+        the other in ``key_bytes`` (uint8): entry ``i`` ends at ``key_ends[i]``."""
+        shape = cls.__new__(cls)
+        shape._build(nodes, key_bytes, key_ends)
+        return shape
+
+    def _build(self, nodes: np.ndarray, key_bytes: np.ndarray, key_ends: np.ndarray) -> None:
+        self._key_bytes = key_bytes
+        self._key_ends = key_ends
+        self.entries = key_ends.size
+        #: per node: the entry whose payload it holds, or -1
+        self._terminal = nodes["terminal"].astype(np.int64)
+        self._empty = not bool(np.any(self._terminal >= 0))
         #: per node but the root: its parent
-        self._parent = rank[np.array(parent, dtype=np.int64)[pre[1:]]]
-        parent_depth = depth_a[self._parent]
+        self._parent = nodes["parent"][1:].astype(np.int64)
         #: per node but the root: its edge label, as a range of ``_key_bytes``
-        self._label_len = depth_a[1:] - parent_depth
-        self._label_src = _starts(key_len)[first_a[1:]] + parent_depth
-        #: the sorted keys, concatenated
-        self._key_bytes = np.frombuffer(joined, dtype=np.uint8)
+        self._label_len = nodes["label_len"][1:].astype(np.int64)
+        label_key = nodes["label_key"][1:].astype(np.int64)
+        self._label_src = (key_ends - _lengths(key_ends))[label_key] + nodes["label_from"][1:]
         #: the nodes but the root grouped by parent (children in order within a group)
         self._child_order = np.argsort(self._parent, kind="stable") + 1
         #: bytes of a node that do not depend on payloads or offsets: child count, labels, NULs
-        self._fixed = 1 + _sum_by_parent(self._parent, self._label_len + 1, pre.size)
+        self._fixed = 1 + _sum_by_parent(self._parent, self._label_len + 1, self._terminal.size)
+
+    def _key(self, entry: int) -> bytes:
+        start = int(self._key_ends[entry - 1]) if entry else 0
+        return self._key_bytes[start : int(self._key_ends[entry])].tobytes()
 
     def encode(self, payloads: list[bytes]) -> bytes:
-        """The trie with ``payloads[i]`` as the terminal payload of ``keys[i]``."""
-        if not self.keys:
+        """The trie with ``payloads[i]`` as the terminal payload of entry ``i``."""
+        if len(payloads) != self.entries:
+            raise ValueError(f"{len(payloads)} payloads for {self.entries} keys")
+        if self._empty:
             return b""
-        if len(payloads) != len(self.keys):
-            raise ValueError(f"{len(payloads)} payloads for {len(self.keys)} keys")
         sizes = np.fromiter(map(len, payloads), dtype=np.int64, count=len(payloads))
         return self.encode_packed(np.frombuffer(b"".join(payloads), dtype=np.uint8), sizes)
 
     def size(self, payload_sizes: np.ndarray) -> int:
         """Length of :meth:`encode_packed`'s result for payloads of these sizes."""
-        if not self.keys:
+        if self._empty:
             return 0
         offsets, node_size, _ = self._layout(payload_sizes)
         return int(offsets[-1] + node_size[-1])
 
     def encode_packed(self, payload_bytes: np.ndarray, payload_sizes: np.ndarray) -> bytes:
-        """:meth:`encode` with the payloads concatenated in key order: ``payload_sizes[i]``
-        bytes of ``payload_bytes`` (uint8) for ``keys[i]``."""
-        if not self.keys:
+        """:meth:`encode` with the payloads concatenated in entry order: ``payload_sizes[i]``
+        bytes of ``payload_bytes`` (uint8) for entry ``i``."""
+        if self._empty:
             return b""
         offsets, node_size, child_uleb = self._layout(payload_sizes)
         out = np.zeros(int(offsets[-1] + node_size[-1]), dtype=np.uint8)
@@ -243,13 +319,13 @@ class TrieShape:
 
     def _layout(self, payload_sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per node: offset and size; per node but the root: ULEB length of its offset."""
-        if payload_sizes.size != len(self.keys):
-            raise ValueError(f"{payload_sizes.size} payloads for {len(self.keys)} keys")
+        if payload_sizes.size != self.entries:
+            raise ValueError(f"{payload_sizes.size} payloads for {self.entries} keys")
         terminal = self._terminal
         is_terminal = terminal >= 0
         sizes = payload_sizes[terminal[is_terminal]]
         if not sizes.all():
-            key = self.keys[int(terminal[is_terminal][np.argmin(sizes != 0)])]
+            key = self._key(int(terminal[is_terminal][np.argmin(sizes != 0)]))
             raise ValueError(f"trie key {key!r} has an empty payload")
         head = np.ones(terminal.size, dtype=np.int64)
         head[is_terminal] = uleb_sizes(sizes) + sizes
@@ -266,9 +342,10 @@ class TrieShape:
             offsets = new
 
 
-def _sorted_keys_tree(ordered: list[bytes]) -> tuple[list[int], list[int], list[int]]:
-    """The nodes of the trie of sorted, distinct keys, in the order they are made: per node
-    its depth (string length), the first key through it and its parent (the root is node 0).
+def _sorted_keys_tree(ordered: list[bytes], joined: bytes) -> tuple[list[int], list[int], list[int]]:
+    """The nodes of the trie of sorted, distinct keys (``joined``: them, concatenated), in the
+    order they are made: per node its depth (string length), the first key through it and its
+    parent (the root is node 0).
 
     One step per key: below the common prefix with the previous key, the previous key's path
     is done with; if that prefix ends inside an edge, a node splits it; the key hangs below.
@@ -276,13 +353,7 @@ def _sorted_keys_tree(ordered: list[bytes]) -> tuple[list[int], list[int], list[
     depth, first, parent = [0], [0], [-1]
     # the nodes from the root to the last key
     path = [0]
-    prev = b""
-    from_bytes = int.from_bytes
-    for i, key in enumerate(ordered):
-        # the common prefix with the previous key: the highest byte in which their first n
-        # bytes differ
-        n = min(len(prev), len(key))
-        common = n - ((from_bytes(prev[:n]) ^ from_bytes(key[:n])).bit_length() + 7) // 8
+    for i, (key, common) in enumerate(zip(ordered, _common_prefixes(ordered, joined), strict=True)):
         if common == len(key):
             # sorted order puts a key's extensions after it, so only an equal key gets here, or
             # the empty key first of all (the root is its node)
@@ -305,13 +376,47 @@ def _sorted_keys_tree(ordered: list[bytes]) -> tuple[list[int], list[int], list[
         depth.append(len(key))
         first.append(i)
         parent.append(top)
-        prev = key
     return depth, first, parent
+
+
+def _common_prefixes(keys: list[bytes], joined: bytes) -> list[int]:
+    """Per key: the length of its common prefix with the key before it (0 for the first).
+
+    Vectorized 8 bytes at a time: the word at any offset of the keys, read big-endian, so that
+    in the XOR of two words the first byte that differs is the highest one that is not 0.
+    """
+    count = len(keys)
+    lengths = np.fromiter(map(len, keys), dtype=np.int64, count=count)
+    starts = np.cumsum(lengths) - lengths
+    padded = joined + bytes(8)
+    words = np.ndarray((len(joined) + 1,), dtype=">u8", buffer=padded, strides=(1,))
+    limit = np.minimum(lengths[1:], lengths[:-1])
+    out = np.zeros(count, dtype=np.int64)
+    todo = np.flatnonzero(limit > 0)
+    at = 0
+    while todo.size:
+        differ = words[starts[todo] + at] ^ words[starts[todo + 1] + at]
+        # bytes from the first that differs to the end of the word
+        tail = np.zeros(todo.size, dtype=np.int64)
+        for k in range(8):
+            tail += differ >= np.uint64(1 << (8 * k))
+        end = at + 8 >= limit[todo]
+        done = (tail > 0) | end
+        out[todo[done] + 1] = np.minimum(at + 8 - tail[done], limit[todo[done]])
+        todo = todo[~done]
+        at += 8
+    result: list[int] = out.tolist()
+    return result
 
 
 def _sum_by_parent(parent: np.ndarray, values: np.ndarray, count: int) -> np.ndarray:
     """Per node: the sum of ``values`` over its children (int64)."""
     return np.bincount(parent, weights=values, minlength=count).astype(np.int64)
+
+
+def _lengths(ends: np.ndarray) -> np.ndarray:
+    """The sizes of consecutive pieces that end at ``ends``."""
+    return np.diff(ends, prepend=0)
 
 
 def _starts(sizes: np.ndarray) -> np.ndarray:
@@ -415,41 +520,95 @@ def encode_name(name: str) -> bytes:
     return name.encode("utf-8", "surrogateescape")
 
 
+@dataclass(slots=True)
+class ExportArrays:
+    """The exports of one trie as arrays, in trie pre-order: what :func:`read_exports` gives,
+    without an object (nor a decoded name) per export. The cache builder reads every dylib's."""
+
+    #: the names as the trie holds them (its keys)
+    names: list[bytes]
+    #: per export: EXPORT_SYMBOL_FLAGS_* (uint64)
+    flags: np.ndarray
+    #: per export: :attr:`Export.address` (uint64)
+    address: np.ndarray
+    #: export index -> resolver offset, for the stub-and-resolver exports (few)
+    resolvers: dict[int, int]
+    #: export index -> (ordinal, import name), for the re-exports (few)
+    reexports: dict[int, tuple[int, str]]
+
+    @classmethod
+    def of(cls, exports: Sequence[Export]) -> ExportArrays:
+        """The arrays of ``exports`` (whose fields must fit in 64 bits)."""
+        return cls(
+            [encode_name(e.name) for e in exports],
+            np.array([e.flags for e in exports], dtype=np.uint64),
+            np.array([e.address for e in exports], dtype=np.uint64),
+            {i: e.resolver for i, e in enumerate(exports) if e.resolver},
+            {i: (e.ordinal, e.import_name) for i, e in enumerate(exports) if e.ordinal or e.import_name},
+        )
+
+    def exports(self) -> list[Export]:
+        names = [_decode_name(k) for k in self.names]
+        flags, address = self.flags.tolist(), self.address.tolist()
+        out = list(map(Export, names, flags, address))
+        for i in sorted(self.resolvers.keys() | self.reexports.keys()):
+            ordinal, import_name = self.reexports.get(i, _NOT_REEXPORTED)
+            out[i] = Export(names[i], flags[i], address[i], self.resolvers.get(i, 0), ordinal, import_name)
+        return out
+
+
+_NOT_REEXPORTED = (0, "")
+
+
 def read_exports(data: bytes | memoryview, path: str, base_offset: int) -> list[Export]:
     """Every export of a trie, in trie pre-order (``base_offset`` = file offset of ``data[0]``)."""
+    return read_export_arrays(data, path, base_offset).exports()
+
+
+def read_export_arrays(data: bytes | memoryview, path: str, base_offset: int) -> ExportArrays:
+    """:func:`read_exports` as arrays."""
     buf = bytes(data)
-    exports: list[Export] = []
-    append = exports.append
-    reexport, stub = C.EXPORT_SYMBOL_FLAGS_REEXPORT, C.EXPORT_SYMBOL_FLAGS_STUB_AND_RESOLVER
-    for key, start, end in _walk_trie(buf, path, base_offset):
-        # a well-formed payload is read inline (every flag fits in one ULEB byte); anything
-        # odd is read again by _read_payload, which names the problem
-        try:
-            flags = buf[start]
-            if flags & 0x80 or flags & C.EXPORT_SYMBOL_FLAGS_KIND_MASK == 3:
-                raise ValueError("not read inline")
-            if flags & reexport:
-                ordinal, pos = uleb_decode(buf, start + 1)
-                name_end = buf.find(b"\0", pos, end)
-                if name_end < 0:
-                    raise ValueError("import name is not NUL-terminated")
-                export = Export(_decode_name(key), flags, 0, 0, ordinal, _decode_name(buf[pos:name_end]))
-                pos = name_end + 1
-            else:
-                address, pos = uleb_decode(buf, start + 1)
-                resolver = 0
-                if flags & stub:
-                    resolver, pos = uleb_decode(buf, pos)
-                export = Export(_decode_name(key), flags, address, resolver)
-            # a ULEB of 9 bytes or fewer holds at most 63 bits
-            if pos != end or (
-                end - start > 9 and max(export.address, export.resolver, export.ordinal) > _U64_MAX
-            ):
-                raise ValueError("not read inline")
-        except ValueError:
-            export = _read_payload(buf, key, start, end, path, base_offset)
-        append(export)
-    return exports
+    keys, start_list, end_list = _walk_trie(buf, path, base_offset)
+    count = len(keys)
+    raw = np.frombuffer(buf, dtype=np.uint8)
+    starts = np.array(start_list, dtype=np.int64)
+    head = raw[starts]
+    flags = head.astype(np.uint64)
+    address = np.zeros(count, dtype=np.uint64)
+    # the common payload is read vectorized: flags in one byte (not a re-export, nor a
+    # stub-and-resolver, nor the kind 3 that does not exist), then the address in at most 9
+    # bytes (63 bits); anything else is read by _read_payload, which names any problem
+    size = np.array(end_list, dtype=np.int64) - starts - 1
+    odd = C.EXPORT_SYMBOL_FLAGS_REEXPORT | C.EXPORT_SYMBOL_FLAGS_STUB_AND_RESOLVER
+    plain = np.flatnonzero(
+        (head < 0x80)
+        & (head & odd == 0)
+        & (head & C.EXPORT_SYMBOL_FLAGS_KIND_MASK != 3)
+        & (size >= 1)
+        & (size <= 9)
+    )
+    size, pos = size[plain], starts[plain] + 1
+    value = np.zeros(plain.size, dtype=np.uint64)
+    ok = np.ones(plain.size, dtype=bool)
+    for k in range(int(size.max()) if size.size else 0):
+        has = np.flatnonzero(size > k)
+        byte = raw[pos[has] + k]
+        # the high bit is set in every byte but the last
+        ok[has] &= (byte >= 0x80) == (size[has] > k + 1)
+        value[has] |= (byte & 0x7F).astype(np.uint64) << np.uint64(7 * k)
+    address[plain] = value
+    rest = np.ones(count, dtype=bool)
+    rest[plain[ok]] = False
+    resolvers: dict[int, int] = {}
+    reexports: dict[int, tuple[int, str]] = {}
+    for i in np.flatnonzero(rest).tolist():
+        e = _read_payload(buf, keys[i], start_list[i], end_list[i], path, base_offset)
+        flags[i], address[i] = e.flags, e.address
+        if e.resolver:
+            resolvers[i] = e.resolver
+        if e.ordinal or e.import_name:
+            reexports[i] = (e.ordinal, e.import_name)
+    return ExportArrays(keys, flags, address, resolvers, reexports)
 
 
 def _read_payload(buf: bytes, key: bytes, start: int, end: int, path: str, base_offset: int) -> Export:
@@ -504,44 +663,20 @@ def export_payload(export: Export) -> bytes:
     return bytes(out)
 
 
-def packed_export_payloads(
-    exports: list[Export], moves: list[int] | None = None
-) -> tuple[np.ndarray, np.ndarray]:
+def packed_export_payloads(exports: list[Export]) -> tuple[np.ndarray, np.ndarray]:
     """The payloads of ``exports``, concatenated (uint8), and their sizes, for
-    :meth:`TrieShape.encode_packed`.
-
-    ``moves[i]`` is added to the address of ``exports[i]`` and, for a stub-and-resolver, to its
-    resolver. ValueError as :func:`export_payload` gives it.
-    """
-    fields = _PayloadFields.of(exports, moves)
+    :meth:`TrieShape.encode_packed`. ValueError as :func:`export_payload` gives it."""
+    fields = ExportPayloads.of(exports)
     if fields is None:
-        payloads = _one_by_one(exports, moves)
-        return np.frombuffer(b"".join(payloads), dtype=np.uint8), _sizes(payloads)
+        # one by one, so that export_payload names the first problem
+        payloads = [export_payload(e) for e in exports]
+        sizes = np.fromiter(map(len, payloads), dtype=np.int64, count=len(payloads))
+        return np.frombuffer(b"".join(payloads), dtype=np.uint8), sizes
     return fields.encode(), fields.sizes
 
 
-def export_payload_sizes(exports: list[Export], moves: list[int] | None = None) -> np.ndarray:
-    """The sizes of :func:`packed_export_payloads`, without building the payloads."""
-    fields = _PayloadFields.of(exports, moves)
-    return _sizes(_one_by_one(exports, moves)) if fields is None else fields.sizes
-
-
-def _sizes(payloads: list[bytes]) -> np.ndarray:
-    return np.fromiter(map(len, payloads), dtype=np.int64, count=len(payloads))
-
-
-def _one_by_one(exports: list[Export], moves: list[int] | None) -> list[bytes]:
-    if moves is None:
-        return [export_payload(e) for e in exports]
-    out = []
-    for e, d in zip(exports, moves, strict=True):
-        resolver = e.resolver + d if e.is_resolver else e.resolver
-        out.append(export_payload(Export(e.name, e.flags, e.address + d, resolver, e.ordinal, e.import_name)))
-    return out
-
-
 @dataclass(frozen=True, slots=True)
-class _PayloadFields:
+class ExportPayloads:
     """The payloads of many exports as arrays: ULEB flags, ULEB ordinal (re-exports) or address,
     ULEB resolver (stub-and-resolver only), then the import name and its NUL (re-exports only).
     """
@@ -561,35 +696,40 @@ class _PayloadFields:
         return sizes
 
     @staticmethod
-    def of(exports: list[Export], moves: list[int] | None) -> _PayloadFields | None:
+    def of(exports: list[Export]) -> ExportPayloads | None:
         """None if a field contradicts the flags or does not fit in 64 bits, the cases
         :func:`export_payload` rejects (so that it can name the problem)."""
-        stub = C.EXPORT_SYMBOL_FLAGS_STUB_AND_RESOLVER
         try:
             flags = np.array([e.flags for e in exports], dtype=np.uint64)
             ordinal = np.array([e.ordinal for e in exports], dtype=np.uint64)
-            if moves is None:
-                address = np.array([e.address for e in exports], dtype=np.uint64)
-                resolver = np.array([e.resolver for e in exports], dtype=np.uint64)
-            else:
-                pairs = zip(exports, moves, strict=True)
-                address = np.array([e.address + d for e, d in pairs], dtype=np.uint64)
-                pairs = zip(exports, moves, strict=True)
-                resolver = np.array(
-                    [e.resolver + d if e.flags & stub else e.resolver for e, d in pairs], dtype=np.uint64
-                )
+            address = np.array([e.address for e in exports], dtype=np.uint64)
+            resolver = np.array([e.resolver for e in exports], dtype=np.uint64)
         except OverflowError:
             return None
+        names = {i: encode_name(e.import_name) for i, e in enumerate(exports) if e.import_name}
+        return ExportPayloads.of_arrays(flags, address, resolver, ordinal, names)
+
+    @staticmethod
+    def of_arrays(
+        flags: np.ndarray,
+        address: np.ndarray,
+        resolver: np.ndarray,
+        ordinal: np.ndarray,
+        import_names: dict[int, bytes],
+    ) -> ExportPayloads | None:
+        """The payloads of exports given as uint64 arrays (``Export``'s fields), the import
+        names by export index; None if a field contradicts the flags."""
         reexport = flags & np.uint64(C.EXPORT_SYMBOL_FLAGS_REEXPORT) != 0
-        has_resolver = ~reexport & (flags & np.uint64(stub) != 0)
-        names = [encode_name(e.import_name) for e in exports]
-        name_size = _sizes(names)
+        has_resolver = ~reexport & (flags & np.uint64(C.EXPORT_SYMBOL_FLAGS_STUB_AND_RESOLVER) != 0)
+        name_size = np.zeros(flags.size, dtype=np.int64)
+        named = np.fromiter(import_names.keys(), dtype=np.int64, count=len(import_names))
+        name_size[named] = np.fromiter(map(len, import_names.values()), dtype=np.int64, count=named.size)
         contradictions = (
             (flags & np.uint64(C.EXPORT_SYMBOL_FLAGS_KIND_MASK) == np.uint64(3))
             | (reexport & ((address != 0) | (resolver != 0)))
             | (~reexport & ((ordinal != 0) | (name_size != 0) | (~has_resolver & (resolver != 0))))
         )
-        names = [n for n, r in zip(names, reexport.tolist(), strict=True) if r]
+        names = [import_names.get(i, b"") for i in np.flatnonzero(reexport).tolist()]
         if contradictions.any() or any(b"\0" in n for n in names):
             return None
         count = 2 + has_resolver.astype(np.int64)
@@ -600,7 +740,7 @@ class _PayloadFields:
         fields[first[has_resolver] + 2] = resolver[has_resolver]
         uleb_size = np.add.reduceat(uleb_sizes(fields), first) if first.size else first
         joined = b"".join(n + b"\0" for n in names)
-        return _PayloadFields(fields, uleb_size, joined, np.where(reexport, name_size + 1, 0))
+        return ExportPayloads(fields, uleb_size, joined, np.where(reexport, name_size + 1, 0))
 
     def encode(self) -> np.ndarray:
         sizes = self.sizes

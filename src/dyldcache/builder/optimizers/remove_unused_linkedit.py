@@ -16,7 +16,6 @@ import numpy as np
 
 from ...errors import BuildError
 from ...macho import constants as C
-from ...macho.exports_trie import Export
 from ...macho.format import (
     DyldInfoCommand,
     DylibCommand,
@@ -33,7 +32,7 @@ from ..cache_dylib import CacheDylib, DylibLinkedit
 from ..layout import Chunk, ChunkKind, RegionKind
 from ..load_commands import DROPPED_COMMANDS, DYLIB_COMMANDS, dylib_command, dylib_command_names
 from ..model import CacheModel
-from ..rebuilt_exports import encode_exports
+from ..rebuilt_exports import encode_exports, rebuilt_trie_nodes
 from ..types import CacheFileOffset, InputFileOffset, InputVMAddr, moved_address, moved_file_offset
 from .base import DylibResult, Optimizer
 
@@ -251,11 +250,24 @@ def rewrite_load_commands(
 
 def rebuilt_exports(dylib: CacheDylib) -> bytes:
     """The dylib's export trie with offsets of moved segments adjusted, padded to 8 bytes."""
+    table = dylib.exports
+    stored = dylib.input.exports_trie_nodes
+    nodes = rebuilt_trie_nodes(table) if stored is None else stored.load()
+    return encode_exports(table, nodes, export_moves(dylib, table.address))
+
+
+def export_moves(dylib: CacheDylib, offsets: np.ndarray) -> np.ndarray:
+    """Per offset from the mach header (uint64): how far the segment holding it moved relative
+    to __TEXT (int64; 0 outside every segment, and in __LINKEDIT, which is not copied)."""
     base = dylib.image.base_address
     text_slide = dylib.text.slide
-
-    def delta(e: Export) -> int:
-        seg = dylib.segment_for_input_address(InputVMAddr(base + e.address))
-        return (seg.slide - text_slide) if seg is not None and seg.chunk is not None else 0
-
-    return encode_exports(list(dylib.input.exports), delta)
+    # the address in the input (none past 64 bits: such an offset is in no segment)
+    addr = offsets + np.uint64(base)
+    valid = addr >= offsets
+    moves = np.zeros(offsets.size, dtype=np.int64)
+    # the first segment (in order) that holds an address decides: fill them in reverse
+    for seg in reversed(dylib.segments):
+        start = np.uint64(seg.input_vmaddr)
+        inside = valid & (addr >= start) & (addr - start < np.uint64(seg.input.vmsize))
+        moves[inside] = seg.slide - text_slide if seg.chunk is not None else 0
+    return moves
