@@ -125,7 +125,7 @@ class CacheExports(ExportIndex):
             d = self.dylibs[j]
             table = d.exports
             at = which[sel]
-            address = table.addresses[at]
+            address = table.address[at]
             absolute = (table.flags[at] & np.uint64(C.EXPORT_SYMBOL_FLAGS_KIND_MASK)) == np.uint64(
                 C.EXPORT_SYMBOL_FLAGS_KIND_ABSOLUTE
             )
@@ -177,22 +177,20 @@ def bind_dylib(dylib: CacheDylib, index: CacheExports, slides: PointerSlides) ->
     fx = dylib.image.fixups
     recs = fx.records
     name = dylib.install_name
-    locations = dylib.cache_addresses(recs["address"])
+    input_addrs = recs["address"]
+    locations = dylib.cache_addresses(input_addrs)
     kinds = recs["kind"]
-    out = np.zeros(len(recs), dtype=CACHE_POINTER_FIELDS)
-    out["location"] = locations
-    out["high8"] = recs["high8"]
-    out["auth"] = (kinds == FixupKind.AUTH_REBASE) | (kinds == FixupKind.AUTH_BIND)
-    out["key"] = recs["key"]
-    out["addr_div"] = recs["addr_div"]
-    out["diversity"] = recs["diversity"]
+    # one plain array per field while pointers are worked out; the result is gathered at the end
+    target = np.zeros(len(recs), dtype=np.uint64)
+    high8 = recs["high8"].copy()
+    auth = ((kinds == FixupKind.AUTH_REBASE) | (kinds == FixupKind.AUTH_BIND)).astype(np.uint8)
     keep = np.ones(len(recs), dtype=bool)
-    result = BindResult(out)
+    result = BindResult(np.zeros(0, dtype=CACHE_POINTER_FIELDS))
 
     # rebases: the target moves with the section split seg info names for this location
     rb = np.flatnonzero((kinds == FixupKind.REBASE) | (kinds == FixupKind.AUTH_REBASE))
     if len(rb):
-        addrs = recs["address"][rb]
+        addrs = input_addrs[rb]
         pos = np.searchsorted(slides.input_addrs, addrs)
         pos_c = np.clip(pos, 0, max(len(slides.input_addrs) - 1, 0))
         found = (pos < len(slides.input_addrs)) & (
@@ -207,7 +205,7 @@ def bind_dylib(dylib: CacheDylib, index: CacheExports, slides: PointerSlides) ->
         # no split seg entry (not written by ld64 for this pointer): use the segment holding the target
         moved[~found] = dylib.cache_addresses(targets[~found])
         _check_rebase_targets(dylib, addrs, targets, moved)
-        out["target"][rb] = moved
+        target[rb] = moved
 
     # binds: resolve each import once, then apply to every pointer at once
     bd = np.flatnonzero((kinds == FixupKind.BIND) | (kinds == FixupKind.AUTH_BIND))
@@ -223,7 +221,8 @@ def bind_dylib(dylib: CacheDylib, index: CacheExports, slides: PointerSlides) ->
             lost = imports[int(missing[0])].name
             raise BuildError(f"internal: {name}: bind to {lost} did not resolve in the bind pass")
         tdy = t_dylib[inv]
-        value = t_value[inv] + recs["addend"][bd].astype(np.uint64)  # wraps like the C arithmetic
+        addends = recs["addend"][bd].astype(np.uint64)
+        value = t_value[inv] + addends  # wraps like the C arithmetic
         value[tdy == -2] = 0  # a missing weak import is null, whatever its addend
         plain = tdy < 0
         result.absolute_locations = locations[bd[plain]]
@@ -231,9 +230,9 @@ def bind_dylib(dylib: CacheDylib, index: CacheExports, slides: PointerSlides) ->
         keep[bd[plain]] = False
         img = bd[~plain]
         v = value[~plain]
-        high8 = (v >> np.uint64(56)).astype(np.uint8)
-        out["target"][img] = v & np.uint64(0x00FFFFFFFFFFFFFF)
-        out["high8"][img] = np.where(high8 != 0, high8, out["high8"][img])
+        top = (v >> np.uint64(56)).astype(np.uint8)
+        target[img] = v & np.uint64(0x00FFFFFFFFFFFFFF)
+        high8[img] = np.where(top != 0, top, high8[img])
         cross = ~plain & (tdy != dylib.index)
         uses = np.zeros(int(np.count_nonzero(cross)), dtype=USE_DTYPE)
         sel = bd[cross]
@@ -241,9 +240,9 @@ def bind_dylib(dylib: CacheDylib, index: CacheExports, slides: PointerSlides) ->
         uses["export_addr"] = t_value[inv][cross]
         uses["name"] = inv[cross]
         uses["location"] = locations[sel]
-        uses["addend"] = recs["addend"][sel].astype(np.uint64) & np.uint64(0x00FFFFFFFFFFFFFF)
-        uses["high8"] = out["high8"][sel]
-        uses["auth"] = out["auth"][sel]
+        uses["addend"] = addends[cross] & np.uint64(0x00FFFFFFFFFFFFFF)
+        uses["high8"] = high8[sel]
+        uses["auth"] = auth[sel]
         uses["key"] = recs["key"][sel]
         uses["addr_div"] = recs["addr_div"][sel]
         uses["diversity"] = recs["diversity"][sel]
@@ -258,19 +257,27 @@ def bind_dylib(dylib: CacheDylib, index: CacheExports, slides: PointerSlides) ->
         if t is None or t.dylib is None:
             continue
         loc = dylib.cache_address(InputVMAddr(wb.address))
-        hit = np.flatnonzero(out["location"] == loc)
+        hit = np.flatnonzero(locations == loc)
         if len(hit):
-            out["target"][hit] = t.value + wb.addend
-    out = out[keep]
+            target[hit] = t.value + wb.addend
+    chosen = np.flatnonzero(keep)
     if len(result.absolute_locations):
         # a location bound to a plain value (e.g. a missing weak lazy import) is not slid
-        out = out[~np.isin(out["location"], result.absolute_locations)]
+        chosen = chosen[~np.isin(locations[chosen], result.absolute_locations)]
     # a lazy pointer is rebased to its stub helper and lazily bound too: like dyld-1162 (binds
     # after rebases), the bind wins. The records list rebases before binds, so after a stable
     # sort by location the last record of each location is the one dyld leaves in memory.
-    if len(out) > 1:
-        out = out[np.argsort(out["location"], kind="stable")]
-        last = np.r_[out["location"][1:] != out["location"][:-1], True]
-        out = out[last]
+    if len(chosen) > 1:
+        chosen = chosen[np.argsort(locations[chosen], kind="stable")]
+        at = locations[chosen]
+        chosen = chosen[np.r_[at[1:] != at[:-1], True]]
+    out = np.zeros(len(chosen), dtype=CACHE_POINTER_FIELDS)
+    out["location"] = locations[chosen]
+    out["target"] = target[chosen]
+    out["high8"] = high8[chosen]
+    out["auth"] = auth[chosen]
+    out["key"] = recs["key"][chosen]
+    out["addr_div"] = recs["addr_div"][chosen]
+    out["diversity"] = recs["diversity"][chosen]
     result.pointers = out
     return result

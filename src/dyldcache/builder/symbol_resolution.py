@@ -101,7 +101,7 @@ class ExportIndex:
             return None
         visited.add((index, name))
         d = self.dylibs[index]
-        i = d.exports.lookup(name)
+        i = d.exports.index(name)
         if i >= 0:
             if int(d.exports.flags[i]) & C.EXPORT_SYMBOL_FLAGS_REEXPORT:
                 return self._follow_reexport(index, i, name, reexports, visited)
