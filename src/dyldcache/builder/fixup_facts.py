@@ -166,7 +166,8 @@ def widened_fixups(stored: np.ndarray, base: int) -> np.ndarray:
     out = np.empty(len(stored), dtype=FIXUP_DTYPE)
     out["address"] = stored["address"].astype(np.uint64) + b
     target = stored["target"].astype(np.uint64)
-    out["target"] = np.where(target != 0, target + (b - np.uint64(1)), np.uint64(0))
+    with np.errstate(over="ignore"):  # modulo 2**64, as the values were (a base of 0, say)
+        out["target"] = np.where(target != 0, target + (b - np.uint64(1)), np.uint64(0))
     out["addend"] = stored["addend"]
     out["segment"] = stored["segment"]
     for name in _SAME_FIELDS:
