@@ -144,3 +144,40 @@ class JumpTable:
             if after != self.end:
                 node = after
         return node
+
+
+def forward_reach(table: np.ndarray, heads: np.ndarray, rounds: int) -> np.ndarray | None:
+    """The nodes the walks from ``heads`` pass through (a bool mask over ``table`` without its
+    absorbing last node), when every jump goes forward (``table[x] > x``) and no node is reached
+    twice; None when that cannot be settled in ``rounds`` rounds or a node is reached twice.
+
+    Without doubling: start from every node and, round by round, drop the nodes that are not a
+    head and have no predecessor left. The reached nodes are never dropped; once a round drops
+    nothing, every survivor is a head or has a surviving predecessor, so a survivor that no walk
+    reaches would have an unreached survivor before it, down to a first one: there is none. The
+    rounds needed are the length of the longest run of unreached nodes leading into each other,
+    so this suits tables where such runs are short (a caller that knows nodes no walk can pass
+    should make them stop the walk).
+    """
+    end = len(table) - 1
+    is_head = np.zeros(end + 1, dtype=bool)
+    is_head[heads] = True
+    alive = np.ones(end + 1, dtype=bool)
+    alive[end] = False
+    live = end
+    for _ in range(rounds):
+        reached = is_head.copy()
+        reached[table[alive]] = True
+        alive &= reached
+        alive[end] = False
+        now = int(np.count_nonzero(alive))
+        if now == live:
+            break
+        live = now
+    else:
+        return None
+    # every survivor is a head or has a surviving predecessor, so each is reached once exactly
+    # when the heads and the jumps of survivors that do not end add up to the survivors
+    if int(np.count_nonzero(table[alive] != end)) + int(np.count_nonzero(is_head)) != live:
+        return None
+    return alive[:end]
