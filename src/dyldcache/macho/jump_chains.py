@@ -39,30 +39,38 @@ class JumpTable:
         """The table applied ``2**index`` times (``index <= top``)."""
         while len(self._levels) <= index:
             last = self._levels[-1]
-            self._levels.append(np.take(last, last, mode="clip"))
+            self._levels.append(last.take(last))
         return self._levels[index]
 
     def advance(self, nodes: np.ndarray, steps: np.ndarray) -> np.ndarray:
         """Where each walk from ``nodes`` is after ``steps`` steps (element-wise; any ``steps`` >= 0)."""
         x = np.asarray(nodes).astype(self._levels[0].dtype, copy=True)
         k = np.asarray(steps, dtype=np.int64)
+        most = int(k.max()) if k.size else 0
+        table = self._levels[0]
+        if most <= 1 << self.top:
+            # few steps (a kind group count): one step at a time, the walks with the most steps
+            # first, so that each step is over a prefix (the end absorbs the walks that stop)
+            # (a stable sort of small integers is a radix sort)
+            order = np.argsort(k.astype(np.int8 if most < 1 << 7 else np.int64), kind="stable")[::-1]
+            at = x[order]
+            # the walks with more than ``step`` steps
+            moving = k.size - np.cumsum(np.bincount(k, minlength=most + 1))
+            for step in range(most):
+                walks = int(moving[step])
+                at[:walks] = table.take(at[:walks])
+            x[order] = at
+            return x
         # only the walks still moving are looked at
         todo = np.flatnonzero((k > 0) & (x != self.end))
         at, left = x[todo], k[todo]
-        short = not left.size or int(left.max()) <= 1 << self.top
-        table = self._levels[0]
         bit = 0
         while todo.size:
-            if short:
-                # few steps (a kind group count): one step at a time; most walks stop early
-                at = np.take(table, at, mode="clip")
-                left -= 1
-            else:
-                table = self.level(bit) if bit <= self.top else np.take(table, table, mode="clip")
-                now = np.flatnonzero(left & 1)
-                at[now] = np.take(table, at[now], mode="clip")
-                left >>= 1
-                bit += 1
+            table = self.level(bit) if bit <= self.top else table.take(table)
+            now = np.flatnonzero(left & 1)
+            at[now] = table.take(at[now])
+            left >>= 1
+            bit += 1
             done = (left == 0) | (at == self.end)
             if done.any():
                 x[todo[done]] = at[done]
@@ -84,7 +92,7 @@ class JumpTable:
         if live.size:
             top = self.level(self.top)
         while live.size:
-            x[live] = np.take(top, x[live], mode="clip")
+            x[live] = top.take(x[live])
             k[live] -= chunk
             firsts.append(x[live])
             counts.append(np.minimum(k[live], chunk))
@@ -124,7 +132,7 @@ class JumpTable:
             split = np.flatnonzero(k > half)
             if not split.size:
                 continue
-            second = np.take(self.level(bit), x[split], mode="clip")
+            second = self.level(bit).take(x[split])
             rest = k[split] - half
             k[split] = half
             alive = second != self.end
