@@ -121,25 +121,21 @@ class JumpTable:
         :attr:`end`, and the index of the piece each comes from; in no particular order."""
         x = np.asarray(firsts)
         k = np.asarray(counts, dtype=np.int64)
-        owner = np.arange(x.size, dtype=np.int64)
         live = (k > 0) & (x != self.end)
-        x, k, owner = x[live], k[live], owner[live]
+        owner = np.flatnonzero(live)
+        x, k = x[live], k[live]
         if not x.size:
             return x, owner
-        for bit in reversed(range(int(k.max() - 1).bit_length())):
-            # each piece has at most 2**(bit+1) nodes: split off its second half
+        # one row a piece, its nodes in order: the second half of every run of 2**(bit+1)
+        # columns is level ``bit`` of the first, filled from the widest halves down
+        width = 1 << int(k.max() - 1).bit_length()
+        grid = np.empty((x.size, width), dtype=x.dtype)
+        grid[:, 0] = x
+        for bit in reversed(range(width.bit_length() - 1)):
             half = 1 << bit
-            split = np.flatnonzero(k > half)
-            if not split.size:
-                continue
-            second = self.level(bit).take(x[split])
-            rest = k[split] - half
-            k[split] = half
-            alive = second != self.end
-            x = np.concatenate([x, second[alive]])
-            k = np.concatenate([k, rest[alive]])
-            owner = np.concatenate([owner, owner[split][alive]])
-        return x, owner
+            grid[:, half :: 2 * half] = self.level(bit).take(grid[:, :: 2 * half])
+        keep = (np.arange(width) < k[:, None]) & (grid != self.end)
+        return grid[keep], np.broadcast_to(owner[:, None], grid.shape)[keep]
 
     def last(self, node: int) -> int:
         """The last node before :attr:`end` on the walk from ``node`` (``node`` itself when its

@@ -311,7 +311,9 @@ def _v2_records(values: np.ndarray, error: _ErrorAt, strict: bool) -> _V2Records
     np.add(small[1:], after_two, out=body)
     np.minimum(body, fail, out=body)
     if strict:
+        # (ld64 writes neither empty kind groups nor empty ToOffsets)
         groups_next[:n][values > MAX_V2_KIND] = fail
+        groups_next[: n - 1][small[1:] == 0] = fail
     groups = JumpTable(groups_next, _KIND_GROUP_LEVELS)
     # ToOffset at k: to-delta, kind_count, kind_count kind groups
     kind_counts = small[1:]
@@ -322,10 +324,17 @@ def _v2_records(values: np.ndarray, error: _ErrorAt, strict: bool) -> _V2Records
     # most ToOffsets have one kind group: past it for every position, then the others
     one_group = groups_next[2 : n + 1]
     np.copyto(body, one_group, where=kind_counts == 1)
-    np.copyto(body, after_two, where=kind_counts == 0)
+    if not strict:
+        np.copyto(body, after_two, where=kind_counts == 0)
     more = np.flatnonzero((kind_counts > 1) & (kind_counts <= limit) & (one_group != fail))
     body[more] = groups.advance(one_group[more], kind_counts[more] - 1)
-    tos = JumpTable(to_next, _TO_OFFSET_LEVELS)
+    # a walk only passes positions where a ToOffset can be read (a quarter of them, in ld64's
+    # streams): the doubling is done over those, numbered in order, the others all being ``m``
+    readable = np.flatnonzero(to_next != fail)
+    m = readable.size
+    number = np.full(n + 2, m, dtype=dtype)
+    number[readable] = np.arange(m, dtype=dtype)
+    tos = JumpTable(np.append(number.take(to_next.take(readable)), m), _TO_OFFSET_LEVELS)
 
     sections: list[int] = []
     to_counts: list[int] = []
@@ -346,15 +355,20 @@ def _v2_records(values: np.ndarray, error: _ErrorAt, strict: bool) -> _V2Records
         if to_count == 0:
             i += 3
             continue
-        piece_firsts, piece_counts, end = tos.walk(i + 3, min(to_count, n))
-        if end == fail:
+        # the first to_count - 1 ToOffsets, to the last one (each readable), then past it
+        first = int(number[i + 3])
+        last = m
+        if first != m:
+            piece_firsts, piece_counts, last = tos.walk(first, min(to_count, m + 1) - 1)
+        after = int(to_next[readable[last]]) if last != m else fail
+        if after == fail:
             if strict:
                 return None
-            raise _first_unreadable(values, tos, groups, i + 3, error)
-        firsts.append(piece_firsts)
-        counts.append(piece_counts)
-        i = end
-    to_at = _sorted_members(tos, firsts, counts, n)
+            raise _first_unreadable(values, JumpTable(to_next, _TO_OFFSET_LEVELS), groups, i + 3, error)
+        firsts += [piece_firsts, np.array([last])]
+        counts += [piece_counts, np.ones(1, dtype=np.int64)]
+        i = after
+    to_at = readable[_sorted_members(tos, firsts, counts, m)]
     group_at = _group_starts(groups, to_at, small[to_at + 1], n)
     return _V2Records(
         np.array(sections, dtype=np.int64), np.array(to_counts, dtype=np.int64), to_at, group_at, i
