@@ -162,7 +162,8 @@ def _ulebs(raw: np.ndarray, path: str, base: int) -> tuple[np.ndarray, np.ndarra
             raise MachOFormatError(
                 path, base + _start(ends, int(tenth[0])), "split seg info: ULEB128 overflows 64 bits"
             )
-    values = (raw[ends] & 0x7F).astype(_U64)
+    # (the last byte of a number is the one below 0x80)
+    values = raw[ends].astype(_U64)
     if longest > 1:
         # the last byte of each number is its highest: add the lower ones, from the numbers
         # still long enough (most are one byte, few more than three)
@@ -311,8 +312,8 @@ def _v2_records(values: np.ndarray, error: _ErrorAt, strict: bool) -> _V2Records
     np.add(small[1:], after_two, out=body)
     np.minimum(body, fail, out=body)
     if strict:
-        # (ld64 writes neither empty kind groups nor empty ToOffsets)
-        groups_next[:n][values > MAX_V2_KIND] = fail
+        # (ld64 writes neither empty kind groups nor empty ToOffsets, nor kind 0)
+        groups_next[:n][values - _U64(1) >= _U64(MAX_V2_KIND)] = fail
         groups_next[: n - 1][small[1:] == 0] = fail
     groups = JumpTable(groups_next, _KIND_GROUP_LEVELS)
     # ToOffset at k: to-delta, kind_count, kind_count kind groups
