@@ -32,6 +32,9 @@ class ChainWalk:
     Every pointer slot of a batch (every ``stride`` bytes from the chain starts) gets the slot
     its ``next`` names, or the end: ``next`` is 0, or it leaves the slot's page (the slot is
     then marked bad). The chains are then listed by pointer doubling (:class:`JumpTable`).
+    Linkers put 8-byte pointers 8 bytes apart, so for the usual chains only the slots a pointer
+    apart from the starts are looked at, and the chains are listed without doubling
+    (:func:`forward_reach`: the other words there, zeros and data, seldom name a next slot).
     """
 
     fmt: PointerFormat

@@ -11,6 +11,9 @@ Level ``l`` of the table is the table applied ``2**l`` times (``levels[l+1] = le
 Levels up to ``top`` are kept; a walk of ``k`` steps is cut into pieces of at most ``2**top``
 steps (one vectorized step per piece over all walks), and the nodes of every piece are then
 listed by halving the pieces level by level.
+
+When the walks run to their ends, every jump goes forward and the nodes no walk passes seldom
+lead into each other for long, :func:`forward_reach` finds the walked nodes without doubling.
 """
 
 from __future__ import annotations
