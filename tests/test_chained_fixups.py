@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from dyldcache.errors import MachOFormatError
 from dyldcache.macho import constants as C
+from dyldcache.macho.chain_walk import ChainWalk
 from dyldcache.macho.chained_fixups import (
     ChainedFixupsInfo,
     ChainedSegment,
@@ -31,6 +32,7 @@ from dyldcache.macho.chained_fixups import (
     parse_chained_fixups_blob,
     read_chained_fixups,
 )
+from dyldcache.macho.chained_pointers import POINTER_FORMATS
 from dyldcache.macho.file import parse_macho
 from dyldcache.macho.fixups import FixupKind, Fixups, Import, empty_fixups
 from dyldcache.macho.format import (
@@ -829,12 +831,15 @@ def test_chain_walk_matches_a_pointer_by_pointer_walk(fmt: int, page_size: int, 
     # every word a plain rebase (no bind or auth bits), so that only the chains can go wrong
     for at in range(page_size + 7, len(body), stride):
         body[at] &= 0xFF >> clear_bits
+    # as linkers lay pointers out (8-byte aligned, so steps a whole pointer apart: the walk
+    # without doubling), or anywhere on the stride
+    unit = 8 if data.draw(st.booleans()) else stride
     page_start = []
     for page in range(pages):
         if data.draw(st.integers(0, 5)) == 0:
             page_start.append(C.DYLD_CHAINED_PTR_START_NONE)
             continue
-        pos = data.draw(st.integers(0, page_size // stride - 3)) * stride
+        pos = data.draw(st.integers(0, page_size // unit - 2)) * unit
         page_start.append(pos)
 
         def put(at: int, step: int, page: int = page) -> None:
@@ -847,6 +852,7 @@ def test_chain_walk_matches_a_pointer_by_pointer_walk(fmt: int, page_size: int, 
         # then, by any next at all (mostly one that leaves the page)
         for _ in range(data.draw(st.integers(0, 3) | st.integers(0, 600))):
             step = data.draw(st.integers(2 if stride == 4 else 1, 5) | st.integers(0, 1 << (next_bits - 3)))
+            step = step // (unit // stride) * (unit // stride) if data.draw(st.integers(0, 9)) else step
             # 0 here: to the last pointer that fits in the page (or in the segment's bytes)
             room = min(page_size, size - page * page_size) - 8 - pos
             step = step or data.draw(st.sampled_from([room // stride, (page_size - 8 - pos) // stride]))
@@ -871,3 +877,35 @@ def test_chain_walk_matches_a_pointer_by_pointer_walk(fmt: int, page_size: int, 
         got = [(int(r["address"]), int(r["target"]), int(r["high8"])) for r in fixups.records]
         assert got == expected
         assert (fixups.records["kind"] == FixupKind.REBASE).all()
+
+
+@pytest.mark.parametrize(
+    ("chains", "expected"),
+    [
+        # 8-byte aligned, whole-pointer steps: walked without doubling
+        ({0: [(8, 2), (16, 4), (32, 0)], 1: [(0x1000, 0)]}, [8, 16, 32, 0x1000]),
+        # a 12-byte step between pointers (next 3 at a 4-byte stride) mid-chain
+        ({0: [(8, 3), (20, 2), (28, 0)]}, [8, 20, 28]),
+        # chains of two pages at different offsets modulo 8
+        ({0: [(8, 2), (16, 0)], 1: [(0x1004, 2), (0x100C, 0)]}, [8, 16, 0x1004, 0x100C]),
+    ],
+)
+def test_chain_walk_steps_between_pointers(
+    chains: dict[int, list[tuple[int, int]]], expected: list[int]
+) -> None:
+    """Chains written by hand (DYLD_CHAINED_PTR_64: next at bit 51, in 4-byte units), walked with
+    and without the fast path for 8-byte aligned chains; a few other words hold next fields that
+    would lead a walk astray."""
+    fmt = POINTER_FORMATS[C.DYLD_CHAINED_PTR_64]
+    data = bytearray(0x1000 * len(chains) + 0x100)
+    for decoy in (0, 12, 24, 40, 0x1008):
+        data[decoy : decoy + 8] = (1 << 52).to_bytes(8, "little")
+    for links in chains.values():
+        for at, step in links:
+            data[at : at + 8] = (0x5000 + at | step << 51).to_bytes(8, "little")
+    walk = ChainWalk(fmt, 0x1000, len(data), bytes(data), 0)
+    starts = np.array([links[0][0] for links in chains.values()], dtype=np.int64)
+    for at, values, bad in (walk.batch(starts, 0, 2), walk._doubled(starts, 0, len(data))):
+        assert at.tolist() == expected
+        assert (values & ((1 << 36) - 1)).tolist() == [0x5000 + a for a in expected]
+        assert not bad.any()

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dyldcache.macho.jump_chains import JumpTable
+from dyldcache.macho.jump_chains import JumpTable, forward_reach
 
 
 @st.composite
@@ -58,3 +58,28 @@ def test_walks_match_a_step_by_step_walk(case: tuple[list[int], int], data: st.D
         if start != size - 1:
             whole, _ = _walk(table, start, size)
             assert jumps.last(start) == whole[-1]
+
+
+@settings(max_examples=150, deadline=None)
+@given(_tables(), st.data())
+def test_forward_reach_matches_a_step_by_step_walk(case: tuple[list[int], int], data: st.DataObject) -> None:
+    table, _ = case
+    size = len(table)
+    heads = data.draw(st.lists(st.integers(0, size - 2), max_size=6, unique=True)) if size > 1 else []
+    visits = [0] * (size - 1)
+    for head in heads:
+        seen, _ = _walk(table, head, size)
+        for node in seen:
+            visits[node] += 1
+    reached = [count > 0 for count in visits]
+    twice = any(count > 1 for count in visits)
+    array = np.array(table, dtype=np.int32)
+    # with enough rounds it settles: the reached nodes, or None when a node is reached twice
+    got = forward_reach(array, np.array(heads, dtype=np.int64), size + 1)
+    if twice:
+        assert got is None
+    else:
+        assert got is not None and got.tolist() == reached
+    # with fewer rounds it may give up, but never answers wrongly
+    few = forward_reach(array, np.array(heads, dtype=np.int64), data.draw(st.integers(1, 3)))
+    assert few is None or (not twice and few.tolist() == reached)

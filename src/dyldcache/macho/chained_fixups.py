@@ -376,7 +376,7 @@ def decode_chained_fixups(
         formats[starts.segment_index] = starts.pointer_format
         seg = segments[starts.segment_index]
         parts.append(_decode_segment(starts, seg, data, path, base_address, data_file_offset, import_addends))
-    records = np.concatenate(parts) if parts else empty_fixups()
+    records = _joined(parts)
     address = records["address"]
     if len(records) > 1 and (address[1:] < address[:-1]).any():
         # (each segment's records come out by address; segments are usually in address order)
@@ -391,6 +391,17 @@ def decode_chained_fixups(
                 path, at, f"chained fixups: two chains reach the pointer at {int(rec['address']):#x}"
             )
     return Fixups(records, info.import_list(), "chained", pointer_formats=formats)
+
+
+def _joined(parts: list[np.ndarray]) -> np.ndarray:
+    """The FIXUP_DTYPE arrays one after the other, joined as bytes (np.concatenate and slice
+    assignment copy a structured array field by field, twenty times slower)."""
+    if len(parts) == 1:
+        return parts[0]
+    if not parts:
+        return empty_fixups()
+    joined: np.ndarray = np.concatenate([p.view(np.uint8) for p in parts]).view(FIXUP_DTYPE)
+    return joined
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,9 @@ Level ``l`` of the table is the table applied ``2**l`` times (``levels[l+1] = le
 Levels up to ``top`` are kept; a walk of ``k`` steps is cut into pieces of at most ``2**top``
 steps (one vectorized step per piece over all walks), and the nodes of every piece are then
 listed by halving the pieces level by level.
+
+When the walks run to their ends, every jump goes forward and the nodes no walk passes seldom
+lead into each other for long, :func:`forward_reach` finds the walked nodes without doubling.
 """
 
 from __future__ import annotations
@@ -39,30 +42,38 @@ class JumpTable:
         """The table applied ``2**index`` times (``index <= top``)."""
         while len(self._levels) <= index:
             last = self._levels[-1]
-            self._levels.append(np.take(last, last, mode="clip"))
+            self._levels.append(last.take(last))
         return self._levels[index]
 
     def advance(self, nodes: np.ndarray, steps: np.ndarray) -> np.ndarray:
         """Where each walk from ``nodes`` is after ``steps`` steps (element-wise; any ``steps`` >= 0)."""
         x = np.asarray(nodes).astype(self._levels[0].dtype, copy=True)
         k = np.asarray(steps, dtype=np.int64)
+        most = int(k.max()) if k.size else 0
+        table = self._levels[0]
+        if most <= 1 << self.top:
+            # few steps (a kind group count): one step at a time, the walks with the most steps
+            # first, so that each step is over a prefix (the end absorbs the walks that stop)
+            # (a stable sort of small integers is a radix sort)
+            order = np.argsort(k.astype(np.int8 if most < 1 << 7 else np.int64), kind="stable")[::-1]
+            at = x[order]
+            # the walks with more than ``step`` steps
+            moving = k.size - np.cumsum(np.bincount(k, minlength=most + 1))
+            for step in range(most):
+                walks = int(moving[step])
+                at[:walks] = table.take(at[:walks])
+            x[order] = at
+            return x
         # only the walks still moving are looked at
         todo = np.flatnonzero((k > 0) & (x != self.end))
         at, left = x[todo], k[todo]
-        short = not left.size or int(left.max()) <= 1 << self.top
-        table = self._levels[0]
         bit = 0
         while todo.size:
-            if short:
-                # few steps (a kind group count): one step at a time; most walks stop early
-                at = np.take(table, at, mode="clip")
-                left -= 1
-            else:
-                table = self.level(bit) if bit <= self.top else np.take(table, table, mode="clip")
-                now = np.flatnonzero(left & 1)
-                at[now] = np.take(table, at[now], mode="clip")
-                left >>= 1
-                bit += 1
+            table = self.level(bit) if bit <= self.top else table.take(table)
+            now = np.flatnonzero(left & 1)
+            at[now] = table.take(at[now])
+            left >>= 1
+            bit += 1
             done = (left == 0) | (at == self.end)
             if done.any():
                 x[todo[done]] = at[done]
@@ -84,7 +95,7 @@ class JumpTable:
         if live.size:
             top = self.level(self.top)
         while live.size:
-            x[live] = np.take(top, x[live], mode="clip")
+            x[live] = top.take(x[live])
             k[live] -= chunk
             firsts.append(x[live])
             counts.append(np.minimum(k[live], chunk))
@@ -113,25 +124,21 @@ class JumpTable:
         :attr:`end`, and the index of the piece each comes from; in no particular order."""
         x = np.asarray(firsts)
         k = np.asarray(counts, dtype=np.int64)
-        owner = np.arange(x.size, dtype=np.int64)
         live = (k > 0) & (x != self.end)
-        x, k, owner = x[live], k[live], owner[live]
+        owner = np.flatnonzero(live)
+        x, k = x[live], k[live]
         if not x.size:
             return x, owner
-        for bit in reversed(range(int(k.max() - 1).bit_length())):
-            # each piece has at most 2**(bit+1) nodes: split off its second half
+        # one row a piece, its nodes in order: the second half of every run of 2**(bit+1)
+        # columns is level ``bit`` of the first, filled from the widest halves down
+        width = 1 << int(k.max() - 1).bit_length()
+        grid = np.empty((x.size, width), dtype=x.dtype)
+        grid[:, 0] = x
+        for bit in reversed(range(width.bit_length() - 1)):
             half = 1 << bit
-            split = np.flatnonzero(k > half)
-            if not split.size:
-                continue
-            second = np.take(self.level(bit), x[split], mode="clip")
-            rest = k[split] - half
-            k[split] = half
-            alive = second != self.end
-            x = np.concatenate([x, second[alive]])
-            k = np.concatenate([k, rest[alive]])
-            owner = np.concatenate([owner, owner[split][alive]])
-        return x, owner
+            grid[:, half :: 2 * half] = self.level(bit).take(grid[:, :: 2 * half])
+        keep = (np.arange(width) < k[:, None]) & (grid != self.end)
+        return grid[keep], np.broadcast_to(owner[:, None], grid.shape)[keep]
 
     def last(self, node: int) -> int:
         """The last node before :attr:`end` on the walk from ``node`` (``node`` itself when its
@@ -144,3 +151,40 @@ class JumpTable:
             if after != self.end:
                 node = after
         return node
+
+
+def forward_reach(table: np.ndarray, heads: np.ndarray, rounds: int) -> np.ndarray | None:
+    """The nodes the walks from ``heads`` pass through (a bool mask over ``table`` without its
+    absorbing last node), when every jump goes forward (``table[x] > x``) and no node is reached
+    twice; None when that cannot be settled in ``rounds`` rounds or a node is reached twice.
+
+    Without doubling: start from every node and, round by round, drop the nodes that are not a
+    head and have no predecessor left. The reached nodes are never dropped; once a round drops
+    nothing, every survivor is a head or has a surviving predecessor, so a survivor that no walk
+    reaches would have an unreached survivor before it, down to a first one: there is none. The
+    rounds needed are the length of the longest run of unreached nodes leading into each other,
+    so this suits tables where such runs are short (a caller that knows nodes no walk can pass
+    should make them stop the walk).
+    """
+    end = len(table) - 1
+    is_head = np.zeros(end + 1, dtype=bool)
+    is_head[heads] = True
+    alive = np.ones(end + 1, dtype=bool)
+    alive[end] = False
+    live = end
+    for _ in range(rounds):
+        reached = is_head.copy()
+        reached[table[alive]] = True
+        alive &= reached
+        alive[end] = False
+        now = int(np.count_nonzero(alive))
+        if now == live:
+            break
+        live = now
+    else:
+        return None
+    # every survivor is a head or has a surviving predecessor, so each is reached once exactly
+    # when the heads and the jumps of survivors that do not end add up to the survivors
+    if int(np.count_nonzero(table[alive] != end)) + int(np.count_nonzero(is_head)) != live:
+        return None
+    return alive[:end]

@@ -140,35 +140,46 @@ class SplitSegInfo:
 
 
 def _ulebs(raw: np.ndarray, path: str, base: int) -> tuple[np.ndarray, np.ndarray]:
-    """All ULEB128 numbers of ``raw`` (uint64) and the byte offset where each starts."""
+    """All ULEB128 numbers of ``raw`` (uint64) and the byte offset where each ends (its last
+    byte; the next one starts after it)."""
     if raw.size == 0:
         return np.zeros(0, dtype=_U64), np.zeros(0, dtype=np.int64)
     ends = np.flatnonzero(raw < 0x80)
     if ends.size == 0 or ends[-1] != raw.size - 1:
         start = int(ends[-1]) + 1 if ends.size else 0
         raise MachOFormatError(path, base + start, "split seg info: truncated ULEB128 at the end of the data")
-    starts = np.empty_like(ends)
-    starts[0] = 0
-    starts[1:] = ends[:-1] + 1
-    lengths = ends - starts + 1
+    lengths = np.empty_like(ends)
+    lengths[0] = ends[0] + 1
+    np.subtract(ends[1:], ends[:-1], out=lengths[1:])
     longest = int(lengths.max())
     if longest > 10:
         k = int(np.flatnonzero(lengths > 10)[0])
-        raise MachOFormatError(path, base + int(starts[k]), "split seg info: ULEB128 longer than 10 bytes")
+        raise MachOFormatError(path, base + _start(ends, k), "split seg info: ULEB128 longer than 10 bytes")
     if longest == 10:
         ten = np.flatnonzero(lengths == 10)
         tenth = ten[raw[ends[ten]] > 1]
         if tenth.size:
             raise MachOFormatError(
-                path, base + int(starts[tenth[0]]), "split seg info: ULEB128 overflows 64 bits"
+                path, base + _start(ends, int(tenth[0])), "split seg info: ULEB128 overflows 64 bits"
             )
-    values = (raw[ends] & 0x7F).astype(_U64)
-    longer = np.flatnonzero(lengths > 1)
-    # the last byte of each number is its highest; add the lower bytes, numbers still long enough
-    for b in range(longest - 1):
-        values[longer] = (values[longer] << _U64(7)) | (raw[ends[longer] - 1 - b] & 0x7F)
-        longer = longer[lengths[longer] > b + 2]
-    return values, starts
+    # (the last byte of a number is the one below 0x80)
+    values = raw[ends].astype(_U64)
+    if longest > 1:
+        # the last byte of each number is its highest: add the lower ones, from the numbers
+        # still long enough (most are one byte, few more than three)
+        longer = np.flatnonzero(lengths > 1)
+        last, length = ends[longer], lengths[longer]
+        for b in range(1, longest):
+            if b > 1:
+                still = length > b
+                longer, last, length = longer[still], last[still], length[still]
+            values[longer] = (values[longer] << _U64(7)) | (raw[last - b] & 0x7F)
+    return values, ends
+
+
+def _start(ends: np.ndarray, i: int) -> int:
+    """Where the ``i``-th number of a :func:`_ulebs` run starts (``len(ends)``: where the run ends)."""
+    return int(ends[i - 1]) + 1 if i else 0
 
 
 def read_split_seg(data: bytes | memoryview, path: str, base_offset: int = 0) -> SplitSegInfo:
@@ -180,8 +191,8 @@ def read_split_seg(data: bytes | memoryview, path: str, base_offset: int = 0) ->
 
 
 #: kind groups per ToOffset that the first pass of the v2 decoder follows: ld64 and our linker
-#: write one group per kind, so at most MAX_V2_KIND; a stream with more is decoded a second time
-#: without this limit
+#: write one group per kind, so at most MAX_V2_KIND; a stream with more (or with a kind that is
+#: not a v2 kind) is decoded a second time without these limits
 _KIND_GROUPS_FIRST_PASS = 15
 #: pointer-doubling levels kept for the walks (pieces of 2**n records; see jump_chains)
 _TO_OFFSET_LEVELS = 5
@@ -205,16 +216,16 @@ class _V2Records:
 
 
 def _read_v2(raw: np.ndarray, path: str, base: int) -> np.ndarray:
-    values, starts = _ulebs(raw, path, base)
+    values, ends = _ulebs(raw, path, base)
     n = len(values)
 
     def error(i: int, message: str) -> MachOFormatError:
-        at = base + (int(starts[i]) if i < n else raw.size)
+        at = base + (_start(ends, i) if i < n else raw.size)
         return MachOFormatError(path, at, f"split seg info: {message}")
 
     if n == 0:
         raise error(0, "missing FromToSection count")
-    records = _v2_records(values, error, _KIND_GROUPS_FIRST_PASS) or _v2_records(values, error, None)
+    records = _v2_records(values, error, True) or _v2_records(values, error, False)
     assert records is not None  # the second pass has no limit: it decodes or raises
     to_at, group_at = records.to_offsets, records.kind_groups
     # the FromToSection of every ToOffset, the ToOffset of every kind group
@@ -277,40 +288,54 @@ class _ErrorAt(Protocol):
     def __call__(self, i: int, message: str) -> MachOFormatError: ...
 
 
-def _v2_records(values: np.ndarray, error: _ErrorAt, kind_limit: int | None) -> _V2Records | None:
+def _v2_records(values: np.ndarray, error: _ErrorAt, strict: bool) -> _V2Records | None:
     """Find the records of a v2 stream without a Python step per record.
 
     For every value index, where the next record would start if a kind group (``groups``) or a
     ToOffset (``tos``) started there; node ``n + 1`` means "cannot be read". The FromToSections
-    are walked one by one, each following its ToOffsets by pointer doubling. With ``kind_limit``,
-    a ToOffset with more kind groups counts as unreadable and None is returned if one is met.
+    are walked one by one, each following its ToOffsets by pointer doubling. ``strict`` (the
+    first pass) also counts as unreadable a kind group whose kind is not a v2 kind and a
+    ToOffset with more than _KIND_GROUPS_FIRST_PASS kind groups, which makes the tables cheaper
+    to build; None is returned if a walk meets one (the stream is then read again without them).
     Raises the error of the first record a sequential reader could not read.
     """
     n = len(values)
     fail = n + 1
-    dtype = index_dtype(n + 2)
-    # counts above n never fit; clamping keeps the index arithmetic in int64
-    small = np.minimum(values, _U64(n)).view(np.int64)
-    at = np.arange(n - 1, dtype=np.int64)  # the positions whose second value exists
+    # node numbers and the sums below stay under 2n + 4
+    dtype = index_dtype(2 * n + 4)
+    # counts above n never fit; clamping keeps the index arithmetic in range
+    small = np.minimum(values, _U64(n)).astype(dtype)
     # kind group at k: kind, count, count from-deltas (past n + 1 = past the end = fail)
+    after_two = np.arange(2, n + 1, dtype=dtype)  # for each k below n - 1, k + 2
     groups_next = np.full(n + 2, fail, dtype=dtype)
-    groups_next[: n - 1] = np.minimum(at + 2 + small[1:], fail)
+    body = groups_next[: n - 1]
+    np.add(small[1:], after_two, out=body)
+    np.minimum(body, fail, out=body)
+    if strict:
+        # (ld64 writes neither empty kind groups nor empty ToOffsets, nor kind 0)
+        groups_next[:n][values - _U64(1) >= _U64(MAX_V2_KIND)] = fail
+        groups_next[: n - 1][small[1:] == 0] = fail
     groups = JumpTable(groups_next, _KIND_GROUP_LEVELS)
-    # ToOffset at j: to-delta, kind_count, kind_count kind groups
+    # ToOffset at k: to-delta, kind_count, kind_count kind groups
     kind_counts = small[1:]
     # (each kind group takes two values at least, so n // 2 + 1 of them never fit)
-    limit = n // 2 + 1 if kind_limit is None else kind_limit
+    limit = _KIND_GROUPS_FIRST_PASS if strict else n // 2 + 1
     to_next = np.full(n + 2, fail, dtype=dtype)
-    # most ToOffsets have one kind group: one step for every position, then the others
     body = to_next[: n - 1]
-    np.take(groups_next, at + 2, mode="clip", out=body)
-    other = np.flatnonzero(kind_counts != 1)
-    count = kind_counts[other]
-    body[other[count == 0]] = other[count == 0] + 2
-    body[other[count > limit]] = fail
-    more = other[(count > 1) & (count <= limit)]
-    body[more] = groups.advance(body[more], kind_counts[more] - 1)
-    tos = JumpTable(to_next, _TO_OFFSET_LEVELS)
+    # most ToOffsets have one kind group: past it for every position, then the others
+    one_group = groups_next[2 : n + 1]
+    np.copyto(body, one_group, where=kind_counts == 1)
+    if not strict:
+        np.copyto(body, after_two, where=kind_counts == 0)
+    more = np.flatnonzero((kind_counts > 1) & (kind_counts <= limit) & (one_group != fail))
+    body[more] = groups.advance(one_group[more], kind_counts[more] - 1)
+    # a walk only passes positions where a ToOffset can be read (a quarter of them, in ld64's
+    # streams): the doubling is done over those, numbered in order, the others all being ``m``
+    readable = np.flatnonzero(to_next != fail)
+    m = readable.size
+    number = np.full(n + 2, m, dtype=dtype)
+    number[readable] = np.arange(m, dtype=dtype)
+    tos = JumpTable(np.append(number.take(to_next.take(readable)), m), _TO_OFFSET_LEVELS)
 
     sections: list[int] = []
     to_counts: list[int] = []
@@ -331,20 +356,50 @@ def _v2_records(values: np.ndarray, error: _ErrorAt, kind_limit: int | None) -> 
         if to_count == 0:
             i += 3
             continue
-        piece_firsts, piece_counts, end = tos.walk(i + 3, min(to_count, n))
-        if end == fail:
-            if kind_limit is not None:
+        # the first to_count - 1 ToOffsets, to the last one (each readable), then past it
+        first = int(number[i + 3])
+        last = m
+        if first != m:
+            piece_firsts, piece_counts, last = tos.walk(first, min(to_count, m + 1) - 1)
+        after = int(to_next[readable[last]]) if last != m else fail
+        if after == fail:
+            if strict:
                 return None
-            raise _first_unreadable(values, tos, groups, i + 3, error)
-        firsts.append(piece_firsts)
-        counts.append(piece_counts)
-        i = end
-    to_at = _sorted_members(tos, firsts, counts, n)
-    group_firsts, group_counts, _ = groups.pieces(to_at + 2, small[to_at + 1])
-    group_at = _sorted_members(groups, [group_firsts], [group_counts], n)
+            raise _first_unreadable(values, JumpTable(to_next, _TO_OFFSET_LEVELS), groups, i + 3, error)
+        firsts += [piece_firsts, np.array([last])]
+        counts += [piece_counts, np.ones(1, dtype=np.int64)]
+        i = after
+    to_at = readable[_sorted_members(tos, firsts, counts, m)]
+    group_at = _group_starts(groups, to_at, small[to_at + 1], n)
     return _V2Records(
         np.array(sections, dtype=np.int64), np.array(to_counts, dtype=np.int64), to_at, group_at, i
     )
+
+
+#: kind groups per ToOffset up to which :func:`_group_starts` steps through them one at a time
+_GROUPS_STEPPED = 16
+
+
+def _group_starts(groups: JumpTable, to_at: np.ndarray, kind_counts: np.ndarray, n: int) -> np.ndarray:
+    """The kind groups of the ToOffsets at ``to_at`` (all readable, ``kind_counts`` of each),
+    ascending."""
+    most = int(kind_counts.max()) if kind_counts.size else 0
+    if most <= 1:
+        single: np.ndarray = to_at[kind_counts == 1] + 2
+        return single
+    if most > _GROUPS_STEPPED:
+        firsts, counts, _ = groups.pieces(to_at + 2, kind_counts)
+        return _sorted_members(groups, [firsts], [counts], n)
+    # one step for all ToOffsets that have another group (few have more than two)
+    table = groups.level(0)
+    mark = np.zeros(n, dtype=bool)
+    live = kind_counts > 0
+    node, left = to_at[live] + 2, kind_counts[live]
+    while node.size:
+        mark[node] = True
+        live = left > 1
+        node, left = table.take(node[live]), left[live] - 1
+    return np.flatnonzero(mark)
 
 
 def _sorted_members(
@@ -374,7 +429,7 @@ def _first_unreadable(
 
 def _read_v1(raw: np.ndarray, path: str, base: int) -> np.ndarray:
     # kinds are single bytes below 0x80, so the whole stream reads as ULEB128 numbers
-    values, starts = _ulebs(raw, path, base)
+    values, ends = _ulebs(raw, path, base)
     n = len(values)
     zeros = np.flatnonzero(values == 0)
     kinds: list[int] = []
@@ -385,8 +440,8 @@ def _read_v1(raw: np.ndarray, path: str, base: int) -> np.ndarray:
         kind = int(values[i])
         if kind == 0:
             break
-        if kind not in V1_KINDS or raw[starts[i]] != kind:
-            raise MachOFormatError(path, base + int(starts[i]), f"split seg info v1: bad kind {kind:#x}")
+        if kind not in V1_KINDS or raw[_start(ends, i)] != kind:
+            raise MachOFormatError(path, base + _start(ends, i), f"split seg info v1: bad kind {kind:#x}")
         z = int(np.searchsorted(zeros, i + 1))
         if z == zeros.size:
             raise MachOFormatError(
@@ -400,7 +455,7 @@ def _read_v1(raw: np.ndarray, path: str, base: int) -> np.ndarray:
     rest = np.flatnonzero(values[i:])
     if rest.size:
         raise MachOFormatError(
-            path, base + int(starts[i + int(rest[0])]), "split seg info v1: unexpected data after the end"
+            path, base + _start(ends, i + int(rest[0])), "split seg info v1: unexpected data after the end"
         )
     cnt = np.array(counts, dtype=np.int64)
     total = int(cnt.sum()) if cnt.size else 0
