@@ -124,8 +124,10 @@ def test_sigint_at_any_moment_leaves_the_earlier_cache(
             assert status == 0, where
             assert left == new, f"{where}: the build says it succeeded"
         assert not any(n.startswith(STAGING_PREFIX) or ".tmp" in n for n in left), where
-    # the signals well inside the build's own time did interrupt it
-    assert outcomes[1:8].count(130) >= 5, list(zip(delays, outcomes, strict=True))
+    # the signals well inside the build's own time did interrupt it (at least those at a third to
+    # seven tenths of it: on a busy machine a run may take half or twice the reference's time, so
+    # the earliest ones can come before the handler and the latest ones after the end)
+    assert outcomes[1:8].count(130) >= 3, list(zip(delays, outcomes, strict=True))
 
 
 def test_a_sigint_during_the_commit_puts_the_earlier_files_back(
