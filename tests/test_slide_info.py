@@ -574,13 +574,14 @@ def test_golden_slide_info() -> None:
 
 
 def test_the_builder_precheck_names_the_cache_address_of_a_pointer_slide_info_cannot_hold() -> None:
-    """Phase 5's check (optimizers/slide_info.check_slide_pointers) runs the encoder on scratch
-    pages, one window per run of pointers less than 1 MiB apart. Slide info v2 (arm64 macOS,
-    cache-format.md §4) has no authenticated pointers, so one in the second window, given
-    out of order, must be reported at its own cache address; the same pointers unauthenticated pass."""
+    """Phase 5's check (optimizers/slide_info.slid_pointers) applies every rule of the format
+    but the chains to a dylib's bound pointers, given in any order. Slide info v2 (arm64 macOS,
+    cache-format.md §4) has no authenticated pointers, so one far from the others must be
+    reported at its own cache address; unauthenticated, the pointers pass, sorted, each with
+    the word v2 stores for it: the target (value_add is 0 on arm64) with high8 in bits 56-63."""
     from dyldcache.builder.bind import CACHE_POINTER_FIELDS
     from dyldcache.builder.config import make_config
-    from dyldcache.builder.optimizers.slide_info import check_slide_pointers
+    from dyldcache.builder.optimizers.slide_info import slid_pointers
 
     cfg = make_config("arm64", "macos")
     assert cfg.slide_info_version == 2
@@ -588,14 +589,33 @@ def test_the_builder_precheck_names_the_cache_address_of_a_pointer_slide_info_ca
     first, far = base + 0x4FF0, base + 0x30_7FF8  # 3 MiB apart, each within its page
     rows = [
         (first + 8, base, 0, 0, 0, 0, 0),
-        (far, base + 0x100, 0, 1, 0, 0, 0),
+        (far, base + 0x100, 0x80, 1, 0, 0, 0),
         (first, base + 0x80, 0, 0, 0, 0, 0),
     ]
     pointers = np.array(rows, dtype=CACHE_POINTER_FIELDS)
-    problem = check_slide_pointers(cfg, pointers)
-    assert problem is not None
-    assert f"pointer at {far:#x} is authenticated" in problem, problem
-    assert "mapping offset" not in problem
+    with pytest.raises(ValueError, match=f"pointer at {far:#x} is authenticated") as info:
+        slid_pointers(cfg, pointers)
+    assert "mapping offset" not in str(info.value)
     pointers["auth"] = 0
-    assert check_slide_pointers(cfg, pointers) is None
-    assert check_slide_pointers(cfg, pointers[:0]) is None
+    slid = slid_pointers(cfg, pointers)
+    assert slid["location"].tolist() == [first, first + 8, far]
+    assert slid["value"].tolist() == [base + 0x80, base, 0x80 << 56 | (base + 0x100)]
+    assert len(slid_pointers(cfg, pointers[:0])) == 0
+
+
+@pytest.mark.parametrize(
+    ("location", "words"),
+    [(0x1_8000_4FFC, "crosses a 0x1000-byte page"), (0x1_8000_4FF4, "overlaps"), (0x1_8000_4FF2, "aligned")],
+)
+def test_the_builder_precheck_rejects_the_layout_v2_cannot_chain(location: int, words: str) -> None:
+    """Pointers slide info v2 cannot chain (cache-format.md §2.10: 4-byte aligned words, each
+    inside its 4 KiB page, none sharing a byte with another) are named by cache address."""
+    from dyldcache.builder.bind import CACHE_POINTER_FIELDS
+    from dyldcache.builder.config import make_config
+    from dyldcache.builder.optimizers.slide_info import slid_pointers
+
+    base = 0x1_8000_0000
+    rows = [(base + 0x4FF0, base, 0, 0, 0, 0, 0), (location, base, 0, 0, 0, 0, 0)]
+    with pytest.raises(ValueError, match=words) as info:
+        slid_pointers(make_config("arm64", "macos"), np.array(rows, dtype=CACHE_POINTER_FIELDS))
+    assert f"pointer at {location:#x}" in str(info.value)

@@ -65,13 +65,15 @@ _NEXT11_MAX_BYTES = 0x7FF * 8
 # ---------------------------------------------------------------------------------------------
 # shared helpers
 
+#: how the encoders name a pointer in their messages (a caller with other offsets names its own)
+AT_MAPPING_OFFSET = "pointer at mapping offset"
+
 
 def _as_pointers(pointers: np.ndarray) -> np.ndarray:
-    """A sorted copy of ``pointers`` with exactly CACHE_POINTER_DTYPE (fields matched by name)."""
-    arr = np.asarray(pointers)
-    if arr.dtype == CACHE_POINTER_DTYPE:
-        out = arr.copy()
-    else:
+    """``pointers`` sorted by offset, with exactly CACHE_POINTER_DTYPE (fields matched by name):
+    the array itself when it already is both (the encoders only read it), else a copy."""
+    arr = np.asarray(pointers).reshape(-1)
+    if arr.dtype != CACHE_POINTER_DTYPE:
         names = arr.dtype.names or ()
         missing = [n for n in ("offset", "target") if n not in names]
         if missing:
@@ -80,8 +82,11 @@ def _as_pointers(pointers: np.ndarray) -> np.ndarray:
         for name in CACHE_POINTER_DTYPE.names or ():
             if name in names:
                 out[name] = arr[name]
-    out = out.reshape(-1)
-    return out[np.argsort(out["offset"], kind="stable")]
+        arr = out
+    off = arr["offset"]
+    if off.size > 1 and not bool((off[1:] >= off[:-1]).all()):
+        arr = arr[np.argsort(off, kind="stable")]
+    return arr
 
 
 def _check_page_size(page_size: int, low: int, high: int) -> None:
@@ -89,38 +94,56 @@ def _check_page_size(page_size: int, low: int, high: int) -> None:
         raise ValueError(f"page size {page_size:#x} is not a power of two in [{low:#x}, {high:#x}]")
 
 
-def _first(mask: np.ndarray, p: np.ndarray) -> str:
-    """'offset 0x..' of the first pointer where ``mask`` holds, for error messages."""
-    i = int(np.flatnonzero(mask)[0])
-    return f"pointer at mapping offset {int(p['offset'][i]):#x}"
+def _first(mask: np.ndarray, where: np.ndarray, label: str) -> str:
+    """'<label> 0x..' of the first pointer where ``mask`` holds, for error messages."""
+    return f"{label} {int(where[int(np.argmax(mask))]):#x}"
 
 
-def _check_layout(p: np.ndarray, mapping_len: int, page_size: int, align: int) -> None:
-    """Pointers must be aligned, inside the mapping, inside one page, and must not overlap."""
-    off = p["offset"]
+def check_layout(
+    off: np.ndarray, mapping_len: int | None, page_size: int, align: int, label: str = AT_MAPPING_OFFSET
+) -> None:
+    """Sorted pointer offsets (u64) must be aligned, inside the mapping (unless ``mapping_len``
+    is None), each inside one page, and must not overlap; ValueError names the first that is
+    not by ``label`` and its offset."""
     if off.size == 0:
         return
-    bad = off % _U64(align) != 0
+    bad = (off & _U64(align - 1)) != 0
     if bad.any():
-        raise ValueError(f"{_first(bad, p)} is not {align}-byte aligned")
-    bad = off > _U64(max(mapping_len - 8, 0)) if mapping_len >= 8 else np.ones(off.shape, bool)
+        raise ValueError(f"{_first(bad, off, label)} is not {align}-byte aligned")
+    if mapping_len is not None:
+        bad = off > _U64(max(mapping_len - 8, 0)) if mapping_len >= 8 else np.ones(off.shape, bool)
+        if bad.any():
+            raise ValueError(
+                f"{_first(bad, off, label)} does not fit in the mapping ({mapping_len:#x} bytes)"
+            )
+    bad = (off & _U64(page_size - 1)) > _U64(page_size - 8)
     if bad.any():
-        raise ValueError(f"{_first(bad, p)} does not fit in the mapping ({mapping_len:#x} bytes)")
-    bad = off % _U64(page_size) > _U64(page_size - 8)
-    if bad.any():
-        raise ValueError(f"{_first(bad, p)} crosses a {page_size:#x}-byte page boundary")
+        raise ValueError(f"{_first(bad, off, label)} crosses a {page_size:#x}-byte page boundary")
     if off.size > 1:
-        close = np.zeros(off.shape, bool)
-        close[1:] = off[1:] - off[:-1] < 8
+        close = off[1:] - off[:-1] < _U64(8)
         if close.any():
-            raise ValueError(f"{_first(close, p)} overlaps the previous pointer")
+            raise ValueError(f"{_first(close, off[1:], label)} overlaps the previous pointer")
 
 
-def _check_plain_fields(p: np.ndarray) -> None:
-    plain = p["auth"] == 0
-    bad = plain & ((p["key"] != 0) | (p["addr_div"] != 0) | (p["diversity"] != 0))
+def _laid_out(
+    mapping: memoryview, pointers: np.ndarray, page_size: int, align: int
+) -> tuple[memoryview, np.ndarray, np.ndarray]:
+    """An encoder's input checked by :func:`check_layout`: the mapping's bytes, the pointers
+    sorted (:func:`_as_pointers`) and their offsets."""
+    mapping = _byte_view(mapping)
+    p = _as_pointers(pointers)
+    off = p["offset"]
+    check_layout(off, len(mapping), page_size, align)
+    return mapping, p, off
+
+
+def _check_plain_fields(p: np.ndarray, where: np.ndarray, label: str) -> None:
+    key, addr_div, diversity = p["key"], p["addr_div"], p["diversity"]
+    if not (key.any() or addr_div.any() or diversity.any()):
+        return
+    bad = (p["auth"] == 0) & ((key != 0) | (addr_div != 0) | (diversity != 0))
     if bad.any():
-        raise ValueError(f"{_first(bad, p)} is not authenticated but has key/diversity data")
+        raise ValueError(f"{_first(bad, where, label)} is not authenticated but has key/diversity data")
 
 
 def _chains(off: np.ndarray, page_size: int, max_gap: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -129,28 +152,40 @@ def _chains(off: np.ndarray, page_size: int, max_gap: int) -> tuple[np.ndarray, 
     Returns (page index, byte distance to the next pointer of the chain or 0, chain-start
     mask). Consecutive pointers link when they share a page and their gap is encodable.
     """
-    page = off // _U64(page_size)
+    page = off >> _U64(page_size.bit_length() - 1)
     n = off.size
     gap = np.zeros(n, dtype=_U64)
     start = np.ones(n, dtype=bool)
     if n > 1:
         d = off[1:] - off[:-1]
-        link = (page[1:] == page[:-1]) & (d <= _U64(max_gap))
-        gap[:-1] = np.where(link, d, _U64(0))
+        link = page[1:] == page[:-1]
+        if max_gap < page_size - 8:
+            link &= d <= _U64(max_gap)
+        np.multiply(d, link, out=gap[:-1])
         start[1:] = ~link
     return page, gap, start
+
+
+def _words64(mapping: memoryview) -> np.ndarray:
+    """The 64-bit little-endian word at every 4-byte offset of ``mapping`` (element i at byte
+    4 * i: neighbouring elements overlap), as one view of its bytes."""
+    count = (len(mapping) - 8) // 4 + 1 if len(mapping) >= 8 else 0
+    return np.ndarray((count,), dtype="<u8", buffer=mapping, strides=(4,))
 
 
 def _store(mapping: memoryview, off: np.ndarray, raw: np.ndarray) -> None:
     """Write 64-bit little-endian words at 4-byte aligned byte offsets of ``mapping``."""
     if off.size == 0:
         return
-    words = np.frombuffer(mapping, dtype="<u4", count=len(mapping) // 4)
+    if not (off & _U64(7)).any():  # all 8-byte aligned: plain words are quicker to index
+        words = np.frombuffer(mapping, dtype="<u8", count=len(mapping) // 8)
+        index = (off >> _U64(3)).astype(np.intp)
+    else:
+        words = _words64(mapping)
+        index = (off >> _U64(2)).astype(np.intp)
     if not words.flags.writeable:
         raise ValueError("the mapping buffer is read-only")
-    idx = (off // _U64(4)).astype(np.intp)
-    words[idx] = (raw & _U64(0xFFFFFFFF)).astype("<u4")
-    words[idx + 1] = (raw >> _U64(32)).astype("<u4")
+    words[index] = raw
 
 
 def _byte_view(buf: Any) -> memoryview:
@@ -163,20 +198,27 @@ def _page_count(mapping_len: int, page_size: int) -> int:
     return -(-mapping_len // page_size)
 
 
-def _single_chain_starts(
-    page: np.ndarray, off: np.ndarray, start: np.ndarray, npages: int, page_size: int, no_rebase: int
+def _chain_in_strides(
+    mapping: memoryview, off: np.ndarray, value: np.ndarray, page_size: int, next_shift: int, no_rebase: int
 ) -> np.ndarray:
-    """page_starts for formats without extras: the byte offset of each page's only chain."""
+    """Write ``value`` at ``off`` of ``mapping``, each with the 8-byte strides to the next
+    pointer of its page in the 11 bits at ``next_shift`` (v3, v5); returns page_starts: the
+    byte offset of each page's only chain, or ``no_rebase``."""
+    mapping = _byte_view(mapping)
+    page, gap, start = _chains(off, page_size, _NEXT11_MAX_BYTES)
+    npages = _page_count(len(mapping), page_size)
     starts = np.full(npages, no_rebase, dtype="<u2")
     si = np.flatnonzero(start)
     if si.size:
-        per_page = np.bincount(page[si].astype(np.intp), minlength=npages)
-        if (per_page > 1).any():
+        chain_page = page[si].astype(np.intp)
+        if si.size > 1 and not bool((chain_page[1:] != chain_page[:-1]).all()):
+            per_page = np.bincount(chain_page, minlength=npages)
             pg = int(np.flatnonzero(per_page > 1)[0])
             raise ValueError(
                 f"page {pg} needs more than one chain (a gap larger than {_NEXT11_MAX_BYTES:#x} bytes)"
             )
-        starts[page[si].astype(np.intp)] = (off[si] % _U64(page_size)).astype("<u2")
+        starts[chain_page] = (off[si] & _U64(page_size - 1)).astype("<u2")
+    _store(mapping, off, value | ((gap >> _U64(3)) << _U64(next_shift)))
     return starts
 
 
@@ -210,37 +252,81 @@ def encode_slide_info_v2(
     cannot form one chain get several, listed in page extras.
     """
     _check_page_size(page_size, 0x100, 0x10000)  # page offsets / 4 must fit in 14 bits
-    shift = _mask_shift(delta_mask)
-    mapping = _byte_view(mapping)
-    p = _as_pointers(pointers)
-    _check_layout(p, len(mapping), page_size, 4)
-    if p["auth"].any():
-        raise ValueError(f"{_first(p['auth'] != 0, p)} is authenticated: slide info v2 cannot express it")
-    _check_plain_fields(p)
+    _mask_shift(delta_mask)
+    mapping, p, off = _laid_out(mapping, pointers, page_size, 4)
+    value = slide_values_v2(p, off, value_add=value_add, delta_mask=delta_mask)
+    return chain_slide_info_v2(
+        mapping, off, value, value_add=value_add, page_size=page_size, delta_mask=delta_mask
+    )
+
+
+def slide_values_v2(
+    p: np.ndarray,
+    where: np.ndarray,
+    *,
+    value_add: int,
+    delta_mask: int = DEFAULT_DELTA_MASK_V2,
+    label: str = AT_MAPPING_OFFSET,
+) -> np.ndarray:
+    """The word each pointer of ``p`` (fields target, high8, auth, key, addr_div, diversity)
+    holds in a v2 chain, delta bits still clear; ValueError names the first pointer v2 cannot
+    hold by ``label`` and its ``where``."""
+    _mask_shift(delta_mask)
+    auth = p["auth"]
+    if auth.any():
+        raise ValueError(
+            f"{_first(auth != 0, where, label)} is authenticated: slide info v2 cannot express it"
+        )
+    _check_plain_fields(p, where, label)
     target = p["target"]
     vadd = _U64(value_add & _MASK64)
-    bad = target < vadd
-    if bad.any():
-        raise ValueError(f"{_first(bad, p)} targets {int(target[bad][0]):#x}, below value_add {value_add:#x}")
-    value = target - vadd
+    if vadd:
+        bad = target < vadd
+        if bad.any():
+            raise ValueError(
+                f"{_first(bad, where, label)} targets {int(target[bad][0]):#x}, "
+                f"below value_add {value_add:#x}"
+            )
+        value = target - vadd
+    else:
+        value = target.copy()
     bad = (value >> _U64(56)) != 0
     if bad.any():
         raise ValueError(
-            f"{_first(bad, p)}: target - value_add {int(value[bad][0]):#x} needs more than 56 bits"
+            f"{_first(bad, where, label)}: target - value_add {int(value[bad][0]):#x} needs more than 56 bits"
         )
-    value |= p["high8"].astype(_U64) << _U64(56)
+    high8 = p["high8"]
+    if high8.any():
+        value |= high8.astype(_U64) << _U64(56)
     bad = value == 0
     if bad.any():
         raise ValueError(
-            f"{_first(bad, p)} targets value_add {value_add:#x} itself: it would store 0, which is never slid"
+            f"{_first(bad, where, label)} targets value_add {value_add:#x} itself: "
+            "it would store 0, which is never slid"
         )
     bad = (value & _U64(delta_mask)) != 0
     if bad.any():
         raise ValueError(
-            f"{_first(bad, p)}: value {int(value[bad][0]):#x} collides with the delta mask {delta_mask:#x}"
+            f"{_first(bad, where, label)}: value {int(value[bad][0]):#x} collides with the delta mask "
+            f"{delta_mask:#x}"
         )
+    return value
 
-    off = p["offset"]
+
+def chain_slide_info_v2(
+    mapping: memoryview,
+    off: np.ndarray,
+    value: np.ndarray,
+    *,
+    value_add: int,
+    page_size: int = 4096,
+    delta_mask: int = DEFAULT_DELTA_MASK_V2,
+) -> bytes:
+    """Write each ``value`` (of :func:`slide_values_v2`) at its offset ``off`` (sorted, laid
+    out as :func:`check_layout` wants) of ``mapping``, linked to the next pointer of its page,
+    and return the v2 blob."""
+    shift = _mask_shift(delta_mask)
+    mapping = _byte_view(mapping)
     max_gap = (delta_mask >> shift) * 4
     page, gap, start = _chains(off, page_size, max_gap)
     raw = value | ((gap >> _U64(2)) << _U64(shift))
@@ -252,9 +338,12 @@ def encode_slide_info_v2(
     si = np.flatnonzero(start)
     if si.size:
         chain_page = page[si].astype(np.intp)
-        chain_word = ((off[si] % _U64(page_size)) >> _U64(2)).astype("<u2")
-        per_page = np.bincount(chain_page, minlength=npages)
-        single = per_page[chain_page] == 1
+        chain_word = ((off[si] & _U64(page_size - 1)) >> _U64(2)).astype("<u2")
+        if si.size == 1 or bool((chain_page[1:] != chain_page[:-1]).all()):
+            single = np.ones(si.size, dtype=bool)  # one chain per page (the usual case)
+        else:
+            per_page = np.bincount(chain_page, minlength=npages)
+            single = per_page[chain_page] == 1
         starts[chain_page[single]] = chain_word[single]
         multi = ~single
         if multi.any():
@@ -295,29 +384,42 @@ def encode_slide_info_v3(
     count 8-byte steps to the next pointer; bit 62 stays 0 (the kernel would read it as a bind).
     """
     _check_page_size(page_size, 0x100, 0x4000)  # every in-page gap fits in 11 strides of 8
-    mapping = _byte_view(mapping)
-    p = _as_pointers(pointers)
-    _check_layout(p, len(mapping), page_size, 8)
-    _check_plain_fields(p)
-    auth = p["auth"] != 0
-    target = p["target"]
-    high8 = p["high8"].astype(_U64)
+    mapping, p, off = _laid_out(mapping, pointers, page_size, 8)
+    value = slide_values_v3(p, off, auth_value_add=auth_value_add)
+    return chain_slide_info_v3(mapping, off, value, auth_value_add=auth_value_add, page_size=page_size)
+
+
+def _arm64e_fields(p: np.ndarray, where: np.ndarray, label: str) -> tuple[np.ndarray, ...]:
+    """(authenticated mask, target, high8 as u64) of pointers whose plain ones carry no
+    key or diversity (checked)."""
+    _check_plain_fields(p, where, label)
+    return p["auth"] != 0, p["target"], p["high8"].astype(_U64)
+
+
+def slide_values_v3(
+    p: np.ndarray, where: np.ndarray, *, auth_value_add: int, label: str = AT_MAPPING_OFFSET
+) -> np.ndarray:
+    """The word each pointer of ``p`` holds in a v3 chain, next bits still clear (see
+    :func:`slide_values_v2`)."""
+    auth, target, high8 = _arm64e_fields(p, where, label)
     bad = ~auth & (target >> _U64(43) != 0)
     if bad.any():
-        raise ValueError(f"{_first(bad, p)} targets {int(target[bad][0]):#x}, which needs more than 43 bits")
+        raise ValueError(
+            f"{_first(bad, where, label)} targets {int(target[bad][0]):#x}, which needs more than 43 bits"
+        )
     bad = auth & (high8 != 0)
     if bad.any():
-        raise ValueError(f"{_first(bad, p)} is authenticated and cannot carry high8")
+        raise ValueError(f"{_first(bad, where, label)} is authenticated and cannot carry high8")
     aadd = _U64(auth_value_add & _MASK64)
     bad = auth & ((target < aadd) | (target - aadd > _U64(0xFFFFFFFF)))
     if bad.any():
         raise ValueError(
-            f"{_first(bad, p)} targets {int(target[bad][0]):#x}, "
+            f"{_first(bad, where, label)} targets {int(target[bad][0]):#x}, "
             f"not within 4 GiB above auth_value_add {auth_value_add:#x}"
         )
     bad = p["key"] > 3
     if bad.any():
-        raise ValueError(f"{_first(bad, p)} has key {int(p['key'][bad][0])}, not 0-3")
+        raise ValueError(f"{_first(bad, where, label)} has key {int(p['key'][bad][0])}, not 0-3")
     plain_raw = target | (high8 << _U64(43))
     auth_raw = (
         ((target - aadd) & _U64(0xFFFFFFFF))
@@ -326,18 +428,19 @@ def encode_slide_info_v3(
         | (p["key"].astype(_U64) << _U64(49))
         | _U64(1 << 63)
     )
-    value = np.where(auth, auth_raw, plain_raw)
-    off = p["offset"]
-    page, gap, start = _chains(off, page_size, _NEXT11_MAX_BYTES)
-    raw = value | ((gap >> _U64(3)) << _U64(51))
-    assert not (raw & _U64(1 << 62)).any()
-    npages = _page_count(len(mapping), page_size)
-    starts = _single_chain_starts(
-        page, off, start, npages, page_size, DYLD_CACHE_SLIDE_V3_PAGE_ATTR_NO_REBASE
-    )
-    _store(mapping, off, raw)
+    value: np.ndarray = np.where(auth, auth_raw, plain_raw)
+    return value
+
+
+def chain_slide_info_v3(
+    mapping: memoryview, off: np.ndarray, value: np.ndarray, *, auth_value_add: int, page_size: int = 4096
+) -> bytes:
+    """Write and link the values of :func:`slide_values_v3` (see :func:`chain_slide_info_v2`)
+    and return the v3 blob."""
+    assert not (value & _U64(1 << 62)).any()  # the kernel would read bit 62 as a bind
+    starts = _chain_in_strides(mapping, off, value, page_size, 51, DYLD_CACHE_SLIDE_V3_PAGE_ATTR_NO_REBASE)
     header = SlideInfo3(
-        version=3, page_size=page_size, page_starts_count=npages, auth_value_add=auth_value_add & _MASK64
+        version=3, page_size=page_size, page_starts_count=len(starts), auth_value_add=auth_value_add & _MASK64
     )
     return header.pack() + starts.tobytes()
 
@@ -356,27 +459,32 @@ def encode_slide_info_v5(
     format has no B keys. Bits 52-62 count 8-byte steps to the next pointer.
     """
     _check_page_size(page_size, 0x100, 0x4000)
-    mapping = _byte_view(mapping)
-    p = _as_pointers(pointers)
-    _check_layout(p, len(mapping), page_size, 8)
-    _check_plain_fields(p)
-    auth = p["auth"] != 0
-    target = p["target"]
-    high8 = p["high8"].astype(_U64)
+    mapping, p, off = _laid_out(mapping, pointers, page_size, 8)
+    value = slide_values_v5(p, off, value_add=value_add)
+    return chain_slide_info_v5(mapping, off, value, value_add=value_add, page_size=page_size)
+
+
+def slide_values_v5(
+    p: np.ndarray, where: np.ndarray, *, value_add: int, label: str = AT_MAPPING_OFFSET
+) -> np.ndarray:
+    """The word each pointer of ``p`` holds in a v5 chain, next bits still clear (see
+    :func:`slide_values_v2`)."""
+    auth, target, high8 = _arm64e_fields(p, where, label)
     vadd = _U64(value_add & _MASK64)
     bad = (target < vadd) | (target - vadd >= _U64(1 << 34))
     if bad.any():
         raise ValueError(
-            f"{_first(bad, p)} targets {int(target[bad][0]):#x}, "
+            f"{_first(bad, where, label)} targets {int(target[bad][0]):#x}, "
             f"not within 16 GiB above value_add {value_add:#x}"
         )
     bad = auth & (high8 != 0)
     if bad.any():
-        raise ValueError(f"{_first(bad, p)} is authenticated and cannot carry high8")
+        raise ValueError(f"{_first(bad, where, label)} is authenticated and cannot carry high8")
     bad = auth & (p["key"] != 0) & (p["key"] != 2)
     if bad.any():
         raise ValueError(
-            f"{_first(bad, p)} uses key {int(p['key'][bad][0])}: slide info v5 has only IA (0) and DA (2)"
+            f"{_first(bad, where, label)} uses key {int(p['key'][bad][0])}: "
+            "slide info v5 has only IA (0) and DA (2)"
         )
     runtime_offset = target - vadd
     plain_raw = runtime_offset | (high8 << _U64(34))
@@ -387,17 +495,18 @@ def encode_slide_info_v5(
         | ((p["key"] == 2).astype(_U64) << _U64(51))
         | _U64(1 << 63)
     )
-    value = np.where(auth, auth_raw, plain_raw)
-    off = p["offset"]
-    page, gap, start = _chains(off, page_size, _NEXT11_MAX_BYTES)
-    raw = value | ((gap >> _U64(3)) << _U64(52))
-    npages = _page_count(len(mapping), page_size)
-    starts = _single_chain_starts(
-        page, off, start, npages, page_size, DYLD_CACHE_SLIDE_V5_PAGE_ATTR_NO_REBASE
-    )
-    _store(mapping, off, raw)
+    value: np.ndarray = np.where(auth, auth_raw, plain_raw)
+    return value
+
+
+def chain_slide_info_v5(
+    mapping: memoryview, off: np.ndarray, value: np.ndarray, *, value_add: int, page_size: int = 16384
+) -> bytes:
+    """Write and link the values of :func:`slide_values_v5` (see :func:`chain_slide_info_v2`)
+    and return the v5 blob."""
+    starts = _chain_in_strides(mapping, off, value, page_size, 52, DYLD_CACHE_SLIDE_V5_PAGE_ATTR_NO_REBASE)
     header = SlideInfo5(
-        version=5, page_size=page_size, page_starts_count=npages, value_add=value_add & _MASK64
+        version=5, page_size=page_size, page_starts_count=len(starts), value_add=value_add & _MASK64
     )
     return header.pack() + starts.tobytes()
 
