@@ -491,6 +491,19 @@ def test_v1_hand_built() -> None:
     assert info.value.offset == 0x1000 + 26
 
 
+def test_v1_adjacent_words_are_two_pointers() -> None:
+    """v1 (32-bit caches, cache-format.md §2.9) slides 4-byte words: bits 0 and 1 of a
+    page's bitmap mark the words at 0 and 4, two pointers side by side, not an overlap."""
+    entries_offset = 128
+    blob = bytearray(entries_offset + 128)
+    struct.pack_into("<6I", blob, 0, 1, 24, 1, entries_offset, 1, 128)
+    blob[entries_offset] = 0b11
+    mapping = struct.pack("<2I", 0x1A001000, 0x1A002000) + bytes(0x1000 - 8)
+    _, ptrs = decode_slide_info(bytes(blob), mapping, 0x1A100000, "m", 0)
+    assert ptrs["offset"].tolist() == [0, 4]
+    assert ptrs["target"].tolist() == [0x1A001000, 0x1A002000]
+
+
 # ---------------------------------------------------------------------------------------------
 # malformed blobs
 

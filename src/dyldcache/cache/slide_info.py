@@ -582,68 +582,93 @@ def _u16_array(ctx: _Ctx, blob: memoryview, offset: int, count: int, what: str, 
 
 def _walk(
     ctx: _Ctx,
-    words: np.ndarray,
+    mapping: memoryview,
     starts: np.ndarray,
     page_end: np.ndarray,
     origin: np.ndarray,
     step: Any,
+    *,
+    stride: int,
+    single: bool,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Follow every chain at once; returns (pointer offsets, raw words) in visiting order.
+    """Follow every chain at once; returns (pointer offsets, raw words) sorted by offset.
 
     ``starts`` are mapping offsets of each chain's first pointer, ``page_end`` where its page
     (or the mapping) ends, ``origin`` the blob offset of the entry that started it (for
-    errors). ``step(raw)`` gives the byte distance to the next pointer (0 ends the chain).
-    Each link advances at least 8 bytes inside one page, so the loop runs at most
-    page_size / 8 times.
+    errors). ``step(raw)`` gives the byte distance to the next pointer (0 ends the chain), a
+    multiple of ``stride`` (4 or 8, as the starts are). Each link advances at least 8 bytes
+    inside one page, so the loop runs at most page_size / 8 times. ``single``: the chains are
+    in page order, one per page; then they cannot overlap and are sorted by counting, not
+    compared.
     """
     cur = starts.astype(np.int64)
-    end = page_end.astype(np.int64)
-    org = origin.astype(np.int64)
-    bad = (cur < 0) | (cur + 8 > end)
+    last = page_end.astype(np.int64) - 8  # the last offset a pointer of the chain may have
+    bad = (cur < 0) | (cur > last)
     if bad.any():
-        i = int(np.flatnonzero(bad)[0])
+        i = int(np.argmax(bad))
         raise ctx.error(
-            int(org[i]), f"chain starts at {ctx.address + int(cur[i]):#x}, outside its page or the mapping"
+            int(origin[i]), f"chain starts at {ctx.address + int(cur[i]):#x}, outside its page or the mapping"
         )
+    if stride == 8:
+        words = np.frombuffer(mapping, dtype="<u8", count=len(mapping) // 8)
+    else:
+        words = _words64(mapping)
+    shift = stride.bit_length() - 1
+    chain = np.arange(cur.size)
     offs: list[np.ndarray] = []
     raws: list[np.ndarray] = []
+    chains: list[np.ndarray] = []
     while cur.size:
-        idx = cur >> 2
-        raw = words[idx].astype(_U64) | (words[idx + 1].astype(_U64) << _U64(32))
+        raw = words[cur >> shift]
         offs.append(cur)
         raws.append(raw)
-        delta = step(raw).astype(np.int64)
-        more = delta != 0
-        short = more & (delta < 8)
-        if short.any():
-            i = int(np.flatnonzero(short)[0])
-            raise ctx.error(
-                int(org[i]),
-                f"pointer at {ctx.address + int(cur[i]):#x} links {int(delta[i])} bytes on, into itself",
-            )
-        cur, end, org = cur[more] + delta[more], end[more], org[more]
-        bad = cur + 8 > end
+        chains.append(chain)
+        delta = step(raw).view(np.int64)
+        more = np.flatnonzero(delta)
+        if more.size < delta.size:
+            cur, last, chain, delta = cur[more], last[more], chain[more], delta[more]
+        if stride < 8:
+            short = delta < 8
+            if short.any():
+                i = int(np.argmax(short))
+                raise ctx.error(
+                    int(origin[chain[i]]),
+                    f"pointer at {ctx.address + int(cur[i]):#x} links {int(delta[i])} bytes on, into itself",
+                )
+        cur = cur + delta
+        bad = cur > last
         if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise ctx.error(int(org[i]), f"chain leaves its page at {ctx.address + int(cur[i]):#x}")
+            i = int(np.argmax(bad))
+            raise ctx.error(int(origin[chain[i]]), f"chain leaves its page at {ctx.address + int(cur[i]):#x}")
     if not offs:
         return np.zeros(0, np.int64), np.zeros(0, _U64)
-    return np.concatenate(offs), np.concatenate(raws)
-
-
-def _result(ctx: _Ctx, off: np.ndarray, target: np.ndarray, **fields: np.ndarray) -> np.ndarray:
-    order = np.argsort(off, kind="stable")
-    out = np.zeros(off.size, dtype=CACHE_POINTER_DTYPE)
-    out["offset"] = off[order]
-    out["target"] = target[order]
-    for name, values in fields.items():
-        out[name] = values[order]
-    if out.size > 1:
-        o = out["offset"]
-        close = o[1:] - o[:-1] < 8
+    off, raw = np.concatenate(offs), np.concatenate(raws)
+    if single:
+        # sorted = chain by chain, each in visiting order: a pointer's place is where its
+        # chain begins plus how many links were walked before it
+        visited = np.concatenate(chains)
+        count = np.bincount(visited, minlength=starts.size)
+        before = np.cumsum(count) - count
+        link = np.repeat(np.arange(len(offs)), [len(o) for o in offs])
+        order = np.empty(off.size, dtype=np.intp)
+        order[before[visited] + link] = np.arange(off.size)
+    else:
+        order = np.argsort(off, kind="stable")
+    off, raw = off[order], raw[order]
+    if not single and off.size > 1:
+        close = off[1:] - off[:-1] < 8
         if close.any():
-            i = int(np.flatnonzero(close)[0]) + 1
-            raise ctx.error(0, f"chains overlap at {ctx.address + int(o[i]):#x}")
+            raise ctx.error(0, f"chains overlap at {ctx.address + int(off[1:][np.argmax(close)]):#x}")
+    return off, raw
+
+
+def _result(off: np.ndarray, target: np.ndarray, **fields: np.ndarray) -> np.ndarray:
+    """The pointers (sorted by offset) as one CACHE_POINTER_DTYPE array."""
+    out = np.zeros(off.size, dtype=CACHE_POINTER_DTYPE)
+    out["offset"] = off
+    out["target"] = target
+    for name, values in fields.items():
+        out[name] = values
     return out
 
 
@@ -693,7 +718,7 @@ def _decode_v1(ctx: _Ctx, blob: memoryview, mapping: memoryview) -> np.ndarray:
             f"bitmap marks {ctx.address + int(off[i]):#x}, past the mapping",
         )
     target = _words(mapping)[off >> 2].astype(_U64)
-    return _result(ctx, off, target)
+    return _result(off, target)  # in page and word order: sorted
 
 
 def _decode_v2(ctx: _Ctx, blob: memoryview, mapping: memoryview, null_links: bool) -> np.ndarray:
@@ -756,13 +781,25 @@ def _decode_v2(ctx: _Ctx, blob: memoryview, mapping: memoryview, null_links: boo
         )
     mask = _U64(h.delta_mask)
     dshift = _U64(shift - 2)
-    off, raw = _walk(ctx, _words(mapping), begin, ends_, origin, lambda r: (r & mask) >> dshift)
+    off, raw = _walk(
+        ctx,
+        mapping,
+        begin,
+        ends_,
+        origin,
+        lambda r: (r & mask) >> dshift,
+        stride=4,
+        single=not with_extras.size,  # the chains of pages without extras, in page order
+    )
     value = raw & ~mask
     keep = value != 0  # zero links are in the chain but never slid
-    target = np.where(keep, (value & _U64(_LOW56)) + _U64(h.value_add), _U64(0))
-    if not null_links:
-        value, target, off = value[keep], target[keep], off[keep]
-    return _result(ctx, off, target, high8=(value >> _U64(56)).astype(np.uint8))
+    if keep.all():
+        target = (value & _U64(_LOW56)) + _U64(h.value_add)
+    else:
+        target = np.where(keep, (value & _U64(_LOW56)) + _U64(h.value_add), _U64(0))
+        if not null_links:
+            value, target, off = value[keep], target[keep], off[keep]
+    return _result(off, target, high8=(value >> _U64(56)).astype(np.uint8))
 
 
 def _decode_v3_or_v5(ctx: _Ctx, blob: memoryview, mapping: memoryview) -> np.ndarray:
@@ -784,11 +821,13 @@ def _decode_v3_or_v5(ctx: _Ctx, blob: memoryview, mapping: memoryview) -> np.nda
     next_shift = _U64(51 if ctx.version == 3 else 52)
     off, raw = _walk(
         ctx,
-        _words(mapping),
+        mapping,
         begin,
         _page_ends(pages, h.page_size, ctx.mapping_len),
         origin,
         lambda r: ((r >> next_shift) & _U64(0x7FF)) << _U64(3),
+        stride=8,
+        single=True,  # one chain per page, in page order
     )
     auth = (raw >> _U64(63)).astype(np.uint8)
     is_auth = auth != 0
@@ -812,7 +851,6 @@ def _decode_v3_or_v5(ctx: _Ctx, blob: memoryview, mapping: memoryview) -> np.nda
         addr_div = np.where(is_auth, (raw >> _U64(50)) & _U64(1), _U64(0))
         key = np.where(is_auth, ((raw >> _U64(51)) & _U64(1)) * _U64(2), _U64(0))
     return _result(
-        ctx,
         off,
         target,
         high8=high8.astype(np.uint8),
