@@ -21,7 +21,7 @@ link, never one Python step per pointer).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -593,10 +593,10 @@ def _walk(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Follow every chain at once; returns (pointer offsets, raw words) sorted by offset.
 
-    ``starts`` are mapping offsets of each chain's first pointer, ``page_end`` where its page
-    (or the mapping) ends, ``origin`` the blob offset of the entry that started it (for
-    errors). ``step(raw)`` gives the byte distance to the next pointer (0 ends the chain), a
-    multiple of ``stride`` (4 or 8, as the starts are). Each link advances at least 8 bytes
+    ``starts`` are mapping offsets of each chain's first pointer (multiples of ``stride``, 4
+    or 8), ``page_end`` where its page (or the mapping) ends, ``origin`` the blob offset of
+    the entry that started it (for errors). ``step(raw)`` gives the distance to the next
+    pointer in units of ``stride`` (0 ends the chain). Each link advances at least 8 bytes
     inside one page, so the loop runs at most page_size / 8 times. ``single``: the chains are
     in page order, one per page; then they cannot overlap and are sorted by counting, not
     compared.
@@ -609,40 +609,37 @@ def _walk(
         raise ctx.error(
             int(origin[i]), f"chain starts at {ctx.address + int(cur[i]):#x}, outside its page or the mapping"
         )
+    # the loop counts in strides: cur indexes the words, delta is what the chain holds
+    shift = stride.bit_length() - 1
     if stride == 8:
         words = np.frombuffer(mapping, dtype="<u8", count=len(mapping) // 8)
     else:
         words = _words64(mapping)
-    shift = stride.bit_length() - 1
+    cur, last = cur >> shift, last >> shift
     chain = np.arange(cur.size)
     offs: list[np.ndarray] = []
     raws: list[np.ndarray] = []
     chains: list[np.ndarray] = []
     while cur.size:
-        raw = words[cur >> shift]
+        raw = words[cur]
         offs.append(cur)
         raws.append(raw)
         chains.append(chain)
         delta = step(raw).view(np.int64)
-        more = np.flatnonzero(delta)
-        if more.size < delta.size:
-            cur, last, chain, delta = cur[more], last[more], chain[more], delta[more]
+        nxt = cur + delta
+        bad = nxt > last
         if stride < 8:
-            short = delta < 8
-            if short.any():
-                i = int(np.argmax(short))
-                raise ctx.error(
-                    int(origin[chain[i]]),
-                    f"pointer at {ctx.address + int(cur[i]):#x} links {int(delta[i])} bytes on, into itself",
-                )
-        cur = cur + delta
-        bad = cur > last
+            bad |= delta == 1  # 4 bytes on: into the pointer itself
         if bad.any():
-            i = int(np.argmax(bad))
-            raise ctx.error(int(origin[chain[i]]), f"chain leaves its page at {ctx.address + int(cur[i]):#x}")
+            _walk_error(ctx, origin[chain], cur << shift, delta << shift, nxt << shift, last << shift)
+        more = delta.nonzero()[0]
+        if more.size < delta.size:
+            cur, last, chain = nxt[more], last[more], chain[more]
+        else:
+            cur = nxt
     if not offs:
         return np.zeros(0, np.int64), np.zeros(0, _U64)
-    off, raw = np.concatenate(offs), np.concatenate(raws)
+    off, raw = np.concatenate(offs) << shift, np.concatenate(raws)
     if single:
         # sorted = chain by chain, each in visiting order: a pointer's place is where its
         # chain begins plus how many links were walked before it
@@ -660,6 +657,22 @@ def _walk(
         if close.any():
             raise ctx.error(0, f"chains overlap at {ctx.address + int(off[1:][np.argmax(close)]):#x}")
     return off, raw
+
+
+def _walk_error(
+    ctx: _Ctx, origin: np.ndarray, cur: np.ndarray, delta: np.ndarray, nxt: np.ndarray, last: np.ndarray
+) -> NoReturn:
+    """The error of one step of :func:`_walk` (byte offsets): a link shorter than a pointer
+    first, else the first chain leaving its page."""
+    short = (delta > 0) & (delta < 8)
+    if short.any():
+        i = int(np.argmax(short))
+        raise ctx.error(
+            int(origin[i]),
+            f"pointer at {ctx.address + int(cur[i]):#x} links {int(delta[i])} bytes on, into itself",
+        )
+    i = int(np.argmax(nxt > last))
+    raise ctx.error(int(origin[i]), f"chain leaves its page at {ctx.address + int(nxt[i]):#x}")
 
 
 def _result(off: np.ndarray, target: np.ndarray, **fields: np.ndarray) -> np.ndarray:
@@ -780,7 +793,7 @@ def _decode_v2(ctx: _Ctx, blob: memoryview, mapping: memoryview, null_links: boo
             f"chain start {int(np.concatenate(chain_start)[i]):#x} is outside page {int(cp[i])}",
         )
     mask = _U64(h.delta_mask)
-    dshift = _U64(shift - 2)
+    dshift = _U64(shift)
     off, raw = _walk(
         ctx,
         mapping,
@@ -825,7 +838,7 @@ def _decode_v3_or_v5(ctx: _Ctx, blob: memoryview, mapping: memoryview) -> np.nda
         begin,
         _page_ends(pages, h.page_size, ctx.mapping_len),
         origin,
-        lambda r: ((r >> next_shift) & _U64(0x7FF)) << _U64(3),
+        lambda r: (r >> next_shift) & _U64(0x7FF),
         stride=8,
         single=True,  # one chain per page, in page order
     )
