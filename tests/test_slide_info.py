@@ -467,6 +467,34 @@ def test_large_sets_are_vectorized() -> None:
     np.testing.assert_array_equal(decoded, ptrs)
 
 
+@pytest.mark.parametrize("limit", [0, 1 << 30])
+@pytest.mark.parametrize("version", [2, 3, 5])
+def test_decode_with_and_without_a_flag_per_slot(
+    monkeypatch: pytest.MonkeyPatch, version: int, limit: int
+) -> None:
+    """The decoder walks mappings up to a size with a flag per 4 or 8 bytes and larger ones
+    by sorting what it visited: either way it returns every encoded pointer, by offset."""
+    import dyldcache.cache.slide_info as slide_info
+
+    monkeypatch.setattr(slide_info, "_MARKED_WALK_LIMIT", limit)
+    rng = np.random.default_rng(version)
+    page = 0x4000 if version == 5 else 0x1000
+    size = 64 * page - page // 2  # the last page is cut short
+    offs = np.sort(rng.choice(size // 8, 5000, replace=False)) * 8
+    ptrs = np.zeros(offs.size, CACHE_POINTER_DTYPE)
+    ptrs["offset"] = offs
+    ptrs["target"] = rng.integers(0x180000000, 0x180000000 + (1 << 32), offs.size)
+    mapping = bytearray(size)
+    if version == 2:
+        blob = encode_slide_info_v2(memoryview(mapping), ptrs, value_add=0)
+    elif version == 3:
+        blob = encode_slide_info_v3(memoryview(mapping), ptrs, auth_value_add=0x180000000)
+    else:
+        blob = encode_slide_info_v5(memoryview(mapping), ptrs, value_add=0x180000000)
+    _, decoded = decode_slide_info(blob, bytes(mapping), 0, "m", 0)
+    np.testing.assert_array_equal(decoded, ptrs)
+
+
 # ---------------------------------------------------------------------------------------------
 # v1 (decode only)
 
