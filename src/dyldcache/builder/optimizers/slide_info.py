@@ -51,6 +51,8 @@ from .base import DylibResult, Optimizer
 _DATA_REGIONS = (RegionKind.DATA_CONST, RegionKind.DATA, RegionKind.AUTH, RegionKind.AUTH_CONST)
 #: a bound pointer once checked: its cache address and the word slide info chains there
 SLID_POINTER_DTYPE = np.dtype([("location", "<u8"), ("value", "<u8")])
+#: the same in the scratch files, 12 bytes: the location as an offset from the piece's first
+_SPILLED_DTYPE = np.dtype([("offset", "<u4"), ("value", "<u8")])
 #: how phase 5's messages name a pointer: by its cache address
 _AT = "pointer at"
 _MAPPING_OFFSET = re.compile(r"pointer at mapping offset (0x[0-9a-f]+)")
@@ -187,11 +189,10 @@ class SlideInfo(Optimizer):
         result.bound.pointers = pointers[:0]
 
     def _spill(self, buffers: CacheBuffers, slid: np.ndarray) -> SpilledPointers:
-        """``slid`` (SLID_POINTER_DTYPE, sorted) written to this process's scratch file, cut by
-        data region."""
+        """``slid`` (SLID_POINTER_DTYPE, sorted) written to this process's scratch file, one
+        piece per data region."""
         assert buffers.scratch is not None
         locations = slid["location"]
-        spilled = buffers.scratch.write(slid)
         pieces: list[tuple[int, ScratchArray, int, int]] = []
         inside = np.zeros(len(slid), dtype=bool)
         for k, (sub, kind) in enumerate(self.chunks):
@@ -199,7 +200,13 @@ class SlideInfo(Optimizer):
             lo = int(np.searchsorted(locations, region.vm_addr))
             hi = int(np.searchsorted(locations, region.vm_end))
             if hi > lo:
-                pieces.append((k, spilled.part(lo, hi), int(locations[lo]), int(locations[hi - 1])))
+                first, last = int(locations[lo]), int(locations[hi - 1])
+                if last - first >> 32:
+                    raise BuildError(f"internal: pointers {first:#x}-{last:#x} of one dylib span 4 GiB")
+                piece = np.empty(hi - lo, dtype=_SPILLED_DTYPE)
+                piece["offset"] = locations[lo:hi] - np.uint64(first)
+                piece["value"] = slid["value"][lo:hi]
+                pieces.append((k, buffers.scratch.write(piece), first, last))
                 inside[lo:hi] = True
         outside = None if inside.all() else int(locations[np.flatnonzero(~inside)[0]])
         return SpilledPointers(pieces, outside)
@@ -292,22 +299,23 @@ def _encode_window(
     # the last window takes every pointer up to the region's end, so that one past
     # the file-backed part fails in the encoder as it would in one piece
     hi = lo + length if start + MEMORY_WINDOW < size else region.vm_end
-    parts = []
+    offs, values = [np.zeros(0, np.int64)], [np.zeros(0, np.uint64)]
     for piece, first, last in pieces:  # in cache order, as the pointers were bound
         if first < hi and last >= lo:
-            slid = piece.load()
-            loc = slid["location"]
-            parts.append(slid[np.searchsorted(loc, lo) : np.searchsorted(loc, hi)])
-    window = np.concatenate(parts) if parts else np.zeros(0, dtype=SLID_POINTER_DTYPE)
-    loc = window["location"]
-    if len(loc) > 1 and not bool((loc[1:] >= loc[:-1]).all()):
-        window = window[np.argsort(loc, kind="stable")]
-    off = window["location"] - np.uint64(lo)
-    at = region.file_offset + start
-    mapping = buffers.of(w.sub)[at : at + length].data
+            spilled = piece.load()
+            at = spilled["offset"].astype(np.int64) + (first - lo)  # offsets in the window
+            a, b = np.searchsorted(at, [0, hi - lo])
+            offs.append(at[a:b])
+            values.append(spilled["value"][a:b])
+    off, value = np.concatenate(offs).view(np.uint64), np.concatenate(values)
+    if len(off) > 1 and not bool((off[1:] >= off[:-1]).all()):
+        order = np.argsort(off, kind="stable")
+        off, value = off[order], value[order]
+    file_at = region.file_offset + start
+    mapping = buffers.of(w.sub)[file_at : file_at + length].data
     try:
         check_layout(off, length, cfg.slide_page_size, 4 if cfg.slide_info_version == 2 else 8)
-        return chain_slide_info(cfg, mapping, off, np.ascontiguousarray(window["value"]))
+        return chain_slide_info(cfg, mapping, off, value)
     except ValueError as exc:
         message = str(exc)
         m = _MAPPING_OFFSET.search(message)
