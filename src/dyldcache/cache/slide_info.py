@@ -636,7 +636,7 @@ def _walk(
         if bad.any():
             _walk_error(ctx, origin[chain], cur << shift, delta << shift, nxt << shift, last << shift)
         live = np.count_nonzero(delta)
-        if marked is not None and 0 < live and 2 * live >= delta.size:
+        if marked is not None and live > 0 and 2 * live >= delta.size:
             cur = nxt  # a chain that ended stays on its last pointer, marked again
         else:
             more = delta.nonzero()[0]
