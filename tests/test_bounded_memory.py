@@ -30,11 +30,11 @@ from dyldcache.builder.pipeline import BuildOptions, CacheBuilder, build_cache
 from dyldcache.cache.reader import DyldCache
 from dyldcache.cache.slide_info import (
     CACHE_POINTER_DTYPE,
-    decode_slide_info,
     encode_slide_info_v2,
     encode_slide_info_v3,
     encode_slide_info_v5,
 )
+from dyldcache.cache.slide_info_decode import decode_slide_info
 from dyldcache.errors import CacheFormatError
 from dyldcache.macho.exports_trie import Export
 from dyldcache.macho.fixups import Import

@@ -15,12 +15,12 @@ from hypothesis import strategies as st
 
 from dyldcache.cache.slide_info import (
     CACHE_POINTER_DTYPE,
-    decode_slide_info,
     encode_slide_info_v2,
     encode_slide_info_v3,
     encode_slide_info_v5,
     slide_info_size,
 )
+from dyldcache.cache.slide_info_decode import decode_slide_info
 from dyldcache.errors import CacheFormatError
 
 M64 = (1 << 64) - 1
@@ -474,9 +474,9 @@ def test_decode_with_and_without_a_flag_per_slot(
 ) -> None:
     """The decoder walks mappings up to a size with a flag per 4 or 8 bytes and larger ones
     by sorting what it visited: either way it returns every encoded pointer, by offset."""
-    import dyldcache.cache.slide_info as slide_info
+    import dyldcache.cache.slide_info_decode as slide_info_decode
 
-    monkeypatch.setattr(slide_info, "_MARKED_WALK_LIMIT", limit)
+    monkeypatch.setattr(slide_info_decode, "_MARKED_WALK_LIMIT", limit)
     rng = np.random.default_rng(version)
     page = 0x4000 if version == 5 else 0x1000
     size = 64 * page - page // 2  # the last page is cut short
