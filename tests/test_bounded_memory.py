@@ -30,11 +30,11 @@ from dyldcache.builder.pipeline import BuildOptions, CacheBuilder, build_cache
 from dyldcache.cache.reader import DyldCache
 from dyldcache.cache.slide_info import (
     CACHE_POINTER_DTYPE,
-    decode_slide_info,
     encode_slide_info_v2,
     encode_slide_info_v3,
     encode_slide_info_v5,
 )
+from dyldcache.cache.slide_info_decode import decode_slide_info
 from dyldcache.errors import CacheFormatError
 from dyldcache.macho.exports_trie import Export
 from dyldcache.macho.fixups import Import
@@ -130,18 +130,18 @@ def test_one_page_windows_build_the_same_cache(
     normal = build_cache(BuildOptions(arch=arch, output_dir=str(tmp_path / "a"), root=root, jobs=1))
     monkeypatch.setattr(slide_info_optimizer, "MEMORY_WINDOW", 16384)
     monkeypatch.setattr(code_sign_optimizer, "MEMORY_WINDOW", 16384)
-    encode = slide_info_optimizer.encode_slide_info
+    chain = slide_info_optimizer.chain_slide_info
     log = tmp_path / "encoded"  # the windows are encoded in worker processes too
 
-    def counting(cfg: object, mapping: memoryview, pointers: np.ndarray) -> bytes:
+    def counting(cfg: object, mapping: memoryview, off: np.ndarray, value: np.ndarray) -> bytes:
         with open(log, "a") as f:
             f.write(f"{len(mapping)}\n")
-        return encode(cfg, mapping, pointers)  # type: ignore[arg-type]
+        return chain(cfg, mapping, off, value)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(slide_info_optimizer, "encode_slide_info", counting)
+    monkeypatch.setattr(slide_info_optimizer, "chain_slide_info", counting)
     small = build_cache(BuildOptions(arch=arch, output_dir=str(tmp_path / "b"), root=root, jobs=2))
     encoded = [int(n) for n in log.read_text().split()]
-    # phase 5 checks on scratch pages; phase 6 encodes 16 KiB windows, several per data region
+    # phase 6 chains 16 KiB windows, several per data region
     assert encoded.count(16384) >= 4, encoded
     assert [os.path.basename(f) for f in small.files] == [os.path.basename(f) for f in normal.files]
     assert _cache_bytes(small.files) == _cache_bytes(normal.files)

@@ -32,7 +32,7 @@ from cache_fixtures import (
 from conftest import python_module, run_cli, shared_path
 
 from dyldcache.cache.extract import Extracted, extract
-from dyldcache.cache.slide_info import decode_slide_info
+from dyldcache.cache.slide_info_decode import decode_slide_info
 from dyldcache.errors import CacheFormatError
 
 #: single file and subcaches, x86_64 (opcodes, lazy binding), arm64e with .symbols (slide v3), v5

@@ -15,12 +15,12 @@ from hypothesis import strategies as st
 
 from dyldcache.cache.slide_info import (
     CACHE_POINTER_DTYPE,
-    decode_slide_info,
     encode_slide_info_v2,
     encode_slide_info_v3,
     encode_slide_info_v5,
     slide_info_size,
 )
+from dyldcache.cache.slide_info_decode import decode_slide_info
 from dyldcache.errors import CacheFormatError
 
 M64 = (1 << 64) - 1
@@ -467,6 +467,34 @@ def test_large_sets_are_vectorized() -> None:
     np.testing.assert_array_equal(decoded, ptrs)
 
 
+@pytest.mark.parametrize("limit", [0, 1 << 30])
+@pytest.mark.parametrize("version", [2, 3, 5])
+def test_decode_with_and_without_a_flag_per_slot(
+    monkeypatch: pytest.MonkeyPatch, version: int, limit: int
+) -> None:
+    """The decoder walks mappings up to a size with a flag per 4 or 8 bytes and larger ones
+    by sorting what it visited: either way it returns every encoded pointer, by offset."""
+    import dyldcache.cache.slide_info_decode as slide_info_decode
+
+    monkeypatch.setattr(slide_info_decode, "_MARKED_WALK_LIMIT", limit)
+    rng = np.random.default_rng(version)
+    page = 0x4000 if version == 5 else 0x1000
+    size = 64 * page - page // 2  # the last page is cut short
+    offs = np.sort(rng.choice(size // 8, 5000, replace=False)) * 8
+    ptrs = np.zeros(offs.size, CACHE_POINTER_DTYPE)
+    ptrs["offset"] = offs
+    ptrs["target"] = rng.integers(0x180000000, 0x180000000 + (1 << 32), offs.size)
+    mapping = bytearray(size)
+    if version == 2:
+        blob = encode_slide_info_v2(memoryview(mapping), ptrs, value_add=0)
+    elif version == 3:
+        blob = encode_slide_info_v3(memoryview(mapping), ptrs, auth_value_add=0x180000000)
+    else:
+        blob = encode_slide_info_v5(memoryview(mapping), ptrs, value_add=0x180000000)
+    _, decoded = decode_slide_info(blob, bytes(mapping), 0, "m", 0)
+    np.testing.assert_array_equal(decoded, ptrs)
+
+
 # ---------------------------------------------------------------------------------------------
 # v1 (decode only)
 
@@ -489,6 +517,19 @@ def test_v1_hand_built() -> None:
     with pytest.raises(CacheFormatError, match="bitmap 5") as info:
         decode_slide_info(bytes(blob), bytes(mapping), 0, "m", 0x1000)
     assert info.value.offset == 0x1000 + 26
+
+
+def test_v1_adjacent_words_are_two_pointers() -> None:
+    """v1 (32-bit caches, cache-format.md §2.9) slides 4-byte words: bits 0 and 1 of a
+    page's bitmap mark the words at 0 and 4, two pointers side by side, not an overlap."""
+    entries_offset = 128
+    blob = bytearray(entries_offset + 128)
+    struct.pack_into("<6I", blob, 0, 1, 24, 1, entries_offset, 1, 128)
+    blob[entries_offset] = 0b11
+    mapping = struct.pack("<2I", 0x1A001000, 0x1A002000) + bytes(0x1000 - 8)
+    _, ptrs = decode_slide_info(bytes(blob), mapping, 0x1A100000, "m", 0)
+    assert ptrs["offset"].tolist() == [0, 4]
+    assert ptrs["target"].tolist() == [0x1A001000, 0x1A002000]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -574,13 +615,14 @@ def test_golden_slide_info() -> None:
 
 
 def test_the_builder_precheck_names_the_cache_address_of_a_pointer_slide_info_cannot_hold() -> None:
-    """Phase 5's check (optimizers/slide_info.check_slide_pointers) runs the encoder on scratch
-    pages, one window per run of pointers less than 1 MiB apart. Slide info v2 (arm64 macOS,
-    cache-format.md §4) has no authenticated pointers, so one in the second window, given
-    out of order, must be reported at its own cache address; the same pointers unauthenticated pass."""
+    """Phase 5's check (optimizers/slide_info.slid_pointers) applies every rule of the format
+    but the chains to a dylib's bound pointers, given in any order. Slide info v2 (arm64 macOS,
+    cache-format.md §4) has no authenticated pointers, so one far from the others must be
+    reported at its own cache address; unauthenticated, the pointers pass, sorted, each with
+    the word v2 stores for it: the target (value_add is 0 on arm64) with high8 in bits 56-63."""
     from dyldcache.builder.bind import CACHE_POINTER_FIELDS
     from dyldcache.builder.config import make_config
-    from dyldcache.builder.optimizers.slide_info import check_slide_pointers
+    from dyldcache.builder.optimizers.slide_info import slid_pointers
 
     cfg = make_config("arm64", "macos")
     assert cfg.slide_info_version == 2
@@ -588,14 +630,33 @@ def test_the_builder_precheck_names_the_cache_address_of_a_pointer_slide_info_ca
     first, far = base + 0x4FF0, base + 0x30_7FF8  # 3 MiB apart, each within its page
     rows = [
         (first + 8, base, 0, 0, 0, 0, 0),
-        (far, base + 0x100, 0, 1, 0, 0, 0),
+        (far, base + 0x100, 0x80, 1, 0, 0, 0),
         (first, base + 0x80, 0, 0, 0, 0, 0),
     ]
     pointers = np.array(rows, dtype=CACHE_POINTER_FIELDS)
-    problem = check_slide_pointers(cfg, pointers)
-    assert problem is not None
-    assert f"pointer at {far:#x} is authenticated" in problem, problem
-    assert "mapping offset" not in problem
+    with pytest.raises(ValueError, match=f"pointer at {far:#x} is authenticated") as info:
+        slid_pointers(cfg, pointers)
+    assert "mapping offset" not in str(info.value)
     pointers["auth"] = 0
-    assert check_slide_pointers(cfg, pointers) is None
-    assert check_slide_pointers(cfg, pointers[:0]) is None
+    slid = slid_pointers(cfg, pointers)
+    assert slid["location"].tolist() == [first, first + 8, far]
+    assert slid["value"].tolist() == [base + 0x80, base, 0x80 << 56 | (base + 0x100)]
+    assert len(slid_pointers(cfg, pointers[:0])) == 0
+
+
+@pytest.mark.parametrize(
+    ("location", "words"),
+    [(0x1_8000_4FFC, "crosses a 0x1000-byte page"), (0x1_8000_4FF4, "overlaps"), (0x1_8000_4FF2, "aligned")],
+)
+def test_the_builder_precheck_rejects_the_layout_v2_cannot_chain(location: int, words: str) -> None:
+    """Pointers slide info v2 cannot chain (cache-format.md §2.10: 4-byte aligned words, each
+    inside its 4 KiB page, none sharing a byte with another) are named by cache address."""
+    from dyldcache.builder.bind import CACHE_POINTER_FIELDS
+    from dyldcache.builder.config import make_config
+    from dyldcache.builder.optimizers.slide_info import slid_pointers
+
+    base = 0x1_8000_0000
+    rows = [(base + 0x4FF0, base, 0, 0, 0, 0, 0), (location, base, 0, 0, 0, 0, 0)]
+    with pytest.raises(ValueError, match=words) as info:
+        slid_pointers(make_config("arm64", "macos"), np.array(rows, dtype=CACHE_POINTER_FIELDS))
+    assert f"pointer at {location:#x}" in str(info.value)

@@ -48,7 +48,7 @@ from .format import (
     show_bytes,
     uuid_string,
 )
-from .slide_info import decode_slide_info
+from .slide_info_decode import decode_slide_info
 
 #: bytes of a mapping whose pointers ``CacheFile.slide_info_windows`` decodes at once
 SLIDE_WINDOW = 8 << 20

@@ -14,9 +14,9 @@ chain through the data itself. Versions (``dyld_cache_format.h``, ``docs/cache-f
   34-bit offset from ``value_add``, IA/DA keys only.
 
 Pointers are exchanged as numpy arrays of :data:`CACHE_POINTER_DTYPE`. The encoders write every
-chained pointer word into the mapping's bytes and return the blob; :func:`decode_slide_info`
-walks the chains back out of raw bytes, page by page in lockstep (one numpy step per chain
-link, never one Python step per pointer).
+chained pointer word into the mapping's bytes and return the blob; the builder also uses their
+parts (check_layout, slide_values_vN, chain_slide_info_vN) on their own. Decoding is in
+:mod:`.slide_info_decode`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CacheFormatError
 from .format import (
     DYLD_CACHE_SLIDE_PAGE_ATTR_END,
     DYLD_CACHE_SLIDE_PAGE_ATTR_EXTRA,
@@ -57,7 +56,6 @@ assert CACHE_POINTER_DTYPE.itemsize == 22
 DEFAULT_DELTA_MASK_V2 = 0x00FFFF0000000000
 _U64 = np.uint64
 _MASK64 = (1 << 64) - 1
-_LOW56 = (1 << 56) - 1
 #: v3/v5 chain fields count 8-byte strides in 11 bits
 _NEXT11_MAX_BYTES = 0x7FF * 8
 
@@ -65,13 +63,15 @@ _NEXT11_MAX_BYTES = 0x7FF * 8
 # ---------------------------------------------------------------------------------------------
 # shared helpers
 
+#: how the encoders name a pointer in their messages (a caller with other offsets names its own)
+AT_MAPPING_OFFSET = "pointer at mapping offset"
+
 
 def _as_pointers(pointers: np.ndarray) -> np.ndarray:
-    """A sorted copy of ``pointers`` with exactly CACHE_POINTER_DTYPE (fields matched by name)."""
-    arr = np.asarray(pointers)
-    if arr.dtype == CACHE_POINTER_DTYPE:
-        out = arr.copy()
-    else:
+    """``pointers`` sorted by offset, with exactly CACHE_POINTER_DTYPE (fields matched by name):
+    the array itself when it already is both (the encoders only read it), else a copy."""
+    arr = np.asarray(pointers).reshape(-1)
+    if arr.dtype != CACHE_POINTER_DTYPE:
         names = arr.dtype.names or ()
         missing = [n for n in ("offset", "target") if n not in names]
         if missing:
@@ -80,8 +80,11 @@ def _as_pointers(pointers: np.ndarray) -> np.ndarray:
         for name in CACHE_POINTER_DTYPE.names or ():
             if name in names:
                 out[name] = arr[name]
-    out = out.reshape(-1)
-    return out[np.argsort(out["offset"], kind="stable")]
+        arr = out
+    off = arr["offset"]
+    if off.size > 1 and not bool((off[1:] >= off[:-1]).all()):
+        arr = arr[np.argsort(off, kind="stable")]
+    return arr
 
 
 def _check_page_size(page_size: int, low: int, high: int) -> None:
@@ -89,38 +92,56 @@ def _check_page_size(page_size: int, low: int, high: int) -> None:
         raise ValueError(f"page size {page_size:#x} is not a power of two in [{low:#x}, {high:#x}]")
 
 
-def _first(mask: np.ndarray, p: np.ndarray) -> str:
-    """'offset 0x..' of the first pointer where ``mask`` holds, for error messages."""
-    i = int(np.flatnonzero(mask)[0])
-    return f"pointer at mapping offset {int(p['offset'][i]):#x}"
+def _first(mask: np.ndarray, where: np.ndarray, label: str) -> str:
+    """'<label> 0x..' of the first pointer where ``mask`` holds, for error messages."""
+    return f"{label} {int(where[int(np.argmax(mask))]):#x}"
 
 
-def _check_layout(p: np.ndarray, mapping_len: int, page_size: int, align: int) -> None:
-    """Pointers must be aligned, inside the mapping, inside one page, and must not overlap."""
-    off = p["offset"]
+def check_layout(
+    off: np.ndarray, mapping_len: int | None, page_size: int, align: int, label: str = AT_MAPPING_OFFSET
+) -> None:
+    """Sorted pointer offsets (u64) must be aligned, inside the mapping (unless ``mapping_len``
+    is None), each inside one page, and must not overlap; ValueError names the first that is
+    not by ``label`` and its offset."""
     if off.size == 0:
         return
-    bad = off % _U64(align) != 0
+    bad = (off & _U64(align - 1)) != 0
     if bad.any():
-        raise ValueError(f"{_first(bad, p)} is not {align}-byte aligned")
-    bad = off > _U64(max(mapping_len - 8, 0)) if mapping_len >= 8 else np.ones(off.shape, bool)
+        raise ValueError(f"{_first(bad, off, label)} is not {align}-byte aligned")
+    if mapping_len is not None:
+        bad = off > _U64(max(mapping_len - 8, 0)) if mapping_len >= 8 else np.ones(off.shape, bool)
+        if bad.any():
+            raise ValueError(
+                f"{_first(bad, off, label)} does not fit in the mapping ({mapping_len:#x} bytes)"
+            )
+    bad = (off & _U64(page_size - 1)) > _U64(page_size - 8)
     if bad.any():
-        raise ValueError(f"{_first(bad, p)} does not fit in the mapping ({mapping_len:#x} bytes)")
-    bad = off % _U64(page_size) > _U64(page_size - 8)
-    if bad.any():
-        raise ValueError(f"{_first(bad, p)} crosses a {page_size:#x}-byte page boundary")
+        raise ValueError(f"{_first(bad, off, label)} crosses a {page_size:#x}-byte page boundary")
     if off.size > 1:
-        close = np.zeros(off.shape, bool)
-        close[1:] = off[1:] - off[:-1] < 8
+        close = off[1:] - off[:-1] < _U64(8)
         if close.any():
-            raise ValueError(f"{_first(close, p)} overlaps the previous pointer")
+            raise ValueError(f"{_first(close, off[1:], label)} overlaps the previous pointer")
 
 
-def _check_plain_fields(p: np.ndarray) -> None:
-    plain = p["auth"] == 0
-    bad = plain & ((p["key"] != 0) | (p["addr_div"] != 0) | (p["diversity"] != 0))
+def _laid_out(
+    mapping: memoryview, pointers: np.ndarray, page_size: int, align: int
+) -> tuple[memoryview, np.ndarray, np.ndarray]:
+    """An encoder's input checked by :func:`check_layout`: the mapping's bytes, the pointers
+    sorted (:func:`_as_pointers`) and their offsets."""
+    mapping = byte_view(mapping)
+    p = _as_pointers(pointers)
+    off = p["offset"]
+    check_layout(off, len(mapping), page_size, align)
+    return mapping, p, off
+
+
+def _check_plain_fields(p: np.ndarray, where: np.ndarray, label: str) -> None:
+    key, addr_div, diversity = p["key"], p["addr_div"], p["diversity"]
+    if not (key.any() or addr_div.any() or diversity.any()):
+        return
+    bad = (p["auth"] == 0) & ((key != 0) | (addr_div != 0) | (diversity != 0))
     if bad.any():
-        raise ValueError(f"{_first(bad, p)} is not authenticated but has key/diversity data")
+        raise ValueError(f"{_first(bad, where, label)} is not authenticated but has key/diversity data")
 
 
 def _chains(off: np.ndarray, page_size: int, max_gap: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -129,54 +150,73 @@ def _chains(off: np.ndarray, page_size: int, max_gap: int) -> tuple[np.ndarray, 
     Returns (page index, byte distance to the next pointer of the chain or 0, chain-start
     mask). Consecutive pointers link when they share a page and their gap is encodable.
     """
-    page = off // _U64(page_size)
+    page = off >> _U64(page_size.bit_length() - 1)
     n = off.size
     gap = np.zeros(n, dtype=_U64)
     start = np.ones(n, dtype=bool)
     if n > 1:
         d = off[1:] - off[:-1]
-        link = (page[1:] == page[:-1]) & (d <= _U64(max_gap))
-        gap[:-1] = np.where(link, d, _U64(0))
+        link = page[1:] == page[:-1]
+        if max_gap < page_size - 8:
+            link &= d <= _U64(max_gap)
+        np.multiply(d, link, out=gap[:-1])
         start[1:] = ~link
     return page, gap, start
+
+
+def words64(mapping: memoryview) -> np.ndarray:
+    """The 64-bit little-endian word at every 4-byte offset of ``mapping`` (element i at byte
+    4 * i: neighbouring elements overlap), as one view of its bytes."""
+    count = (len(mapping) - 8) // 4 + 1 if len(mapping) >= 8 else 0
+    return np.ndarray((count,), dtype="<u8", buffer=mapping, strides=(4,))
 
 
 def _store(mapping: memoryview, off: np.ndarray, raw: np.ndarray) -> None:
     """Write 64-bit little-endian words at 4-byte aligned byte offsets of ``mapping``."""
     if off.size == 0:
         return
-    words = np.frombuffer(mapping, dtype="<u4", count=len(mapping) // 4)
+    if not (off & _U64(7)).any():  # all 8-byte aligned: plain words are quicker to index
+        words = np.frombuffer(mapping, dtype="<u8", count=len(mapping) // 8)
+        index = (off >> _U64(3)).astype(np.intp)
+    else:
+        words = words64(mapping)
+        index = (off >> _U64(2)).astype(np.intp)
     if not words.flags.writeable:
         raise ValueError("the mapping buffer is read-only")
-    idx = (off // _U64(4)).astype(np.intp)
-    words[idx] = (raw & _U64(0xFFFFFFFF)).astype("<u4")
-    words[idx + 1] = (raw >> _U64(32)).astype("<u4")
+    words[index] = raw
 
 
-def _byte_view(buf: Any) -> memoryview:
+def byte_view(buf: Any) -> memoryview:
     """A flat byte view of any buffer (so lengths are byte counts whatever its format)."""
     view = memoryview(buf)
     return view if view.format == "B" and view.ndim == 1 else view.cast("B")
 
 
-def _page_count(mapping_len: int, page_size: int) -> int:
+def page_count(mapping_len: int, page_size: int) -> int:
     return -(-mapping_len // page_size)
 
 
-def _single_chain_starts(
-    page: np.ndarray, off: np.ndarray, start: np.ndarray, npages: int, page_size: int, no_rebase: int
+def _chain_in_strides(
+    mapping: memoryview, off: np.ndarray, value: np.ndarray, page_size: int, next_shift: int, no_rebase: int
 ) -> np.ndarray:
-    """page_starts for formats without extras: the byte offset of each page's only chain."""
+    """Write ``value`` at ``off`` of ``mapping``, each with the 8-byte strides to the next
+    pointer of its page in the 11 bits at ``next_shift`` (v3, v5); returns page_starts: the
+    byte offset of each page's only chain, or ``no_rebase``."""
+    mapping = byte_view(mapping)
+    page, gap, start = _chains(off, page_size, _NEXT11_MAX_BYTES)
+    npages = page_count(len(mapping), page_size)
     starts = np.full(npages, no_rebase, dtype="<u2")
     si = np.flatnonzero(start)
     if si.size:
-        per_page = np.bincount(page[si].astype(np.intp), minlength=npages)
-        if (per_page > 1).any():
+        chain_page = page[si].astype(np.intp)
+        if si.size > 1 and not bool((chain_page[1:] != chain_page[:-1]).all()):
+            per_page = np.bincount(chain_page, minlength=npages)
             pg = int(np.flatnonzero(per_page > 1)[0])
             raise ValueError(
                 f"page {pg} needs more than one chain (a gap larger than {_NEXT11_MAX_BYTES:#x} bytes)"
             )
-        starts[page[si].astype(np.intp)] = (off[si] % _U64(page_size)).astype("<u2")
+        starts[chain_page] = (off[si] & _U64(page_size - 1)).astype("<u2")
+    _store(mapping, off, value | ((gap >> _U64(3)) << _U64(next_shift)))
     return starts
 
 
@@ -184,7 +224,7 @@ def _single_chain_starts(
 # v2
 
 
-def _mask_shift(delta_mask: int) -> int:
+def delta_mask_shift(delta_mask: int) -> int:
     """ctz of a contiguous, non-empty delta mask that leaves room for 4-byte units."""
     if delta_mask <= 0 or delta_mask > _MASK64:
         raise ValueError(f"delta mask {delta_mask:#x} is not a non-zero 64-bit value")
@@ -210,51 +250,98 @@ def encode_slide_info_v2(
     cannot form one chain get several, listed in page extras.
     """
     _check_page_size(page_size, 0x100, 0x10000)  # page offsets / 4 must fit in 14 bits
-    shift = _mask_shift(delta_mask)
-    mapping = _byte_view(mapping)
-    p = _as_pointers(pointers)
-    _check_layout(p, len(mapping), page_size, 4)
-    if p["auth"].any():
-        raise ValueError(f"{_first(p['auth'] != 0, p)} is authenticated: slide info v2 cannot express it")
-    _check_plain_fields(p)
+    delta_mask_shift(delta_mask)
+    mapping, p, off = _laid_out(mapping, pointers, page_size, 4)
+    value = slide_values_v2(p, off, value_add=value_add, delta_mask=delta_mask)
+    return chain_slide_info_v2(
+        mapping, off, value, value_add=value_add, page_size=page_size, delta_mask=delta_mask
+    )
+
+
+def slide_values_v2(
+    p: np.ndarray,
+    where: np.ndarray,
+    *,
+    value_add: int,
+    delta_mask: int = DEFAULT_DELTA_MASK_V2,
+    label: str = AT_MAPPING_OFFSET,
+) -> np.ndarray:
+    """The word each pointer of ``p`` (fields target, high8, auth, key, addr_div, diversity)
+    holds in a v2 chain, delta bits still clear; ValueError names the first pointer v2 cannot
+    hold by ``label`` and its ``where``."""
+    delta_mask_shift(delta_mask)
+    auth = p["auth"]
+    if auth.any():
+        raise ValueError(
+            f"{_first(auth != 0, where, label)} is authenticated: slide info v2 cannot express it"
+        )
+    _check_plain_fields(p, where, label)
     target = p["target"]
     vadd = _U64(value_add & _MASK64)
-    bad = target < vadd
-    if bad.any():
-        raise ValueError(f"{_first(bad, p)} targets {int(target[bad][0]):#x}, below value_add {value_add:#x}")
-    value = target - vadd
+    if vadd:
+        bad = target < vadd
+        if bad.any():
+            raise ValueError(
+                f"{_first(bad, where, label)} targets {int(target[bad][0]):#x}, "
+                f"below value_add {value_add:#x}"
+            )
+        value = target - vadd
+    else:
+        value = target.copy()
     bad = (value >> _U64(56)) != 0
     if bad.any():
         raise ValueError(
-            f"{_first(bad, p)}: target - value_add {int(value[bad][0]):#x} needs more than 56 bits"
+            f"{_first(bad, where, label)}: target - value_add {int(value[bad][0]):#x} needs more than 56 bits"
         )
-    value |= p["high8"].astype(_U64) << _U64(56)
+    high8 = p["high8"]
+    if high8.any():
+        value |= high8.astype(_U64) << _U64(56)
     bad = value == 0
     if bad.any():
         raise ValueError(
-            f"{_first(bad, p)} targets value_add {value_add:#x} itself: it would store 0, which is never slid"
+            f"{_first(bad, where, label)} targets value_add {value_add:#x} itself: "
+            "it would store 0, which is never slid"
         )
     bad = (value & _U64(delta_mask)) != 0
     if bad.any():
         raise ValueError(
-            f"{_first(bad, p)}: value {int(value[bad][0]):#x} collides with the delta mask {delta_mask:#x}"
+            f"{_first(bad, where, label)}: value {int(value[bad][0]):#x} collides with the delta mask "
+            f"{delta_mask:#x}"
         )
+    return value
 
-    off = p["offset"]
+
+def chain_slide_info_v2(
+    mapping: memoryview,
+    off: np.ndarray,
+    value: np.ndarray,
+    *,
+    value_add: int,
+    page_size: int = 4096,
+    delta_mask: int = DEFAULT_DELTA_MASK_V2,
+) -> bytes:
+    """Write each ``value`` (of :func:`slide_values_v2`) at its offset ``off`` (sorted, laid
+    out as :func:`check_layout` wants) of ``mapping``, linked to the next pointer of its page,
+    and return the v2 blob."""
+    shift = delta_mask_shift(delta_mask)
+    mapping = byte_view(mapping)
     max_gap = (delta_mask >> shift) * 4
     page, gap, start = _chains(off, page_size, max_gap)
     raw = value | ((gap >> _U64(2)) << _U64(shift))
     _store(mapping, off, raw)
 
-    npages = _page_count(len(mapping), page_size)
+    npages = page_count(len(mapping), page_size)
     starts = np.full(npages, DYLD_CACHE_SLIDE_PAGE_ATTR_NO_REBASE, dtype="<u2")
     extras = np.zeros(0, dtype="<u2")
     si = np.flatnonzero(start)
     if si.size:
         chain_page = page[si].astype(np.intp)
-        chain_word = ((off[si] % _U64(page_size)) >> _U64(2)).astype("<u2")
-        per_page = np.bincount(chain_page, minlength=npages)
-        single = per_page[chain_page] == 1
+        chain_word = ((off[si] & _U64(page_size - 1)) >> _U64(2)).astype("<u2")
+        if si.size == 1 or bool((chain_page[1:] != chain_page[:-1]).all()):
+            single = np.ones(si.size, dtype=bool)  # one chain per page (the usual case)
+        else:
+            per_page = np.bincount(chain_page, minlength=npages)
+            single = per_page[chain_page] == 1
         starts[chain_page[single]] = chain_word[single]
         multi = ~single
         if multi.any():
@@ -295,29 +382,42 @@ def encode_slide_info_v3(
     count 8-byte steps to the next pointer; bit 62 stays 0 (the kernel would read it as a bind).
     """
     _check_page_size(page_size, 0x100, 0x4000)  # every in-page gap fits in 11 strides of 8
-    mapping = _byte_view(mapping)
-    p = _as_pointers(pointers)
-    _check_layout(p, len(mapping), page_size, 8)
-    _check_plain_fields(p)
-    auth = p["auth"] != 0
-    target = p["target"]
-    high8 = p["high8"].astype(_U64)
+    mapping, p, off = _laid_out(mapping, pointers, page_size, 8)
+    value = slide_values_v3(p, off, auth_value_add=auth_value_add)
+    return chain_slide_info_v3(mapping, off, value, auth_value_add=auth_value_add, page_size=page_size)
+
+
+def _arm64e_fields(p: np.ndarray, where: np.ndarray, label: str) -> tuple[np.ndarray, ...]:
+    """(authenticated mask, target, high8 as u64) of pointers whose plain ones carry no
+    key or diversity (checked)."""
+    _check_plain_fields(p, where, label)
+    return p["auth"] != 0, p["target"], p["high8"].astype(_U64)
+
+
+def slide_values_v3(
+    p: np.ndarray, where: np.ndarray, *, auth_value_add: int, label: str = AT_MAPPING_OFFSET
+) -> np.ndarray:
+    """The word each pointer of ``p`` holds in a v3 chain, next bits still clear (see
+    :func:`slide_values_v2`)."""
+    auth, target, high8 = _arm64e_fields(p, where, label)
     bad = ~auth & (target >> _U64(43) != 0)
     if bad.any():
-        raise ValueError(f"{_first(bad, p)} targets {int(target[bad][0]):#x}, which needs more than 43 bits")
+        raise ValueError(
+            f"{_first(bad, where, label)} targets {int(target[bad][0]):#x}, which needs more than 43 bits"
+        )
     bad = auth & (high8 != 0)
     if bad.any():
-        raise ValueError(f"{_first(bad, p)} is authenticated and cannot carry high8")
+        raise ValueError(f"{_first(bad, where, label)} is authenticated and cannot carry high8")
     aadd = _U64(auth_value_add & _MASK64)
     bad = auth & ((target < aadd) | (target - aadd > _U64(0xFFFFFFFF)))
     if bad.any():
         raise ValueError(
-            f"{_first(bad, p)} targets {int(target[bad][0]):#x}, "
+            f"{_first(bad, where, label)} targets {int(target[bad][0]):#x}, "
             f"not within 4 GiB above auth_value_add {auth_value_add:#x}"
         )
     bad = p["key"] > 3
     if bad.any():
-        raise ValueError(f"{_first(bad, p)} has key {int(p['key'][bad][0])}, not 0-3")
+        raise ValueError(f"{_first(bad, where, label)} has key {int(p['key'][bad][0])}, not 0-3")
     plain_raw = target | (high8 << _U64(43))
     auth_raw = (
         ((target - aadd) & _U64(0xFFFFFFFF))
@@ -326,18 +426,19 @@ def encode_slide_info_v3(
         | (p["key"].astype(_U64) << _U64(49))
         | _U64(1 << 63)
     )
-    value = np.where(auth, auth_raw, plain_raw)
-    off = p["offset"]
-    page, gap, start = _chains(off, page_size, _NEXT11_MAX_BYTES)
-    raw = value | ((gap >> _U64(3)) << _U64(51))
-    assert not (raw & _U64(1 << 62)).any()
-    npages = _page_count(len(mapping), page_size)
-    starts = _single_chain_starts(
-        page, off, start, npages, page_size, DYLD_CACHE_SLIDE_V3_PAGE_ATTR_NO_REBASE
-    )
-    _store(mapping, off, raw)
+    value: np.ndarray = np.where(auth, auth_raw, plain_raw)
+    return value
+
+
+def chain_slide_info_v3(
+    mapping: memoryview, off: np.ndarray, value: np.ndarray, *, auth_value_add: int, page_size: int = 4096
+) -> bytes:
+    """Write and link the values of :func:`slide_values_v3` (see :func:`chain_slide_info_v2`)
+    and return the v3 blob."""
+    assert not (value & _U64(1 << 62)).any()  # the kernel would read bit 62 as a bind
+    starts = _chain_in_strides(mapping, off, value, page_size, 51, DYLD_CACHE_SLIDE_V3_PAGE_ATTR_NO_REBASE)
     header = SlideInfo3(
-        version=3, page_size=page_size, page_starts_count=npages, auth_value_add=auth_value_add & _MASK64
+        version=3, page_size=page_size, page_starts_count=len(starts), auth_value_add=auth_value_add & _MASK64
     )
     return header.pack() + starts.tobytes()
 
@@ -356,27 +457,32 @@ def encode_slide_info_v5(
     format has no B keys. Bits 52-62 count 8-byte steps to the next pointer.
     """
     _check_page_size(page_size, 0x100, 0x4000)
-    mapping = _byte_view(mapping)
-    p = _as_pointers(pointers)
-    _check_layout(p, len(mapping), page_size, 8)
-    _check_plain_fields(p)
-    auth = p["auth"] != 0
-    target = p["target"]
-    high8 = p["high8"].astype(_U64)
+    mapping, p, off = _laid_out(mapping, pointers, page_size, 8)
+    value = slide_values_v5(p, off, value_add=value_add)
+    return chain_slide_info_v5(mapping, off, value, value_add=value_add, page_size=page_size)
+
+
+def slide_values_v5(
+    p: np.ndarray, where: np.ndarray, *, value_add: int, label: str = AT_MAPPING_OFFSET
+) -> np.ndarray:
+    """The word each pointer of ``p`` holds in a v5 chain, next bits still clear (see
+    :func:`slide_values_v2`)."""
+    auth, target, high8 = _arm64e_fields(p, where, label)
     vadd = _U64(value_add & _MASK64)
     bad = (target < vadd) | (target - vadd >= _U64(1 << 34))
     if bad.any():
         raise ValueError(
-            f"{_first(bad, p)} targets {int(target[bad][0]):#x}, "
+            f"{_first(bad, where, label)} targets {int(target[bad][0]):#x}, "
             f"not within 16 GiB above value_add {value_add:#x}"
         )
     bad = auth & (high8 != 0)
     if bad.any():
-        raise ValueError(f"{_first(bad, p)} is authenticated and cannot carry high8")
+        raise ValueError(f"{_first(bad, where, label)} is authenticated and cannot carry high8")
     bad = auth & (p["key"] != 0) & (p["key"] != 2)
     if bad.any():
         raise ValueError(
-            f"{_first(bad, p)} uses key {int(p['key'][bad][0])}: slide info v5 has only IA (0) and DA (2)"
+            f"{_first(bad, where, label)} uses key {int(p['key'][bad][0])}: "
+            "slide info v5 has only IA (0) and DA (2)"
         )
     runtime_offset = target - vadd
     plain_raw = runtime_offset | (high8 << _U64(34))
@@ -387,17 +493,18 @@ def encode_slide_info_v5(
         | ((p["key"] == 2).astype(_U64) << _U64(51))
         | _U64(1 << 63)
     )
-    value = np.where(auth, auth_raw, plain_raw)
-    off = p["offset"]
-    page, gap, start = _chains(off, page_size, _NEXT11_MAX_BYTES)
-    raw = value | ((gap >> _U64(3)) << _U64(52))
-    npages = _page_count(len(mapping), page_size)
-    starts = _single_chain_starts(
-        page, off, start, npages, page_size, DYLD_CACHE_SLIDE_V5_PAGE_ATTR_NO_REBASE
-    )
-    _store(mapping, off, raw)
+    value: np.ndarray = np.where(auth, auth_raw, plain_raw)
+    return value
+
+
+def chain_slide_info_v5(
+    mapping: memoryview, off: np.ndarray, value: np.ndarray, *, value_add: int, page_size: int = 16384
+) -> bytes:
+    """Write and link the values of :func:`slide_values_v5` (see :func:`chain_slide_info_v2`)
+    and return the v5 blob."""
+    starts = _chain_in_strides(mapping, off, value, page_size, 52, DYLD_CACHE_SLIDE_V5_PAGE_ATTR_NO_REBASE)
     header = SlideInfo5(
-        version=5, page_size=page_size, page_starts_count=npages, value_add=value_add & _MASK64
+        version=5, page_size=page_size, page_starts_count=len(starts), value_add=value_add & _MASK64
     )
     return header.pack() + starts.tobytes()
 
@@ -412,7 +519,7 @@ def slide_info_size(version: int, mapping_size: int, page_size: int, extras: int
     ``extras`` is the number of page_extras entries (v2) or of distinct page bitmaps (v1; 0
     means one per page, the worst case).
     """
-    pages = _page_count(mapping_size, page_size)
+    pages = page_count(mapping_size, page_size)
     if version == 1:
         bitmaps = extras or pages
         return SlideInfo1.SIZE + 2 * pages + 128 * bitmaps
@@ -423,327 +530,3 @@ def slide_info_size(version: int, mapping_size: int, page_size: int, extras: int
             raise ValueError(f"slide info v{version} has no page extras")
         return SlideInfo3.SIZE + 2 * pages
     raise ValueError(f"unsupported slide info version {version}")
-
-
-# ---------------------------------------------------------------------------------------------
-# decoding
-
-
-class _Ctx:
-    """What a decoder needs to report a problem: the file, where the blob is, the mapping."""
-
-    __slots__ = ("address", "base", "mapping_len", "path", "version")
-
-    def __init__(self, path: str, base: int, address: int, mapping_len: int, version: int) -> None:
-        self.path = path
-        self.base = base
-        self.address = address
-        self.mapping_len = mapping_len
-        self.version = version
-
-    def error(self, blob_offset: int, message: str) -> CacheFormatError:
-        return CacheFormatError(self.path, self.base + blob_offset, f"slide info v{self.version}: {message}")
-
-
-def _read_header(ctx: _Ctx, blob: memoryview, cls: Any) -> Any:
-    if len(blob) < cls.SIZE:
-        raise ctx.error(0, f"header ({cls.SIZE} bytes) does not fit in the blob ({len(blob)} bytes)")
-    return cls.unpack_from(blob, 0)
-
-
-def _check_decode_page_size(ctx: _Ctx, page_size: int, count: int) -> None:
-    if page_size < 0x400 or page_size > 0x10000 or page_size & (page_size - 1):
-        raise ctx.error(4, f"page size {page_size:#x} is not a power of two in [0x400, 0x10000]")
-    expected = _page_count(ctx.mapping_len, page_size)
-    if count != expected:
-        raise ctx.error(
-            8 if ctx.version in (3, 5) else 12,
-            f"{count} page starts for a mapping of {ctx.mapping_len:#x} bytes "
-            f"({expected} pages of {page_size:#x})",
-        )
-
-
-def _u16_array(ctx: _Ctx, blob: memoryview, offset: int, count: int, what: str, at: int) -> np.ndarray:
-    if offset < 0 or offset + 2 * count > len(blob):
-        raise ctx.error(
-            at, f"{what} ({offset:#x}+{2 * count:#x}) extend past the end of the blob ({len(blob):#x})"
-        )
-    return np.frombuffer(blob, dtype="<u2", count=count, offset=offset)
-
-
-def _walk(
-    ctx: _Ctx,
-    words: np.ndarray,
-    starts: np.ndarray,
-    page_end: np.ndarray,
-    origin: np.ndarray,
-    step: Any,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Follow every chain at once; returns (pointer offsets, raw words) in visiting order.
-
-    ``starts`` are mapping offsets of each chain's first pointer, ``page_end`` where its page
-    (or the mapping) ends, ``origin`` the blob offset of the entry that started it (for
-    errors). ``step(raw)`` gives the byte distance to the next pointer (0 ends the chain).
-    Each link advances at least 8 bytes inside one page, so the loop runs at most
-    page_size / 8 times.
-    """
-    cur = starts.astype(np.int64)
-    end = page_end.astype(np.int64)
-    org = origin.astype(np.int64)
-    bad = (cur < 0) | (cur + 8 > end)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise ctx.error(
-            int(org[i]), f"chain starts at {ctx.address + int(cur[i]):#x}, outside its page or the mapping"
-        )
-    offs: list[np.ndarray] = []
-    raws: list[np.ndarray] = []
-    while cur.size:
-        idx = cur >> 2
-        raw = words[idx].astype(_U64) | (words[idx + 1].astype(_U64) << _U64(32))
-        offs.append(cur)
-        raws.append(raw)
-        delta = step(raw).astype(np.int64)
-        more = delta != 0
-        short = more & (delta < 8)
-        if short.any():
-            i = int(np.flatnonzero(short)[0])
-            raise ctx.error(
-                int(org[i]),
-                f"pointer at {ctx.address + int(cur[i]):#x} links {int(delta[i])} bytes on, into itself",
-            )
-        cur, end, org = cur[more] + delta[more], end[more], org[more]
-        bad = cur + 8 > end
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise ctx.error(int(org[i]), f"chain leaves its page at {ctx.address + int(cur[i]):#x}")
-    if not offs:
-        return np.zeros(0, np.int64), np.zeros(0, _U64)
-    return np.concatenate(offs), np.concatenate(raws)
-
-
-def _result(ctx: _Ctx, off: np.ndarray, target: np.ndarray, **fields: np.ndarray) -> np.ndarray:
-    order = np.argsort(off, kind="stable")
-    out = np.zeros(off.size, dtype=CACHE_POINTER_DTYPE)
-    out["offset"] = off[order]
-    out["target"] = target[order]
-    for name, values in fields.items():
-        out[name] = values[order]
-    if out.size > 1:
-        o = out["offset"]
-        close = o[1:] - o[:-1] < 8
-        if close.any():
-            i = int(np.flatnonzero(close)[0]) + 1
-            raise ctx.error(0, f"chains overlap at {ctx.address + int(o[i]):#x}")
-    return out
-
-
-def _words(mapping: memoryview) -> np.ndarray:
-    return np.frombuffer(mapping, dtype="<u4", count=len(mapping) // 4)
-
-
-def _page_ends(pages: np.ndarray, page_size: int, mapping_len: int) -> np.ndarray:
-    return np.minimum((pages.astype(np.int64) + 1) * page_size, mapping_len)
-
-
-def _decode_v1(ctx: _Ctx, blob: memoryview, mapping: memoryview) -> np.ndarray:
-    h = _read_header(ctx, blob, SlideInfo1)
-    if h.entries_size != 128:
-        raise ctx.error(20, f"entries_size {h.entries_size} is not 128")
-    expected = _page_count(ctx.mapping_len, 4096)
-    if h.toc_count != expected:
-        raise ctx.error(
-            8, f"{h.toc_count} toc entries for a mapping of {ctx.mapping_len:#x} bytes ({expected} pages)"
-        )
-    toc = _u16_array(ctx, blob, h.toc_offset, h.toc_count, "toc", 4).astype(np.intp)
-    if h.entries_offset + 128 * h.entries_count > len(blob):
-        raise ctx.error(
-            12, f"bitmaps ({h.entries_offset:#x}+{128 * h.entries_count:#x}) extend past the blob"
-        )
-    if toc.size and int(toc.max()) >= h.entries_count:
-        page = int(np.flatnonzero(toc >= h.entries_count)[0])
-        raise ctx.error(
-            h.toc_offset + 2 * page, f"page {page} uses bitmap {int(toc[page])} of {h.entries_count}"
-        )
-    bitmaps = np.frombuffer(blob, dtype=np.uint8, count=128 * h.entries_count, offset=h.entries_offset)
-    # unpack each distinct bitmap once, then give every page the word indexes of its bitmap
-    bits = np.unpackbits(bitmaps.reshape(-1, 128), axis=1, bitorder="little")
-    per_entry = bits.sum(axis=1, dtype=np.int64)
-    word = np.nonzero(bits)[1].astype(np.int64)  # grouped by bitmap, ascending within each
-    entry_first = np.cumsum(per_entry) - per_entry
-    counts = per_entry[toc]
-    total = int(counts.sum())
-    page_first = np.cumsum(counts) - counts
-    idx = np.repeat(entry_first[toc] - page_first, counts) + np.arange(total)
-    off = np.repeat(np.arange(toc.size, dtype=np.int64), counts) * 4096 + word[idx] * 4
-    bad = off + 4 > ctx.mapping_len
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise ctx.error(
-            h.toc_offset + 2 * (int(off[i]) // 4096),
-            f"bitmap marks {ctx.address + int(off[i]):#x}, past the mapping",
-        )
-    target = _words(mapping)[off >> 2].astype(_U64)
-    return _result(ctx, off, target)
-
-
-def _decode_v2(ctx: _Ctx, blob: memoryview, mapping: memoryview, null_links: bool) -> np.ndarray:
-    h = _read_header(ctx, blob, SlideInfo2)
-    _check_decode_page_size(ctx, h.page_size, h.page_starts_count)
-    try:
-        shift = _mask_shift(h.delta_mask)
-    except ValueError as exc:
-        raise ctx.error(24, str(exc)) from None
-    starts = _u16_array(ctx, blob, h.page_starts_offset, h.page_starts_count, "page starts", 8).astype(
-        np.int64
-    )
-    extras = (
-        _u16_array(ctx, blob, h.page_extras_offset, h.page_extras_count, "page extras", 16).astype(np.int64)
-        if h.page_extras_count
-        else np.zeros(0, np.int64)
-    )
-    pages = np.arange(starts.size, dtype=np.int64)
-    plain = (starts != DYLD_CACHE_SLIDE_PAGE_ATTR_NO_REBASE) & (
-        (starts & DYLD_CACHE_SLIDE_PAGE_ATTR_EXTRA) == 0
-    )
-    chain_page = [pages[plain]]
-    chain_start = [starts[plain] * 4]
-    chain_origin = [h.page_starts_offset + 2 * pages[plain]]
-    with_extras = np.flatnonzero((starts & DYLD_CACHE_SLIDE_PAGE_ATTR_EXTRA) != 0)
-    if with_extras.size:
-        first = starts[with_extras] & DYLD_CACHE_SLIDE_PAGE_VALUE
-        ends = np.flatnonzero(extras & DYLD_CACHE_SLIDE_PAGE_ATTR_END)
-        pos = np.searchsorted(ends, first)
-        bad = (first >= extras.size) | (pos >= ends.size)
-        if bad.any():
-            pg = int(with_extras[np.flatnonzero(bad)[0]])
-            raise ctx.error(
-                h.page_starts_offset + 2 * pg, f"page {pg}'s extras run off the end of page_extras"
-            )
-        last = ends[pos]
-        counts = last - first + 1
-        # chains may not overlap, so no mapping can hold more chains than pointer slots
-        if int(counts.sum()) > ctx.mapping_len // 8:
-            raise ctx.error(
-                h.page_starts_offset,
-                f"page extras describe {int(counts.sum())} chains, more than the mapping can hold",
-            )
-        total = int(counts.sum())
-        idx = np.repeat(first - (np.cumsum(counts) - counts), counts) + np.arange(total)
-        chain_page.append(np.repeat(with_extras, counts))
-        chain_start.append((extras[idx] & DYLD_CACHE_SLIDE_PAGE_VALUE) * 4)
-        chain_origin.append(h.page_extras_offset + 2 * idx)
-    cp = np.concatenate(chain_page)
-    begin = cp * h.page_size + np.concatenate(chain_start)
-    ends_ = _page_ends(cp, h.page_size, ctx.mapping_len)
-    # a start past its page cannot be told apart from a chain leaving it: both are errors
-    bad = np.concatenate(chain_start) >= h.page_size
-    origin = np.concatenate(chain_origin)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise ctx.error(
-            int(origin[i]),
-            f"chain start {int(np.concatenate(chain_start)[i]):#x} is outside page {int(cp[i])}",
-        )
-    mask = _U64(h.delta_mask)
-    dshift = _U64(shift - 2)
-    off, raw = _walk(ctx, _words(mapping), begin, ends_, origin, lambda r: (r & mask) >> dshift)
-    value = raw & ~mask
-    keep = value != 0  # zero links are in the chain but never slid
-    target = np.where(keep, (value & _U64(_LOW56)) + _U64(h.value_add), _U64(0))
-    if not null_links:
-        value, target, off = value[keep], target[keep], off[keep]
-    return _result(ctx, off, target, high8=(value >> _U64(56)).astype(np.uint8))
-
-
-def _decode_v3_or_v5(ctx: _Ctx, blob: memoryview, mapping: memoryview) -> np.ndarray:
-    cls = SlideInfo3 if ctx.version == 3 else SlideInfo5
-    h = _read_header(ctx, blob, cls)
-    _check_decode_page_size(ctx, h.page_size, h.page_starts_count)
-    starts = _u16_array(ctx, blob, cls.SIZE, h.page_starts_count, "page starts", 8).astype(np.int64)
-    pages = np.flatnonzero(starts != 0xFFFF)
-    begin_in_page = starts[pages]
-    origin = cls.SIZE + 2 * pages
-    bad = (begin_in_page % 8 != 0) | (begin_in_page >= h.page_size)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise ctx.error(
-            int(origin[i]),
-            f"page {int(pages[i])} start {int(begin_in_page[i]):#x} is unaligned or outside the page",
-        )
-    begin = pages * h.page_size + begin_in_page
-    next_shift = _U64(51 if ctx.version == 3 else 52)
-    off, raw = _walk(
-        ctx,
-        _words(mapping),
-        begin,
-        _page_ends(pages, h.page_size, ctx.mapping_len),
-        origin,
-        lambda r: ((r >> next_shift) & _U64(0x7FF)) << _U64(3),
-    )
-    auth = (raw >> _U64(63)).astype(np.uint8)
-    is_auth = auth != 0
-    if ctx.version == 3:
-        bind = (raw >> _U64(62)) & _U64(1) != 0
-        if bind.any():
-            i = int(np.flatnonzero(bind)[0])
-            raise ctx.error(0, f"pointer at {ctx.address + int(off[i]):#x} has bit 62 (bind) set")
-        v51 = raw & _U64((1 << 51) - 1)
-        target = np.where(
-            is_auth, (raw & _U64(0xFFFFFFFF)) + _U64(h.auth_value_add), v51 & _U64((1 << 43) - 1)
-        )
-        high8 = np.where(is_auth, _U64(0), (v51 >> _U64(43)) & _U64(0xFF))
-        diversity = np.where(is_auth, (raw >> _U64(32)) & _U64(0xFFFF), _U64(0))
-        addr_div = np.where(is_auth, (raw >> _U64(48)) & _U64(1), _U64(0))
-        key = np.where(is_auth, (raw >> _U64(49)) & _U64(3), _U64(0))
-    else:
-        target = (raw & _U64((1 << 34) - 1)) + _U64(h.value_add)
-        high8 = np.where(is_auth, _U64(0), (raw >> _U64(34)) & _U64(0xFF))
-        diversity = np.where(is_auth, (raw >> _U64(34)) & _U64(0xFFFF), _U64(0))
-        addr_div = np.where(is_auth, (raw >> _U64(50)) & _U64(1), _U64(0))
-        key = np.where(is_auth, ((raw >> _U64(51)) & _U64(1)) * _U64(2), _U64(0))
-    return _result(
-        ctx,
-        off,
-        target,
-        high8=high8.astype(np.uint8),
-        auth=auth,
-        key=key.astype(np.uint8),
-        addr_div=addr_div.astype(np.uint8),
-        diversity=diversity.astype(np.uint16),
-    )
-
-
-def decode_slide_info(
-    blob: bytes | memoryview,
-    mapping_bytes: bytes | memoryview,
-    mapping_address: int,
-    path: str,
-    base_offset: int,
-    *,
-    null_links: bool = False,
-) -> tuple[int, np.ndarray]:
-    """Every pointer a slide info blob describes: (version, CACHE_POINTER_DTYPE array by offset).
-
-    ``blob`` is the slide info (at file offset ``base_offset`` of ``path``), ``mapping_bytes``
-    the mapping it describes, which starts at ``mapping_address``. The chains are walked in the
-    raw bytes; every chain must stay inside its page and the mapping and may not overlap
-    another. Zero-valued v2 links (never slid) are reported (with target 0) only with
-    ``null_links``: whoever rewrites the chains as plain pointers must clear them too. Problems raise
-    :class:`CacheFormatError` at an absolute file offset inside the blob.
-    """
-    blob_mv = _byte_view(blob)
-    mapping = _byte_view(mapping_bytes)
-    if len(blob_mv) < 4:
-        raise CacheFormatError(
-            path, base_offset, f"slide info ({len(blob_mv)} bytes) is too short for a version"
-        )
-    version = int.from_bytes(blob_mv[:4], "little")
-    ctx = _Ctx(path, base_offset, mapping_address, len(mapping), version)
-    if version == 1:
-        return 1, _decode_v1(ctx, blob_mv, mapping)
-    if version == 2:
-        return 2, _decode_v2(ctx, blob_mv, mapping, null_links)
-    if version in (3, 5):
-        return version, _decode_v3_or_v5(ctx, blob_mv, mapping)
-    raise CacheFormatError(path, base_offset, f"unsupported slide info version {version}")

@@ -2,11 +2,12 @@
 let dyld slide each pointer the bind pass left (``docs/cache-format.md`` §4; the seed's
 calculateSlideInfoSize in phase 3 and computeSlideInfo in phase 6).
 
-Phase 5 checks each dylib's pointers on scratch pages first, so that a dylib with a pointer
-the format cannot express is evicted instead of failing the whole cache, then writes them to
-the build's scratch files, cut by data region. Phase 6 encodes each region one window of
-pages at a time, from the pieces that fall in the window, and joins the windows' page starts
-(and v2 page extras): memory stays bounded by a window's pointers whatever the cache size.
+Phase 5 checks each dylib's pointers and computes the word each holds in the cache (all the
+format's rules but the chains), so that a dylib with a pointer the format cannot express is
+evicted instead of failing the whole cache, then writes (location, word) pairs to the build's
+scratch files, sorted and cut by data region. Phase 6 chains each region one window of pages
+at a time, from the pieces that fall in the window, and joins the windows' page starts (and
+v2 page extras): memory stays bounded by a window's pointers whatever the cache size.
 """
 
 from __future__ import annotations
@@ -27,14 +28,16 @@ from ...cache.format import (
     SlideInfo5,
 )
 from ...cache.slide_info import (
-    CACHE_POINTER_DTYPE,
-    encode_slide_info_v2,
-    encode_slide_info_v3,
-    encode_slide_info_v5,
+    chain_slide_info_v2,
+    chain_slide_info_v3,
+    chain_slide_info_v5,
+    check_layout,
     slide_info_size,
+    slide_values_v2,
+    slide_values_v3,
+    slide_values_v5,
 )
 from ...errors import BuildError
-from ..bind import CACHE_POINTER_FIELDS
 from ..buffers import CacheBuffers
 from ..cache_dylib import CacheDylib
 from ..config import MEMORY_WINDOW, CacheConfig
@@ -46,57 +49,55 @@ from ..workers import run_tasks
 from .base import DylibResult, Optimizer
 
 _DATA_REGIONS = (RegionKind.DATA_CONST, RegionKind.DATA, RegionKind.AUTH, RegionKind.AUTH_CONST)
-#: the fields a slide-info encoder takes from a bound pointer
-_POINTER_FIELDS = ("target", "high8", "auth", "key", "addr_div", "diversity")
-#: pointers further apart than this are checked in separate scratch buffers
-_SCRATCH_GAP = 1 << 20
+#: a bound pointer once checked: its cache address and the word slide info chains there
+SLID_POINTER_DTYPE = np.dtype([("location", "<u8"), ("value", "<u8")])
+#: the same in the scratch files, 12 bytes: the location as an offset from the piece's first
+_SPILLED_DTYPE = np.dtype([("offset", "<u4"), ("value", "<u8")])
+#: how phase 5's messages name a pointer: by its cache address
+_AT = "pointer at"
 _MAPPING_OFFSET = re.compile(r"pointer at mapping offset (0x[0-9a-f]+)")
 _MAPPING_SIZE = re.compile(r"does not fit in the mapping \((0x[0-9a-f]+) bytes\)")
 
 
-def encode_slide_info(cfg: CacheConfig, mapping: memoryview, pointers: np.ndarray) -> bytes:
-    """Chain ``pointers`` (CACHE_POINTER_DTYPE, sorted) into ``mapping`` in the config's format."""
+def slide_values(cfg: CacheConfig, pointers: np.ndarray, where: np.ndarray, label: str) -> np.ndarray:
+    """The word each pointer (CACHE_POINTER_FIELDS) holds in the config's slide info, chain
+    bits still clear; ValueError names the first it cannot hold by ``label`` and ``where``."""
     if cfg.slide_info_version == 2:
         value_add = cfg.base_address if cfg.arch.name == "x86_64" else 0
-        return encode_slide_info_v2(mapping, pointers, value_add=value_add, page_size=cfg.slide_page_size)
+        return slide_values_v2(pointers, where, value_add=value_add, label=label)
     if cfg.slide_info_version == 3:
-        return encode_slide_info_v3(
-            mapping, pointers, auth_value_add=cfg.base_address, page_size=cfg.slide_page_size
-        )
-    return encode_slide_info_v5(mapping, pointers, value_add=cfg.base_address, page_size=cfg.slide_page_size)
+        return slide_values_v3(pointers, where, auth_value_add=cfg.base_address, label=label)
+    return slide_values_v5(pointers, where, value_add=cfg.base_address, label=label)
 
 
-def _mapping_pointers(bound: np.ndarray, start: int) -> np.ndarray:
-    """Bound pointers (CACHE_POINTER_FIELDS) as an encoder's input: offsets from ``start``."""
-    p = np.zeros(len(bound), dtype=CACHE_POINTER_DTYPE)
-    p["offset"] = bound["location"] - np.uint64(start)
-    for f in _POINTER_FIELDS:
-        p[f] = bound[f]
-    return p
-
-
-def check_slide_pointers(cfg: CacheConfig, pointers: np.ndarray) -> str | None:
-    """Why slide info could not hold one of a dylib's bound pointers (CACHE_POINTER_FIELDS), or
-    None: the encoder itself runs on scratch pages laid out like the cache's."""
-    if not len(pointers):
-        return None
+def chain_slide_info(cfg: CacheConfig, mapping: memoryview, off: np.ndarray, value: np.ndarray) -> bytes:
+    """The config's slide info blob for ``mapping``, each ``value`` (of :func:`slide_values`)
+    written and chained at its offset ``off`` (sorted, laid out as check_layout wants)."""
     page = cfg.slide_page_size
-    ptrs = pointers[np.argsort(pointers["location"], kind="stable")]
-    locs = ptrs["location"].astype(np.int64)
-    cuts = np.flatnonzero(np.diff(locs) > _SCRATCH_GAP) + 1
-    for lo_i, hi_i in zip([0, *cuts.tolist()], [*cuts.tolist(), len(ptrs)], strict=True):
-        lo = int(locs[lo_i]) & ~(page - 1)
-        hi = -(-(int(locs[hi_i - 1]) + 8) // page) * page
-        try:
-            encode_slide_info(cfg, memoryview(bytearray(hi - lo)), _mapping_pointers(ptrs[lo_i:hi_i], lo))
-        except ValueError as exc:
-            # the encoder names a mapping offset; the user wants the cache address
-            message = str(exc)
-            m = _MAPPING_OFFSET.search(message)
-            if m is not None:
-                message = message.replace(m.group(0), f"pointer at {lo + int(m.group(1), 16):#x}")
-            return message
-    return None
+    if cfg.slide_info_version == 2:
+        value_add = cfg.base_address if cfg.arch.name == "x86_64" else 0
+        return chain_slide_info_v2(mapping, off, value, value_add=value_add, page_size=page)
+    if cfg.slide_info_version == 3:
+        return chain_slide_info_v3(mapping, off, value, auth_value_add=cfg.base_address, page_size=page)
+    return chain_slide_info_v5(mapping, off, value, value_add=cfg.base_address, page_size=page)
+
+
+def slid_pointers(cfg: CacheConfig, pointers: np.ndarray) -> np.ndarray:
+    """Bound pointers (CACHE_POINTER_FIELDS) as SLID_POINTER_DTYPE, sorted by location: each
+    with the word it holds in the cache (chain bits clear). ValueError names the cache address
+    of the first pointer slide info could not hold: one not aligned, crossing a page,
+    overlapping another, or with a value the format cannot express."""
+    locations = pointers["location"]
+    if len(locations) > 1 and not bool((locations[1:] >= locations[:-1]).all()):
+        pointers = pointers[np.argsort(locations, kind="stable")]
+        locations = pointers["location"]
+    locations = np.ascontiguousarray(locations)
+    # cache data regions start on a page: page offsets of addresses are those of mapping offsets
+    check_layout(locations, None, cfg.slide_page_size, 4 if cfg.slide_info_version == 2 else 8, _AT)
+    out = np.empty(len(locations), dtype=SLID_POINTER_DTYPE)
+    out["location"] = locations
+    out["value"] = slide_values(cfg, pointers, locations, _AT)
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,27 +180,33 @@ class SlideInfo(Optimizer):
     def dylib_pass(self, dylib: CacheDylib, buffers: CacheBuffers, result: DylibResult) -> None:
         assert self.config is not None and result.bound is not None and buffers.scratch is not None
         pointers = result.bound.pointers
-        problem = check_slide_pointers(self.config, pointers)
-        if problem is not None:
-            raise BuildError(f"a pointer cannot be slid: {problem}")
-        # to the scratch files, sorted, cut by region; the result keeps where they are
-        result.extras[self.name] = self._spill(buffers, pointers)
+        try:
+            slid = slid_pointers(self.config, pointers)
+        except ValueError as exc:
+            raise BuildError(f"a pointer cannot be slid: {exc}") from None
+        # to the scratch files, cut by region; the result keeps where they are
+        result.extras[self.name] = self._spill(buffers, slid)
         result.bound.pointers = pointers[:0]
 
-    def _spill(self, buffers: CacheBuffers, pointers: np.ndarray) -> SpilledPointers:
-        """``pointers`` written to this process's scratch file, sorted, cut by data region."""
+    def _spill(self, buffers: CacheBuffers, slid: np.ndarray) -> SpilledPointers:
+        """``slid`` (SLID_POINTER_DTYPE, sorted) written to this process's scratch file, one
+        piece per data region."""
         assert buffers.scratch is not None
-        pointers = pointers[np.argsort(pointers["location"], kind="stable")]
-        locations = pointers["location"]
-        spilled = buffers.scratch.write(pointers)
+        locations = slid["location"]
         pieces: list[tuple[int, ScratchArray, int, int]] = []
-        inside = np.zeros(len(pointers), dtype=bool)
+        inside = np.zeros(len(slid), dtype=bool)
         for k, (sub, kind) in enumerate(self.chunks):
             region = sub.regions[kind]
             lo = int(np.searchsorted(locations, region.vm_addr))
             hi = int(np.searchsorted(locations, region.vm_end))
             if hi > lo:
-                pieces.append((k, spilled.part(lo, hi), int(locations[lo]), int(locations[hi - 1])))
+                first, last = int(locations[lo]), int(locations[hi - 1])
+                if last - first >> 32:
+                    raise BuildError(f"internal: pointers {first:#x}-{last:#x} of one dylib span 4 GiB")
+                piece = np.empty(hi - lo, dtype=_SPILLED_DTYPE)
+                piece["offset"] = locations[lo:hi] - np.uint64(first)
+                piece["value"] = slid["value"][lo:hi]
+                pieces.append((k, buffers.scratch.write(piece), first, last))
                 inside[lo:hi] = True
         outside = None if inside.all() else int(locations[np.flatnonzero(~inside)[0]])
         return SpilledPointers(pieces, outside)
@@ -208,11 +215,16 @@ class SlideInfo(Optimizer):
         """Encode every data region's pointers (after every step that writes pointers).
 
         Pointers an earlier optimizer's emit added to a result after this optimizer's dylib
-        pass (global chunks of phase 6, e.g. the canonical ObjC protocols) are spilled here too.
+        pass (global chunks of phase 6, e.g. the canonical ObjC protocols) are checked and
+        spilled here too.
         """
+        cfg = model.config
         spilled = [r.extras[self.name] for r in results if self.name in r.extras]
         late = [r.bound.pointers for r in results if r.bound is not None and len(r.bound.pointers)]
-        spilled += [self._spill(buffers, pointers) for pointers in late]
+        try:
+            spilled += [self._spill(buffers, slid_pointers(cfg, pointers)) for pointers in late]
+        except ValueError as exc:
+            raise BuildError(f"slide info: {exc}") from None
         by_region: dict[int, list[tuple[ScratchArray, int, int]]] = {}
         outside = []
         for s in spilled:
@@ -233,7 +245,7 @@ class SlideInfo(Optimizer):
         def encode(i: int) -> tuple[bytes, str | None]:
             w = windows[i]
             try:
-                return _encode_window(model.config, buffers, w, by_region.get(w.region_index, [])), None
+                return _encode_window(cfg, buffers, w, by_region.get(w.region_index, [])), None
             except ValueError as exc:
                 return b"", str(exc)
             finally:
@@ -287,18 +299,23 @@ def _encode_window(
     # the last window takes every pointer up to the region's end, so that one past
     # the file-backed part fails in the encoder as it would in one piece
     hi = lo + length if start + MEMORY_WINDOW < size else region.vm_end
-    parts = []
+    offs, values = [np.zeros(0, np.int64)], [np.zeros(0, np.uint64)]
     for piece, first, last in pieces:  # in cache order, as the pointers were bound
         if first < hi and last >= lo:
-            ptrs = piece.load()
-            loc = ptrs["location"]
-            parts.append(ptrs[np.searchsorted(loc, lo) : np.searchsorted(loc, hi)])
-    window = np.concatenate(parts) if parts else np.zeros(0, dtype=CACHE_POINTER_FIELDS)
-    window = window[np.argsort(window["location"], kind="stable")]
-    at = region.file_offset + start
-    mapping = buffers.of(w.sub)[at : at + length].data
+            spilled = piece.load()
+            at = spilled["offset"].astype(np.int64) + (first - lo)  # offsets in the window
+            a, b = np.searchsorted(at, [0, hi - lo])
+            offs.append(at[a:b])
+            values.append(spilled["value"][a:b])
+    off, value = np.concatenate(offs).view(np.uint64), np.concatenate(values)
+    if len(off) > 1 and not bool((off[1:] >= off[:-1]).all()):
+        order = np.argsort(off, kind="stable")
+        off, value = off[order], value[order]
+    file_at = region.file_offset + start
+    mapping = buffers.of(w.sub)[file_at : file_at + length].data
     try:
-        return encode_slide_info(cfg, mapping, _mapping_pointers(window, lo))
+        check_layout(off, length, cfg.slide_page_size, 4 if cfg.slide_info_version == 2 else 8)
+        return chain_slide_info(cfg, mapping, off, value)
     except ValueError as exc:
         message = str(exc)
         m = _MAPPING_OFFSET.search(message)
