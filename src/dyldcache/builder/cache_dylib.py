@@ -21,7 +21,7 @@ from .eligibility import segment_content_size
 from .export_table import ExportTable
 from .inputs import CacheInput, Inputs
 from .layout import Chunk, ChunkKind, Region, RegionKind
-from .scratch import Stored, load, stored_len
+from .scratch import Stored, load, release, stored_len
 from .types import CacheFileOffset, CacheVMAddr, InputFileOffset, InputVMAddr
 
 #: chunk kind -> region it goes to
@@ -111,6 +111,11 @@ class DylibSymbols:
 
     def indirect(self) -> np.ndarray:
         return load(self.indirect_store)
+
+    def release(self) -> None:
+        """Give back the scratch space of the parts once the dylib's LINKEDIT is written."""
+        for p in (*self.nlist_parts, self.indirect_store):
+            release(p)
 
 
 @dataclass(eq=False, slots=True)

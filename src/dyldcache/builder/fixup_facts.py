@@ -48,8 +48,9 @@ class FixupFacts:
     def bound_imports(self) -> list[Import]:
         return [self.imports[k] for k in self.bound.tolist()]
 
-    def restore(self, image: MachOFile) -> None:
-        """Give ``image`` its decoded fixups and split seg info back (read from scratch)."""
+    def restore(self, image: MachOFile, *, last: bool = False) -> None:
+        """Give ``image`` its decoded fixups and split seg info back (read from scratch); with
+        ``last``, nothing reads them again and their scratch space is given back."""
         image.__dict__["fixups"] = Fixups(
             widened_fixups(self.records.load(), self.base),
             self.imports,
@@ -63,6 +64,10 @@ class FixupFacts:
             else SplitSegInfo(self.split_seg[0], widened_split_seg(self.split_seg[1].load()))
         )
         image.__dict__["split_seg"] = split
+        if last:
+            self.records.release()
+            if self.split_seg is not None:
+                self.split_seg[1].release()
 
 
 def fixup_facts(image: MachOFile, scratch: ScratchFiles) -> FixupFacts:

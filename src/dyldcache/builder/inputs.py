@@ -111,9 +111,10 @@ class CacheInput:
         assert self.facts is not None, "calculate_inputs fills it"
         return self.facts
 
-    def restore_decodes(self) -> None:
-        """Give the image its decoded fixups and split seg info back, for the per-dylib passes."""
-        self.fixup_facts.restore(self.image)
+    def restore_decodes(self, *, last: bool = False) -> None:
+        """Give the image its decoded fixups and split seg info back, for the per-dylib passes
+        (``last``: theirs, the last read; the scratch space is given back)."""
+        self.fixup_facts.restore(self.image, last=last)
 
     def drop_decodes(self) -> None:
         """Forget what :meth:`restore_decodes` gave, and the LINKEDIT tables the image decoded

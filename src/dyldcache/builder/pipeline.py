@@ -202,7 +202,7 @@ class CacheBuilder:
         dylib = self._model().dylibs[index]
         result = DylibResult(index)
         try:
-            dylib.input.restore_decodes()
+            dylib.input.restore_decodes(last=True)  # a retry starts over with new scratch files
             for optimizer in self.optimizers:
                 optimizer.dylib_pass(dylib, self.buffers, result)
         except DyldCacheError as exc:

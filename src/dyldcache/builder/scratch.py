@@ -9,7 +9,11 @@ cheaply back to the builder, and that any process of the build can read the arra
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,9 +46,52 @@ class ScratchArray:
             )
         return out
 
+    def release(self) -> None:
+        """Give back the file space (and page cache) the array took, once nothing reads it again:
+        the pages are freed at once, for the next arrays and the cache's own pages to reuse,
+        instead of new ones (on Linux; elsewhere the space goes with the folder at the end)."""
+        if self.count:
+            punch_hole(self.path, self.offset, self.count * self.dtype.itemsize)
+
     def part(self, start: int, stop: int) -> ScratchArray:
         """Elements ``start:stop`` of this array."""
         return ScratchArray(self.path, self.offset + start * self.dtype.itemsize, stop - start, self.dtype)
+
+
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+
+
+def _fallocate() -> Callable[[int, int, int, int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        fn = libc.fallocate
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    fn.restype = ctypes.c_int
+    out: Callable[[int, int, int, int], int] = fn
+    return out
+
+
+_FALLOCATE = _fallocate()
+
+
+def punch_hole(path: str, offset: int, size: int) -> None:
+    """Free ``size`` bytes of ``path`` at ``offset`` (they read as zeros after); a no-op where
+    the OS or the file system cannot."""
+    if _FALLOCATE is None or size <= 0:
+        return
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except OSError:
+        return
+    try:
+        _FALLOCATE(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, size)
+    finally:
+        os.close(fd)
 
 
 class ScratchFiles:
@@ -91,6 +138,12 @@ def store(array: np.ndarray, scratch: ScratchFiles | None) -> Stored:
 def load(stored: Stored) -> np.ndarray:
     """The array, of the caller's own."""
     return stored.copy() if isinstance(stored, np.ndarray) else stored.load()
+
+
+def release(stored: Stored) -> None:
+    """:meth:`ScratchArray.release` of an array in the scratch files (nothing for one in memory)."""
+    if isinstance(stored, ScratchArray):
+        stored.release()
 
 
 def stored_len(stored: Stored) -> int:

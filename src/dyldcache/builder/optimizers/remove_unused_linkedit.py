@@ -96,6 +96,7 @@ def write_linkedit(dylib: CacheDylib, buf: np.ndarray, exports_trie: bytes) -> N
 
     put("nlist", nlist.tobytes())
     put("indirect", symbols.indirect().tobytes())
+    symbols.release()  # each dylib's pass writes its LINKEDIT once
     put("exports", exports_trie)
     for name, cmd in (("function_starts", C.LC_FUNCTION_STARTS), ("data_in_code", C.LC_DATA_IN_CODE)):
         raw = dylib.image.linkedit_data(cmd)
@@ -252,7 +253,11 @@ def rebuilt_exports(dylib: CacheDylib) -> bytes:
     """The dylib's export trie with offsets of moved segments adjusted, padded to 8 bytes."""
     table = dylib.exports
     stored = dylib.input.exports_trie_nodes
-    nodes = rebuilt_trie_nodes(table) if stored is None else stored.load()
+    if stored is None:
+        nodes = rebuilt_trie_nodes(table)
+    else:
+        nodes = stored.load()
+        stored.release()  # read once, by this dylib's pass
     return encode_exports(table, nodes, export_moves(dylib, table.address))
 
 
