@@ -4,6 +4,7 @@ reading of a trie the walk rejects."""
 
 from __future__ import annotations
 
+import functools
 import random
 
 import numpy as np
@@ -202,3 +203,33 @@ def test_real_tries_agree_with_the_walk() -> None:
             assert _spans(levels, buf) == _spans(_walked(buf), buf), path
             checked += 1
     assert checked > 100
+
+
+@functools.cache
+def _large_trie() -> bytes:
+    entries = {
+        f"_sym_{i * 7919 % 5003:04d}_{i % 37}".encode(): bytes([i % 3 * 4, i % 120 + 1]) for i in range(1200)
+    }
+    raw = reference_trie(entries)
+    assert len(raw) >= MIN_SIZE
+    return raw
+
+
+def _outcome(raw: bytes, walk: bool) -> object:
+    try:
+        if walk:
+            keys, starts, ends = _walk_trie(raw, "fuzz", 0x1000)
+            return [(k, raw[a:b]) for k, a, b in zip(keys, starts, ends, strict=True)]
+        return read_trie(raw, "fuzz", 0x1000)
+    except MachOFormatError as exc:
+        return (exc.offset, exc.message)
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_large_corrupted_tries_read_or_fail_as_the_walk_does(data: st.DataObject) -> None:
+    raw = bytearray(_large_trie())
+    for _ in range(data.draw(st.integers(1, 3))):
+        raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
+    buf = bytes(raw[: data.draw(st.integers(MIN_SIZE, len(raw)))])
+    assert _outcome(buf, walk=False) == _outcome(buf, walk=True)
