@@ -27,6 +27,7 @@ import numpy as np
 from ..errors import MachOFormatError
 from . import constants as C
 from .leb128 import Cursor, uleb_decode, uleb_encode, uleb_encode_array, uleb_sizes
+from .trie_levels import MIN_SIZE, TrieTerminals, read_terminals
 
 #: longest key accepted from a file. Real keys are symbol names or install names (C++ and Swift
 #: names reach a few KB); the limit also bounds the depth, since every edge label is non-empty.
@@ -127,14 +128,27 @@ def _walk_trie(
     return keys, starts, ends
 
 
+def _terminals(buf: bytes, path: str, base_offset: int) -> TrieTerminals:
+    """The terminals of a trie: read level by level with numpy when it is large, or, when it
+    is small or that finds anything unusual, node by node by :func:`_walk_trie`, which names
+    any problem."""
+    if len(buf) >= MIN_SIZE:
+        found = read_terminals(buf, MAX_KEY_LENGTH)
+        if found is not None:
+            return found
+    keys, starts, ends = _walk_trie(buf, path, base_offset)
+    return TrieTerminals(keys, np.array(starts, dtype=np.int64), np.array(ends, dtype=np.int64))
+
+
 def read_trie(data: bytes | memoryview, path: str, base_offset: int) -> list[tuple[bytes, bytes]]:
     """(key, terminal payload) for every terminal node, in pre-order.
 
     ``base_offset`` is the file offset of ``data[0]``; errors name absolute file offsets.
     """
     buf = bytes(data)
-    keys, starts, ends = _walk_trie(buf, path, base_offset)
-    return [(key, buf[start:end]) for key, start, end in zip(keys, starts, ends, strict=True)]
+    found = _terminals(buf, path, base_offset)
+    spans = zip(found.keys, found.starts.tolist(), found.ends.tolist(), strict=True)
+    return [(key, buf[start:end]) for key, start, end in spans]
 
 
 #: one node of a trie as :func:`trie_nodes` gives it: the index of the key that ends at it (-1:
@@ -568,17 +582,17 @@ def read_exports(data: bytes | memoryview, path: str, base_offset: int) -> list[
 def read_export_arrays(data: bytes | memoryview, path: str, base_offset: int) -> ExportArrays:
     """:func:`read_exports` as arrays."""
     buf = bytes(data)
-    keys, start_list, end_list = _walk_trie(buf, path, base_offset)
+    found = _terminals(buf, path, base_offset)
+    keys, starts = found.keys, found.starts
     count = len(keys)
     raw = np.frombuffer(buf, dtype=np.uint8)
-    starts = np.array(start_list, dtype=np.int64)
     head = raw[starts]
     flags = head.astype(np.uint64)
     address = np.zeros(count, dtype=np.uint64)
     # the common payload is read vectorized: flags in one byte (not a re-export, nor a
     # stub-and-resolver, nor the kind 3 that does not exist), then the address in at most 9
     # bytes (63 bits); anything else is read by _read_payload, which names any problem
-    size = np.array(end_list, dtype=np.int64) - starts - 1
+    size = found.ends - starts - 1
     odd = C.EXPORT_SYMBOL_FLAGS_REEXPORT | C.EXPORT_SYMBOL_FLAGS_STUB_AND_RESOLVER
     plain = np.flatnonzero(
         (head < 0x80)
@@ -602,7 +616,7 @@ def read_export_arrays(data: bytes | memoryview, path: str, base_offset: int) ->
     resolvers: dict[int, int] = {}
     reexports: dict[int, tuple[int, str]] = {}
     for i in np.flatnonzero(rest).tolist():
-        e = _read_payload(buf, keys[i], start_list[i], end_list[i], path, base_offset)
+        e = _read_payload(buf, keys[i], int(starts[i]), int(found.ends[i]), path, base_offset)
         flags[i], address[i] = e.flags, e.address
         if e.resolver:
             resolvers[i] = e.resolver

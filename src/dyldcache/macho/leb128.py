@@ -133,6 +133,16 @@ def uleb_decode_all(data: bytes | memoryview) -> np.ndarray:
     return values
 
 
+def uleb_values(raw: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The ULEB128s of ``lengths[i]`` bytes (1 to 9) at ``starts[i]`` of the uint8 array ``raw``,
+    as int64 (vectorized). The caller has found where each ends; the bytes are not checked."""
+    values: np.ndarray = (raw[starts] & 0x7F).astype(np.int64)
+    for k in range(1, int(lengths.max()) if lengths.size else 0):
+        has = np.flatnonzero(lengths > k)
+        values[has] |= (raw[starts[has] + k] & 0x7F).astype(np.int64) << (7 * k)
+    return values
+
+
 class Cursor:
     """Sequential reader over a LINKEDIT blob with file-relative error offsets."""
 
