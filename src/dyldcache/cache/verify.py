@@ -189,27 +189,33 @@ def _page_size(version: int) -> int:
     return 0x4000 if version == 5 else 0x1000
 
 
-def _check_images(cache: DyldCache) -> list[str]:
-    out = []
+def _check_images(cache: DyldCache, run: TaskRunner = _one_by_one) -> list[str]:
     spans = [(m.address, m.end) for f in cache.files for m in f.mappings]
-    for img in cache.images:
-        if img.index % _RELEASE_EVERY == 0:
-            # each parse maps header and LINKEDIT pages: thousands of images would add up
-            for f in cache.files:
-                f.release_pages()
-        try:
-            macho = cache.image_macho(img.index)
-        except DyldCacheError as exc:
-            out.append(f"image {img.path}: {exc}")
+    found = run(lambda i: _check_image(cache, i, spans), len(cache.images))
+    return [problem for problems in found for problem in problems]
+
+
+def _check_image(cache: DyldCache, i: int, spans: list[tuple[int, int]]) -> list[str]:
+    """The problems of the ``i``-th image: a Mach-O the reader refuses, or a segment outside
+    every mapping (``spans``)."""
+    img = cache.images[i]
+    if i % _RELEASE_EVERY == 0:
+        # each parse maps header and LINKEDIT pages: thousands of images would add up
+        for f in cache.files:
+            f.release_pages()
+    try:
+        macho = cache.image_macho(img.index)
+    except DyldCacheError as exc:
+        return [f"image {img.path}: {exc}"]
+    out = []
+    for seg in macho.segments:
+        if seg.vmsize == 0:
             continue
-        for seg in macho.segments:
-            if seg.vmsize == 0:
-                continue
-            if not any(a <= seg.vmaddr and seg.vmaddr + seg.vmsize <= b for a, b in spans):
-                out.append(
-                    f"image {img.path}: segment {seg.name} ({seg.vmaddr:#x}+{seg.vmsize:#x}) is not "
-                    "inside a mapping"
-                )
+        if not any(a <= seg.vmaddr and seg.vmaddr + seg.vmsize <= b for a, b in spans):
+            out.append(
+                f"image {img.path}: segment {seg.name} ({seg.vmaddr:#x}+{seg.vmsize:#x}) is not "
+                "inside a mapping"
+            )
     return out
 
 
@@ -231,7 +237,7 @@ def verify_cache(path: str, *, signatures: bool = True, run: TaskRunner = _one_b
     CacheFormatError; a cache whose structure stops the reader (bad subcache UUID, mapping
     outside its file...) is reported as a problem. Without ``signatures`` the page hashes are
     not checked (the builder's own quick check). ``run`` runs the per-mapping slide-info
-    checks (the builder passes its worker processes).
+    and per-image checks (the builder passes its worker processes).
     """
     if not os.path.exists(path):
         raise UsageError(f"{path}: no such file")
@@ -248,7 +254,10 @@ def verify_cache(path: str, *, signatures: bool = True, run: TaskRunner = _one_b
             checks.append(functools.partial(_check_mappings, f))
             if signatures:
                 checks.append(functools.partial(_check_signature, f))
-        checks += [functools.partial(_check_slide_info, cache, run), functools.partial(_check_images, cache)]
+        checks += [
+            functools.partial(_check_slide_info, cache, run),
+            functools.partial(_check_images, cache, run),
+        ]
         for check in checks:
             # a structure that stops one check (an image path outside the file...) is its problem
             try:
