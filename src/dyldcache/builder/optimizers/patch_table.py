@@ -54,6 +54,14 @@ def _location_words(uses: np.ndarray) -> np.ndarray:
     return np.where(uses["auth"] != 0, auth_word, plain_word).astype(np.uint32)
 
 
+def _u32_rows(*columns: np.ndarray) -> bytes:
+    """Rows of little-endian u32 fields, one per column, as bytes."""
+    rows = np.zeros((len(columns[0]), len(columns)), dtype="<u4")
+    for i, column in enumerate(columns):
+        rows[:, i] = column
+    return rows.tobytes()
+
+
 class PatchTable(Optimizer):
     name: ClassVar[str] = "Patch Table"
 
@@ -129,51 +137,58 @@ def emit_patch_table(
     uses, clients = uses[order], clients[order]
     loads = np.array([d.cache_load_address for d in dylibs], dtype=np.uint64)
     names_of: list[list[str]] = [r.use_names for r in results]
+    tgt = uses["target_dylib"].astype(np.int64)
+    export_addr = uses["export_addr"]
+    n = len(uses)
 
-    images = bytearray()
-    image_exports = bytearray()
-    clients_arr = bytearray()
-    client_exports = bytearray()
+    # the exports of each target dylib, by address; each named by the first use of it (in the
+    # order above), which is the least position among the uses of that (target, address)
+    by_export = np.lexsort((np.arange(n), export_addr, tgt))
+    new_export = (
+        np.r_[
+            True,
+            (tgt[by_export][1:] != tgt[by_export][:-1])
+            | (export_addr[by_export][1:] != export_addr[by_export][:-1]),
+        ]
+        if n
+        else np.zeros(0, bool)
+    )
+    export_of_use = np.empty(n, dtype=np.int64)
+    export_of_use[by_export] = np.cumsum(new_export) - 1
+    first_use = by_export[new_export]
+    export_target = tgt[first_use]
     names = bytearray()
     name_offsets: dict[str, int] = {}
-    n_exports = n_clients = n_client_exports = 0
-    tgt = uses["target_dylib"] if len(uses) else np.zeros(0, dtype=np.int32)
-    bounds = np.searchsorted(tgt, np.arange(len(dylibs) + 1))
-    for t in range(len(dylibs)):
-        lo, hi = int(bounds[t]), int(bounds[t + 1])
-        u, c = uses[lo:hi], clients[lo:hi]
-        exports, first = np.unique(u["export_addr"], return_index=True)
-        export_index = {int(a): n_exports + k for k, a in enumerate(exports.tolist())}
-        for a, f in zip(exports.tolist(), first.tolist(), strict=True):
-            name = names_of[int(c[f])][int(u["name"][f])]
-            off = name_offsets.setdefault(name, len(names))
-            if off == len(names):
-                names += encode_name(name) + b"\0"
-            image_exports += struct.pack("<II", int(a) - int(loads[t]), off & 0x0FFFFFFF)
-        client_start = n_clients
-        if hi > lo:
-            # one client entry per client dylib, one client-export per (client, export)
-            key_change = np.flatnonzero(
-                np.r_[True, (c[1:] != c[:-1]) | (u["export_addr"][1:] != u["export_addr"][:-1])]
-            )
-            starts = [*key_change.tolist(), hi - lo]
-            prev_client = None
-            ce_start = n_client_exports
-            for k in range(len(starts) - 1):
-                a, b = starts[k], starts[k + 1]
-                client = int(c[a])
-                if client != prev_client:
-                    if prev_client is not None:
-                        clients_arr += struct.pack("<III", prev_client, ce_start, n_client_exports - ce_start)
-                        n_clients += 1
-                    prev_client, ce_start = client, n_client_exports
-                client_exports += struct.pack("<III", export_index[int(u["export_addr"][a])], lo + a, b - a)
-                n_client_exports += 1
-            assert prev_client is not None
-            clients_arr += struct.pack("<III", prev_client, ce_start, n_client_exports - ce_start)
-            n_clients += 1
-        images += struct.pack("<IIII", client_start, n_clients - client_start, n_exports, len(exports))
-        n_exports += len(exports)
+    offs = []
+    for client, k in zip(clients[first_use].tolist(), uses["name"][first_use].tolist(), strict=True):
+        name = names_of[client][k]
+        off = name_offsets.setdefault(name, len(names))
+        if off == len(names):
+            names += encode_name(name) + b"\0"
+        offs.append(off & 0x0FFFFFFF)
+    image_exports = _u32_rows(export_addr[first_use] - loads[export_target], np.array(offs, dtype=np.int64))
+
+    # one client-export per run of (target, client, export) and one client per run of (target, client)
+    if n:
+        target_change = tgt[1:] != tgt[:-1]
+        client_change = target_change | (clients[1:] != clients[:-1])
+        run_start = np.flatnonzero(np.r_[True, client_change | (export_addr[1:] != export_addr[:-1])])
+        new_client = np.r_[True, client_change][run_start]
+    else:
+        run_start = new_client = np.zeros(0, dtype=np.int64)
+    run_count = np.diff(np.r_[run_start, n])
+    client_exports = _u32_rows(export_of_use[run_start], run_start, run_count)
+    client_first = np.flatnonzero(new_client)
+    client_runs = np.diff(np.r_[client_first, len(run_start)])
+    clients_arr = _u32_rows(clients[run_start[client_first]], client_first, client_runs)
+    n_exports, n_clients, n_client_exports = len(first_use), len(client_first), len(run_start)
+
+    # per dylib: its clients and its exports, both in order
+    per_clients = np.bincount(tgt[run_start[client_first]], minlength=len(dylibs))[: len(dylibs)]
+    per_exports = np.bincount(export_target, minlength=len(dylibs))[: len(dylibs)]
+    images = _u32_rows(
+        np.cumsum(per_clients) - per_clients, per_clients, np.cumsum(per_exports) - per_exports, per_exports
+    )
     locations = np.zeros(len(uses), dtype=[("use", "<u4"), ("word", "<u4")])
     if len(uses):
         locations["use"] = (uses["location"] - loads[clients]).astype(np.uint32)
