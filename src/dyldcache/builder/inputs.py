@@ -9,6 +9,7 @@ wording; a malformed file is evicted with the reader's error, never a traceback.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import posixpath
 import re
@@ -454,15 +455,15 @@ def calculate_inputs(
         names = sorted(candidates)
         at = {name: i for i, name in enumerate(names)}
         nodes = [_ResolutionNode(candidates[n], at, resolve) for n in names]
-        index = ExportIndex(nodes)
-        unresolved = []
-        for i, name in enumerate(names):
-            try:
-                reason = index.missing_symbol(i, nodes[i].bound_imports)
-            except FormatError as exc:
-                reason = f"malformed Mach-O: {exc}"
-            if reason is not None:
-                unresolved.append(Eviction(name, reason))
+        # every dylib's binds, looked up in the worker processes (they inherit the tables)
+        reasons = run_tasks(
+            functools.partial(_missing_symbol, ExportIndex(nodes), nodes),
+            len(names),
+            jobs if len(names) >= 64 else 1,
+        )
+        unresolved = [
+            Eviction(name, reason) for name, reason in zip(names, reasons, strict=True) if reason is not None
+        ]
         if not unresolved:
             unresolved = _cramped_load_commands(candidates, resolve, warnings)
         if not unresolved:
@@ -482,6 +483,14 @@ def calculate_inputs(
     links.update({p: name for p, name in renamed.items() if name in candidates})
     cache_aliases = {a: t for a, t in sorted(links.items()) if t in candidates and a not in candidates}
     return Inputs(dylibs, evictions, cache_aliases, input_names, warnings)
+
+
+def _missing_symbol(index: ExportIndex, nodes: list[_ResolutionNode], i: int) -> str | None:
+    """Why a bind of ``nodes[i]`` cannot be resolved, or None (ExportIndex.missing_symbol)."""
+    try:
+        return index.missing_symbol(i, nodes[i].bound_imports)
+    except FormatError as exc:
+        return f"malformed Mach-O: {exc}"
 
 
 def _resolve_dependencies(
