@@ -191,8 +191,14 @@ class StringPool:
             self._used += len(taken)
         out: np.ndarray = self._offsets[slots]
         # a key only names a candidate: check every string against the bytes at its offset
-        for i in np.flatnonzero(self._mismatches(table, starts, ends, out)).tolist():
-            out[i] = self._side_add(table[starts[i] : ends[i]].tobytes())
+        # (but those just copied into the pool from their own span)
+        check = np.ones(len(keys), dtype=bool)
+        check[taken] = False
+        check = np.flatnonzero(check)
+        if check.size:
+            bad = self._mismatches(table, starts[check], ends[check], out[check])
+            for i in check[bad].tolist():
+                out[i] = self._side_add(table[starts[i] : ends[i]].tobytes())
         return out
 
     def _append(self, data: _Bytes) -> None:
@@ -265,13 +271,14 @@ class StringPool:
         """Keep the table at most half full."""
         if wanted * 2 <= len(self._keys):
             return
-        keys, offsets = self._keys, self._offsets
-        live = keys != _EMPTY_SLOT
+        live = self._keys != _EMPTY_SLOT
+        keys, offsets = self._keys[live], self._offsets[live]
+        del live  # the old table goes before the new one comes
         while wanted * 2 > (1 << self._bits):
             self._bits += 1
         self._keys = np.zeros(1 << self._bits, dtype=np.uint64)
         self._offsets = np.zeros(1 << self._bits, dtype=np.int64)
-        self._rehash(keys[live], offsets[live])
+        self._rehash(keys, offsets)
 
     def _rehash(self, keys: np.ndarray, offsets: np.ndarray) -> None:
         """Put distinct keys in the (empty) table in order of their home slot: each takes the
@@ -279,13 +286,17 @@ class StringPool:
         round trips). Those pushed past the table's end wrap around by probing."""
         homes = self._home(keys)
         order = np.argsort(homes, kind="stable")  # the old table holds them almost in this order
+        slots = homes[order]
+        del homes
         rank = np.arange(len(keys))
-        slots = np.maximum.accumulate(homes[order] - rank) + rank
-        inside = slots < len(self._keys)
-        placed = order[inside]
-        self._keys[slots[inside]] = keys[placed]
-        self._offsets[slots[inside]] = offsets[placed]
-        rest = order[~inside]
+        slots -= rank
+        np.maximum.accumulate(slots, out=slots)
+        slots += rank
+        del rank
+        inside = int(np.searchsorted(slots, len(self._keys)))  # the slots are increasing
+        self._keys[slots[:inside]] = keys[order[:inside]]
+        self._offsets[slots[:inside]] = offsets[order[:inside]]
+        rest = order[inside:]
         if rest.size:
             wrapped, _ = self._place(keys[rest])
             self._offsets[wrapped] = offsets[rest]
