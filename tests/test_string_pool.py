@@ -122,3 +122,26 @@ def test_keys_are_the_same_whether_the_powers_are_kept_or_not(monkeypatch: pytes
         monkeypatch.setattr(string_pool, "_POWERS", string_pool._Powers())
         assert string_keys(table, ends - lengths, ends).tolist() == want
         assert string_keys(table[:100], np.array([0]), np.array([6])).tolist() == keys_of([names[0]]).tolist()
+
+
+def test_keys_crowding_the_table_end_wrap_around_also_when_it_grows() -> None:
+    """Keys whose home is the table's last slot, now and after it doubles: placing them runs past
+    the end to slot 0 and on, and so does moving them to the larger table. The offsets stay
+    those of adding the strings one at a time."""
+    top = 13  # the home is the top bits of key * _MIX: all ones at 12 bits and at 13
+    mix_inverse = pow(int(string_pool._MIX), -1, 1 << 64)
+    assert top > string_pool._FIRST_BITS
+    crowd = [f"_crowd{i}".encode() for i in range(2000)]
+    keys = np.array(
+        [((((1 << top) - 1) << (64 - top) | i) * mix_inverse) % (1 << 64) for i in range(len(crowd))],
+        dtype=np.uint64,
+    )
+    more = [f"_more{i}".encode() for i in range(150)]
+    pool = StringPool()
+    got = [
+        pool.add_many(crowd, keys).tolist(),
+        pool.add_many(more).tolist(),
+        pool.add_many(crowd, keys).tolist(),
+    ]
+    want_bytes, want = _reference([crowd, more, crowd])
+    assert got == want and pool.bytes() == want_bytes

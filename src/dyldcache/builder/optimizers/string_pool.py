@@ -72,13 +72,19 @@ _POWERS = _Powers()
 
 def string_keys(table: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     """The key of every string ``table[starts[i]:ends[i]]`` (``table`` a uint8 array)."""
-    n = len(table)
+    if not len(starts):
+        return np.zeros(0, dtype=np.uint64)
+    # a key does not depend on where its string is: only the bytes the strings span are summed
+    # (a symbol table's locals, exports and imports each have their own part of the table)
+    lo = int(starts.min())
+    window = table[lo : max(int(ends.max()), lo)]
+    n = len(window)
     powers, inverse = _POWERS.upto(n)
     with np.errstate(over="ignore"):
         prefix = np.zeros(n + 1, dtype=np.uint64)
-        np.cumsum(table.astype(np.uint64) * powers[:n], out=prefix[1:])
-        a = starts.astype(np.int64)
-        b = ends.astype(np.int64)
+        np.cumsum(window.astype(np.uint64) * powers[:n], out=prefix[1:])
+        a = starts.astype(np.int64) - lo
+        b = ends.astype(np.int64) - lo
         keys = (prefix[b] - prefix[a]) * inverse[a]
         keys ^= (b - a).astype(np.uint64) * _LEN_MIX
     keys[keys == _EMPTY_SLOT] = _MIX  # 0 marks an empty slot
@@ -125,7 +131,9 @@ class StringPool:
         #: the pool's bytes once :meth:`freeze` dropped the index
         self._frozen: _Bytes | None = None
         empty = keys_of([b""])  # the empty string is the pool's first byte
-        self._insert(empty, self._find(empty), np.zeros(1, dtype=np.int64))
+        slots, _ = self._place(empty)
+        self._offsets[slots] = 0
+        self._used = 1
         if first:
             self.add_many([encode_name(s) for s in first])
 
@@ -167,23 +175,30 @@ class StringPool:
         ends = ends.astype(np.int64)
         if keys is None:
             keys = string_keys(table, starts, ends)
-        distinct, first, back = np.unique(keys, return_index=True, return_inverse=True)
-        self._grow(self._used + len(distinct))
-        slots = self._find(distinct)
-        found = self._keys[slots] == distinct
-        offsets = np.where(found, self._offsets[slots], -1)
-        new = np.flatnonzero(~found)
-        if new.size:
-            new = new[np.argsort(first[new], kind="stable")]  # in order of first occurrence
-            which = first[new]
-            lengths = ends[which] - starts[which] + 1  # with the NUL
-            offsets[new] = self.size + np.cumsum(lengths) - lengths
-            self._append(_gathered(table, starts[which], lengths))
-            self._insert(distinct[new], slots[new], offsets[new])
-        out = offsets[back.reshape(-1)]
+        self._grow(self._used + len(keys))
+        slots, added = self._place(keys)
+        taken = np.flatnonzero(added)
+        if taken.size:
+            # equal keys take the same slot: a slot's first taker is its string; a table rarely
+            # repeats a name, so the slots tell first whether any key came twice
+            self._offsets[slots[taken]] = taken
+            if not np.array_equal(self._offsets[slots[taken]], taken):
+                _, first = np.unique(slots[taken], return_index=True)
+                taken = taken[np.sort(first)]
+            lengths = ends[taken] - starts[taken] + 1  # with the NUL
+            self._offsets[slots[taken]] = self.size + np.cumsum(lengths) - lengths
+            self._append(_gathered(table, starts[taken], lengths))
+            self._used += len(taken)
+        out: np.ndarray = self._offsets[slots]
         # a key only names a candidate: check every string against the bytes at its offset
-        for i in np.flatnonzero(self._mismatches(table, starts, ends, out)).tolist():
-            out[i] = self._side_add(table[starts[i] : ends[i]].tobytes())
+        # (but those just copied into the pool from their own span)
+        check = np.ones(len(keys), dtype=bool)
+        check[taken] = False
+        check = np.flatnonzero(check)
+        if check.size:
+            bad = self._mismatches(table, starts[check], ends[check], out[check])
+            for i in check[bad].tolist():
+                out[i] = self._side_add(table[starts[i] : ends[i]].tobytes())
         return out
 
     def _append(self, data: _Bytes) -> None:
@@ -197,7 +212,9 @@ class StringPool:
         """Which strings ``table[starts[i]:ends[i]]`` are not (the string, then a NUL) at their
         offset in the pool: compared 8 bytes at a time, all strings at once."""
         lengths = ends - starts
-        padded = np.concatenate([table, np.zeros(_PAD, dtype=np.uint8)])
+        lo = int(starts.min())
+        starts = starts - lo
+        padded = np.concatenate([table[lo : max(int(ends.max()), lo)], np.zeros(_PAD, dtype=np.uint8)])
         words = (lengths + 7) >> 3
         owner = np.repeat(np.arange(len(starts)), words)
         first_word = np.cumsum(words) - words
@@ -227,53 +244,59 @@ class StringPool:
         with np.errstate(over="ignore"):
             return ((keys * _MIX) >> np.uint64(64 - self._bits)).astype(np.int64)
 
-    def _find(self, keys: np.ndarray) -> np.ndarray:
-        """For each key, the slot that holds it or the first empty slot of its probe sequence."""
+    def _place(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For each key, the slot that holds it, or the empty slot of its probe sequence that it
+        takes now (the caller sets its offset); and which were taken. Keys that reach the same
+        empty slot in a round all write it: the one whose write stayed has it (with any equal to
+        it: equal keys go the same way, and all count as taking it), the others probe on."""
         mask = (1 << self._bits) - 1
         slots = self._home(keys)
+        added = np.zeros(len(keys), dtype=bool)
         todo = np.arange(len(keys))
         while todo.size:
-            here = self._keys[slots[todo]]
-            done = (here == keys[todo]) | (here == _EMPTY_SLOT)
-            todo = todo[~done]
+            at, want = slots[todo], keys[todo]
+            here = self._keys[at]
+            empty = here == _EMPTY_SLOT
+            claimed = at[empty]
+            self._keys[claimed] = want[empty]
+            won = self._keys[claimed] == want[empty]
+            added[todo[empty][won]] = True
+            settled = here == want
+            settled[empty] = won
+            todo = todo[~settled]
             slots[todo] = (slots[todo] + 1) & mask
-        return slots
-
-    def _insert(self, keys: np.ndarray, slots: np.ndarray, offsets: np.ndarray) -> None:
-        """Put new (distinct, absent) keys at their empty slots; keys that want the same slot
-        take turns, the others probe on."""
-        mask = (1 << self._bits) - 1
-        todo = np.arange(len(keys))
-        while todo.size:
-            _, winners = np.unique(slots[todo], return_index=True)
-            won = todo[winners]
-            self._keys[slots[won]] = keys[won]
-            self._offsets[slots[won]] = offsets[won]
-            self._used += len(won)
-            todo = np.setdiff1d(todo, won, assume_unique=True)
-            if todo.size:
-                slots[todo] = (slots[todo] + 1) & mask
-                slots[todo] = self._find_from(keys[todo], slots[todo])
-
-    def _find_from(self, keys: np.ndarray, slots: np.ndarray) -> np.ndarray:
-        mask = (1 << self._bits) - 1
-        todo = np.arange(len(keys))
-        while todo.size:
-            here = self._keys[slots[todo]]
-            todo = todo[here != _EMPTY_SLOT]
-            slots[todo] = (slots[todo] + 1) & mask
-        return slots
+        return slots, added
 
     def _grow(self, wanted: int) -> None:
         """Keep the table at most half full."""
         if wanted * 2 <= len(self._keys):
             return
-        keys, offsets = self._keys, self._offsets
-        live = keys != _EMPTY_SLOT
+        live = self._keys != _EMPTY_SLOT
+        keys, offsets = self._keys[live], self._offsets[live]
+        del live  # the old table goes before the new one comes
         while wanted * 2 > (1 << self._bits):
             self._bits += 1
         self._keys = np.zeros(1 << self._bits, dtype=np.uint64)
         self._offsets = np.zeros(1 << self._bits, dtype=np.int64)
-        self._used = 0
-        old_keys = keys[live]
-        self._insert(old_keys, self._find(old_keys), offsets[live])
+        self._rehash(keys, offsets)
+
+    def _rehash(self, keys: np.ndarray, offsets: np.ndarray) -> None:
+        """Put distinct keys in the (empty) table in order of their home slot: each takes the
+        first slot from its home on that the ones before left free, a running maximum (no probing
+        round trips). Those pushed past the table's end wrap around by probing."""
+        homes = self._home(keys)
+        order = np.argsort(homes, kind="stable")  # the old table holds them almost in this order
+        slots = homes[order]
+        del homes
+        rank = np.arange(len(keys))
+        slots -= rank
+        np.maximum.accumulate(slots, out=slots)
+        slots += rank
+        del rank
+        inside = int(np.searchsorted(slots, len(self._keys)))  # the slots are increasing
+        self._keys[slots[:inside]] = keys[order[:inside]]
+        self._offsets[slots[:inside]] = offsets[order[:inside]]
+        rest = order[inside:]
+        if rest.size:
+            wrapped, _ = self._place(keys[rest])
+            self._offsets[wrapped] = offsets[rest]

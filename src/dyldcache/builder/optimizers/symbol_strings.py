@@ -100,7 +100,12 @@ class _Names:
             self.starts = self.ends = np.zeros(0, dtype=np.int64)
             self.keys = np.zeros(0, dtype=np.uint64)
             return
-        nuls = np.flatnonzero(self.table == 0)
+        # only the part of the table from the first name to the NUL after the last one (a
+        # table's locals, exports and imports each have their own part)
+        lo = min(int(strx.min()), len(strings))
+        last = strings.find(b"\0", min(int(strx.max()), len(strings)))
+        hi = len(strings) if last < 0 else last + 1
+        nuls = np.flatnonzero(self.table[lo:hi] == 0) + lo
         if len(nuls):
             first = np.searchsorted(nuls, strx)  # the first NUL at or after each offset
             self.ends = np.where(first < len(nuls), nuls[np.minimum(first, len(nuls) - 1)], len(strings))
@@ -111,9 +116,12 @@ class _Names:
 
     def starting_with(self, prefixes: tuple[bytes, ...]) -> np.ndarray:
         """Which names start with one of ``prefixes`` (each at most 8 bytes)."""
-        padded = np.concatenate([self.table, np.zeros(8, dtype=np.uint8)])
-        words = np.ndarray(shape=(len(self.table) + 1,), dtype="<u8", buffer=padded, strides=(1,))
-        head = words[self.starts]
+        if not len(self.starts):
+            return np.zeros(0, dtype=bool)
+        lo = int(self.starts.min())
+        padded = np.concatenate([self.table[lo : int(self.starts.max()) + 8], np.zeros(8, dtype=np.uint8)])
+        words = np.ndarray(shape=(len(padded) - 7,), dtype="<u8", buffer=padded, strides=(1,))
+        head = words[self.starts - lo]
         out = np.zeros(len(self.starts), dtype=bool)
         for p in prefixes:
             mask = np.uint64((1 << (8 * len(p))) - 1)
