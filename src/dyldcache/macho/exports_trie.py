@@ -428,26 +428,26 @@ def _common_prefixes(lengths: np.ndarray, joined: bytes) -> np.ndarray:
     """Per key: the length of its common prefix with the key before it (0 for the first);
     ``joined`` holds the keys one after the other, ``lengths`` their lengths.
 
-    Vectorized 8 bytes at a time: the word at any offset of the keys, read big-endian, so that
-    in the XOR of two words the first byte that differs is the highest one that is not 0.
+    Vectorized 8 bytes at a time: the word at any offset of the keys, read little-endian, so
+    that in the XOR of two words the first byte that differs holds the lowest bit set, which
+    ``x & -x`` keeps alone: a power of two, which a float holds exactly.
     """
     count = lengths.size
     starts = np.cumsum(lengths) - lengths
     padded = joined + bytes(8)
-    words = np.ndarray((len(joined) + 1,), dtype=">u8", buffer=padded, strides=(1,))
+    words = np.ndarray((len(joined) + 1,), dtype="<u8", buffer=padded, strides=(1,))
     limit = np.minimum(lengths[1:], lengths[:-1])
     out = np.zeros(count, dtype=np.int64)
     todo = np.flatnonzero(limit > 0)
     at = 0
     while todo.size:
         differ = words[starts[todo] + at] ^ words[starts[todo + 1] + at]
-        # bytes from the first that differs to the end of the word
-        tail = np.zeros(todo.size, dtype=np.int64)
-        for k in range(8):
-            tail += differ >= np.uint64(1 << (8 * k))
-        end = at + 8 >= limit[todo]
-        done = (tail > 0) | end
-        out[todo[done] + 1] = np.minimum(at + 8 - tail[done], limit[todo[done]])
+        # frexp gives 2**k as 0.5 * 2**(k + 1), and 0 as 0 * 2**0
+        bit = np.frexp(differ & (~differ + np.uint64(1)))[1] - 1
+        # bytes of the word that are the same, up to the first that differs (or all 8)
+        same = np.where(bit >= 0, bit >> 3, 8)
+        done = (same < 8) | (at + 8 >= limit[todo])
+        out[todo[done] + 1] = np.minimum(at + same[done], limit[todo[done]])
         todo = todo[~done]
         at += 8
     return out
