@@ -170,10 +170,7 @@ def trie_nodes(keys: Sequence[bytes]) -> np.ndarray:
     """The nodes of the trie of ``keys`` (TRIE_NODE_DTYPE), in pre-order with children in byte
     order of their labels; the root first, and every other node after its parent.
 
-    Built from the sorted keys without a step per key: a node of the trie is the root, a key,
-    or the common prefix of two keys adjacent in sorted order; named by its depth (string
-    length) and the first key through it, the nodes sorted by (first key, depth) are the
-    pre-order (a prefix sorts first, then children in byte order). See :func:`_sorted_keys_tree`.
+    Built from the sorted keys without a step per key (:func:`_sorted_keys_tree`).
     Raises ValueError for a duplicate key or one that contains NUL.
     """
     if not keys:
@@ -359,8 +356,10 @@ def _sorted_keys_tree(key_len: np.ndarray, common: np.ndarray) -> tuple[np.ndarr
     the length of the common prefix of keys ``i - 1`` and ``i`` (``common[0]`` is 0): per
     node its depth, the first key through it and its parent, in pre-order (the root first).
 
-    A node is named by (first key, depth). A key that is not a prefix of the next is a leaf
-    (key, its length); the common prefix of keys ``i - 1`` and ``i`` is the node (``p``,
+    A node (the root, a key, or the common prefix of keys adjacent in sorted order) is named
+    by (first key through it, depth); sorted so, nodes are in pre-order (a prefix, then its
+    children in byte order). A key that is not a prefix of the next is a leaf (key, its
+    length); the common prefix of keys ``i - 1`` and ``i`` is the node (``p``,
     ``common[i]``), ``p`` the last key before ``i`` with a shorter common prefix than
     ``common[i]``: the keys through a node are a run whose inner common prefixes are at
     least its depth. A node's parent is as deep as the longer of the common prefixes at the
@@ -390,10 +389,8 @@ def _sorted_keys_tree(key_len: np.ndarray, common: np.ndarray) -> tuple[np.ndarr
 
 def _nearest_smaller(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per index of ``values`` (int64, none negative): the nearest index before it with a
-    smaller value (-1: none) and the nearest after it (``values.size``: none).
-
-    The ones after are the ones before in the values reversed, so one search serves both:
-    in -1, the values, -1, the values reversed, where every search stops at a -1.
+    smaller value (-1: none) and the nearest after it (``values.size``: none). One search
+    serves both, in -1, the values, -1, the values reversed (every search stops at a -1).
     """
     count = values.size
     edge = np.full(1, -1, dtype=np.int64)
@@ -404,7 +401,6 @@ def _nearest_smaller(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _previous_smaller(values: np.ndarray) -> np.ndarray:
     """Per index: the nearest index before it with a smaller value, given that no value is
     smaller than the first (what it gives for an index whose value is the first's is meaningless).
-
     Binary lifting over a sparse table of range minima: ``minima[j][k]`` is the least of
     ``values[k : k + 2**j]``; from each index, runs of ``2**j`` values that are all at least
     its own are skipped, longest first, so that the index left is just past the answer (a run
