@@ -14,7 +14,7 @@ import pytest
 from conftest import LLVM_OBJDUMP, shared_path, time_limit, tool
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from trie_oracle import export_fields, reference_payload, reference_trie, uleb
+from trie_oracle import common_prefix, export_fields, reference_payload, reference_trie, uleb
 
 from dyldcache.errors import MachOFormatError
 from dyldcache.macho import constants as C
@@ -27,6 +27,7 @@ from dyldcache.macho.exports_trie import (
     packed_export_payloads,
     read_exports,
     read_trie,
+    trie_nodes,
     write_exports,
     write_trie,
 )
@@ -397,6 +398,44 @@ def test_shape_serves_several_encodings(entries: dict[bytes, bytes], data: st.Da
         raw = shape.encode(payloads)
         assert raw == reference_trie(dict(zip(keys, payloads, strict=True)))
         assert shape.size(np.array([len(p) for p in payloads], dtype=np.int64)) == len(raw)
+
+
+def _defined_nodes(keys: list[bytes]) -> list[tuple[int, int, int, int, int]]:
+    """The trie_nodes records of ``keys`` from the definitions alone: the nodes are the empty
+    string, the keys and the common prefixes of neighbours in sorted order, in string order
+    (pre-order); a node's parent is the longest other node that is a prefix of it; its label
+    is taken from the first key in sorted order through it; entries are indexes in ``keys``."""
+    ordered = sorted(keys)
+    strings = sorted({b"", *keys} | {common_prefix([a, b]) for a, b in itertools.pairwise(ordered)})
+    records = []
+    for string in strings:
+        up = max((s for s in strings if len(s) < len(string) and string.startswith(s)), key=len, default=None)
+        label_key = keys.index(next(k for k in ordered if k.startswith(string))) if keys else 0
+        terminal = keys.index(string) if string in keys else -1
+        parent = -1 if up is None else strings.index(up)
+        start = 0 if up is None else len(up)
+        records.append((terminal, parent, label_key, start, len(string) - start))
+    return records
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(mixed_entries(), st.booleans(), st.randoms(use_true_random=False))
+def test_trie_nodes_match_their_definition(
+    entries: dict[bytes, bytes], empty: bool, rng: random.Random
+) -> None:
+    keys = list(entries) + [b""] * (empty and b"" not in entries)
+    rng.shuffle(keys)
+    assert trie_nodes(keys).tolist() == _defined_nodes(keys)
+
+
+def test_trie_nodes_of_nested_prefixes() -> None:
+    # chains of keys that are prefixes of one another, runs of equal common prefixes, splits
+    # inside edges, at sizes around the powers of two the nearest-smaller search steps by
+    rng = random.Random(3)
+    for count in (1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 100, 129):
+        keys = {bytes(rng.choice(b"ab") for _ in range(rng.randrange(0, 12))) for _ in range(count)}
+        listed = sorted(keys, key=lambda k: rng.random())
+        assert trie_nodes(listed).tolist() == _defined_nodes(listed), count
 
 
 @given(mixed_entries(), st.data())

@@ -44,7 +44,7 @@ def reference_trie(entries: dict[bytes, bytes]) -> bytes:
         nodes.append((group.get(b""), edges))
         for first in sorted({key[0] for key in group if key}):
             below = [key for key in group if key and key[0] == first]
-            label = _common_prefix(below)
+            label = common_prefix(below)
             edges.append((label, build({key[len(label) :]: group[key] for key in below})))
         return index
 
@@ -64,7 +64,7 @@ def reference_trie(entries: dict[bytes, bytes]) -> bytes:
         offsets = moved
 
 
-def _common_prefix(keys: list[bytes]) -> bytes:
+def common_prefix(keys: list[bytes]) -> bytes:
     shortest = min(keys, key=len)
     for i, byte in enumerate(shortest):
         if any(key[i] != byte for key in keys):

@@ -170,9 +170,7 @@ def trie_nodes(keys: Sequence[bytes]) -> np.ndarray:
     """The nodes of the trie of ``keys`` (TRIE_NODE_DTYPE), in pre-order with children in byte
     order of their labels; the root first, and every other node after its parent.
 
-    Built from the sorted keys in one step per key: a node of the trie is the root, a key, or
-    the common prefix of two keys adjacent in sorted order, and the nodes sorted by their
-    strings are the pre-order (a prefix sorts first, then children in byte order).
+    Built from the sorted keys without a step per key (:func:`_sorted_keys_tree`).
     Raises ValueError for a duplicate key or one that contains NUL.
     """
     if not keys:
@@ -190,27 +188,24 @@ def trie_nodes(keys: Sequence[bytes]) -> np.ndarray:
     if b"\0" in joined:
         bad = next(k for k in keys if b"\0" in k)
         raise ValueError(f"trie key {bad!r} contains a NUL byte")
-    depth, first, parent = _sorted_keys_tree(ordered, joined)
-    depth_a = np.array(depth, dtype=np.int64)
-    first_a = np.array(first, dtype=np.int64)
-    pre = np.lexsort((depth_a, first_a))
-    rank = np.empty_like(pre)
-    rank[pre] = np.arange(pre.size)
-    depth_a = depth_a[pre]
-    first_a = first_a[pre]
     key_len = np.fromiter(map(len, ordered), dtype=np.int64, count=len(ordered))
-    nodes = np.zeros(pre.size, dtype=TRIE_NODE_DTYPE)
+    common = _common_prefixes(key_len, joined)
+    # sorted order puts a key's extensions after it: a key as long as its common prefix with
+    # the key before it is that key again
+    same = np.flatnonzero(common[1:] == key_len[1:])
+    if same.size:
+        raise ValueError(f"duplicate trie key {ordered[int(same[0]) + 1]!r}")
+    depth, first, parent = _sorted_keys_tree(key_len, common)
+    nodes = np.zeros(depth.size, dtype=TRIE_NODE_DTYPE)
     # a node is a key's when it is as long as the first key through it
-    ends = depth_a == key_len[first_a]
+    ends = depth == key_len[first]
     nodes["terminal"] = -1
-    nodes["terminal"][ends] = key_of[first_a[ends]]
-    parents = rank[np.array(parent, dtype=np.int64)[pre[1:]]]
-    nodes["parent"][0] = -1
-    nodes["parent"][1:] = parents
+    nodes["terminal"][ends] = key_of[first[ends]]
+    nodes["parent"] = parent
     # a node's label is what the first key through it holds past its parent
-    nodes["label_key"] = key_of[first_a]
-    nodes["label_from"][1:] = depth_a[parents]
-    nodes["label_len"][1:] = depth_a[1:] - depth_a[parents]
+    nodes["label_key"] = key_of[first]
+    nodes["label_from"][1:] = depth[parent[1:]]
+    nodes["label_len"][1:] = depth[1:] - depth[parent[1:]]
     return nodes
 
 
@@ -356,71 +351,102 @@ class TrieShape:
             offsets = new
 
 
-def _sorted_keys_tree(ordered: list[bytes], joined: bytes) -> tuple[list[int], list[int], list[int]]:
-    """The nodes of the trie of sorted, distinct keys (``joined``: them, concatenated), in the
-    order they are made: per node its depth (string length), the first key through it and its
-    parent (the root is node 0).
+def _sorted_keys_tree(key_len: np.ndarray, common: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The nodes of the trie of sorted, distinct keys of lengths ``key_len``, ``common[i]``
+    the length of the common prefix of keys ``i - 1`` and ``i`` (``common[0]`` is 0): per
+    node its depth, the first key through it and its parent, in pre-order (the root first).
 
-    One step per key: below the common prefix with the previous key, the previous key's path
-    is done with; if that prefix ends inside an edge, a node splits it; the key hangs below.
+    A node (the root, a key, or the common prefix of keys adjacent in sorted order) is named
+    by (first key through it, depth); sorted so, nodes are in pre-order (a prefix, then its
+    children in byte order). A key that is not a prefix of the next is a leaf (key, its
+    length); the common prefix of keys ``i - 1`` and ``i`` is the node (``p``,
+    ``common[i]``), ``p`` the last key before ``i`` with a shorter common prefix than
+    ``common[i]``: the keys through a node are a run whose inner common prefixes are at
+    least its depth. A node's parent is as deep as the longer of the common prefixes at the
+    two ends of that run (the keys just outside it), and its first key is the node's, unless
+    that prefix is the one at the run's start; then it is the first key of that prefix's node.
     """
-    depth, first, parent = [0], [0], [-1]
-    # the nodes from the root to the last key
-    path = [0]
-    for i, (key, common) in enumerate(zip(ordered, _common_prefixes(ordered, joined), strict=True)):
-        if common == len(key):
-            # sorted order puts a key's extensions after it, so only an equal key gets here, or
-            # the empty key first of all (the root is its node)
-            if i:
-                raise ValueError(f"duplicate trie key {key!r}")
-            continue
-        last = -1
-        while depth[path[-1]] > common:
-            last = path.pop()
-        top = path[-1]
-        if depth[top] < common:
-            split = len(depth)
-            depth.append(common)
-            first.append(first[last])
-            parent.append(top)
-            parent[last] = split
-            path.append(split)
-            top = split
-        path.append(len(depth))
-        depth.append(len(key))
-        first.append(i)
-        parent.append(top)
-    return depth, first, parent
+    # past the last key: a common prefix of 0 (the root's run ends there)
+    after = np.append(common, 0)
+    before, past = _nearest_smaller(common)
+    # the common prefixes of adjacent keys (but the root), then the keys that are leaves
+    inner = np.flatnonzero(common > 0)
+    leaves = np.flatnonzero(key_len > after[1:])
+    depth = np.concatenate((common[inner], key_len[leaves]))
+    first = np.concatenate((before[inner], leaves))
+    run_end = np.concatenate((past[inner], leaves + 1))
+    up_depth = np.maximum(common[first], after[run_end])
+    up_first = np.where(up_depth > common[first], first, np.maximum(before[first], 0))
+    stride = int(key_len.max()) + 1
+    # the root is (0, 0) and no other node: a key of length 0 can only be the first, the root's
+    names, made = np.unique(np.append(0, first * stride + depth), return_index=True)
+    up = up_first[made[1:] - 1] * stride + up_depth[made[1:] - 1]
+    parent = np.empty(names.size, dtype=np.int64)
+    parent[0] = -1
+    parent[1:] = np.searchsorted(names, up)
+    return names % stride, names // stride, parent
 
 
-def _common_prefixes(keys: list[bytes], joined: bytes) -> list[int]:
-    """Per key: the length of its common prefix with the key before it (0 for the first).
-
-    Vectorized 8 bytes at a time: the word at any offset of the keys, read big-endian, so that
-    in the XOR of two words the first byte that differs is the highest one that is not 0.
+def _nearest_smaller(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per index of ``values`` (int64, none negative): the nearest index before it with a
+    smaller value (-1: none) and the nearest after it (``values.size``: none). One search
+    serves both, in -1, the values, -1, the values reversed (every search stops at a -1).
     """
-    count = len(keys)
-    lengths = np.fromiter(map(len, keys), dtype=np.int64, count=count)
+    count = values.size
+    edge = np.full(1, -1, dtype=np.int64)
+    found = _previous_smaller(np.concatenate((edge, values, edge, values[::-1])))
+    return found[1 : count + 1] - 1, 2 * count + 1 - found[: count + 1 : -1]
+
+
+def _previous_smaller(values: np.ndarray) -> np.ndarray:
+    """Per index: the nearest index before it with a smaller value, given that no value is
+    smaller than the first (what it gives for an index whose value is the first's is meaningless).
+    Binary lifting over a sparse table of range minima: ``minima[j][k]`` is the least of
+    ``values[k : k + 2**j]``; from each index, runs of ``2**j`` values that are all at least
+    its own are skipped, longest first, so that the index left is just past the answer (a run
+    that would start before the first value holds the first, and is never skipped).
+    """
+    minima = [values]
+    while 1 << len(minima) <= values.size:
+        half = 1 << (len(minima) - 1)
+        minima.append(np.minimum(minima[-1][:-half], minima[-1][half:]))
+    # per index, where the run of values at least as large as its own, before it, starts
+    start = np.arange(values.size)
+    for level in reversed(range(len(minima))):
+        jump = start - (1 << level)
+        fits = minima[level][np.maximum(jump, 0)] >= values
+        start = np.where(fits, jump, start)
+    found: np.ndarray = start - 1
+    return found
+
+
+def _common_prefixes(lengths: np.ndarray, joined: bytes) -> np.ndarray:
+    """Per key: the length of its common prefix with the key before it (0 for the first);
+    ``joined`` holds the keys one after the other, ``lengths`` their lengths.
+
+    Vectorized 8 bytes at a time: the word at any offset of the keys, read little-endian, so
+    that in the XOR of two words the first byte that differs holds the lowest bit set, which
+    ``x & -x`` keeps alone: a power of two, which a float holds exactly.
+    """
+    count = lengths.size
     starts = np.cumsum(lengths) - lengths
     padded = joined + bytes(8)
-    words = np.ndarray((len(joined) + 1,), dtype=">u8", buffer=padded, strides=(1,))
+    words = np.ndarray((len(joined) + 1,), dtype="<u8", buffer=padded, strides=(1,))
     limit = np.minimum(lengths[1:], lengths[:-1])
     out = np.zeros(count, dtype=np.int64)
     todo = np.flatnonzero(limit > 0)
     at = 0
     while todo.size:
         differ = words[starts[todo] + at] ^ words[starts[todo + 1] + at]
-        # bytes from the first that differs to the end of the word
-        tail = np.zeros(todo.size, dtype=np.int64)
-        for k in range(8):
-            tail += differ >= np.uint64(1 << (8 * k))
-        end = at + 8 >= limit[todo]
-        done = (tail > 0) | end
-        out[todo[done] + 1] = np.minimum(at + 8 - tail[done], limit[todo[done]])
+        # frexp gives 2**k as 0.5 * 2**(k + 1), and 0 as 0 * 2**0
+        bit = np.frexp(differ & (~differ + np.uint64(1)))[1] - 1
+        # bytes of the word that are the same, up to the first that differs (or all 8)
+        same = np.where(bit >= 0, bit >> 3, 8)
+        done = (same < 8) | (at + 8 >= limit[todo])
+        out[todo[done] + 1] = np.minimum(at + same[done], limit[todo[done]])
         todo = todo[~done]
         at += 8
-    result: list[int] = out.tolist()
-    return result
+    return out
 
 
 def _sum_by_parent(parent: np.ndarray, values: np.ndarray, count: int) -> np.ndarray:
