@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..byteviews import words_at
 from ..errors import BuildError
 from ..macho import constants as C
 from ..macho.split_seg import SPLIT_SEG_DTYPE, unsupported_v1_entry
@@ -68,15 +69,6 @@ def section_table(dylib: CacheDylib) -> SectionTable:
     return SectionTable(o, n, n - o, np.array(files, dtype=_I64))
 
 
-def _u32_view(buf: np.ndarray) -> np.ndarray:
-    """Element i is the little-endian u32 at byte i of ``buf`` (unaligned gathers and scatters)."""
-    return np.ndarray(shape=(max(len(buf) - 3, 0),), dtype="<u4", buffer=buf, strides=(1,))
-
-
-def _u64_view(buf: np.ndarray) -> np.ndarray:
-    return np.ndarray(shape=(max(len(buf) - 7, 0),), dtype="<u8", buffer=buf, strides=(1,))
-
-
 @dataclass(slots=True)
 class PointerSlides:
     """For every pointer-kind split-seg entry: the location (input address) and its target's slide."""
@@ -107,11 +99,11 @@ def _apply_split_seg_v1(dylib: CacheDylib, buf: np.ndarray) -> PointerSlides:
     pos = text.chunk.file_offset + offsets
     i = np.flatnonzero(kinds == 1)
     if len(i):
-        u32 = _u32_view(buf)
+        u32 = words_at(buf, "<u4")
         u32[pos[i]] = ((u32[pos[i]].astype(_I64) + code_to_data) & 0xFFFFFFFF).astype(np.uint32)
     i = np.flatnonzero(kinds == 2)
     if len(i):
-        u64 = _u64_view(buf)
+        u64 = words_at(buf)
         u64[pos[i]] = (u64[pos[i]].astype(_I64) + code_to_data).astype(_U64)
     return PointerSlides(np.zeros(0, dtype=_U64), np.zeros(0, dtype=_I64))
 
@@ -142,8 +134,8 @@ def apply_split_seg(dylib: CacheDylib, buf: np.ndarray) -> PointerSlides:
     if np.any(table.file_offset[fs] < 0):
         raise BuildError(f"{name}: split seg info has a location in __LINKEDIT")
 
-    u32 = _u32_view(buf)
-    u64 = _u64_view(buf)
+    u32 = words_at(buf, "<u4")
+    u64 = words_at(buf)
 
     def where(k: int) -> np.ndarray:
         return np.flatnonzero(kind == k)

@@ -53,10 +53,6 @@ class ScratchArray:
         if self.count:
             punch_hole(self.path, self.offset, self.count * self.dtype.itemsize)
 
-    def part(self, start: int, stop: int) -> ScratchArray:
-        """Elements ``start:stop`` of this array."""
-        return ScratchArray(self.path, self.offset + start * self.dtype.itemsize, stop - start, self.dtype)
-
 
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02

@@ -72,20 +72,6 @@ class ExportIndex:
             self._libcxx_known = True
         return self._libcxx
 
-    def find(
-        self,
-        index: int,
-        name: str,
-        *,
-        reexports: bool = True,
-        visited: set[tuple[int, str]] | None = None,
-    ) -> Found | None:
-        """``name`` as ``dylibs[index]`` exports it, following re-exports as dyld does. Each
-        (dylib, name) is searched once, so a re-export cycle ends in "not found" instead of
-        looping (dyld-1162 itself would recurse without end)."""
-        at = self.locate(index, name, reexports=reexports, visited=visited)
-        return None if at is None else (at[0], self.dylibs[at[0]].exports.export(at[1]))
-
     def locate(
         self,
         index: int,
@@ -94,7 +80,9 @@ class ExportIndex:
         reexports: bool = True,
         visited: set[tuple[int, str]] | None = None,
     ) -> Located | None:
-        """What :meth:`find` finds, as indexes: (dylib, export in its table)."""
+        """``name`` as ``dylibs[index]`` exports it, following re-exports as dyld does, as indexes:
+        (dylib, export in its table). Each (dylib, name) is searched once, so a re-export cycle
+        ends in "not found" instead of looping (dyld-1162 itself would recurse without end)."""
         if visited is None:
             visited = set()
         if (index, name) in visited:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..byteviews import words_at
 from ..errors import MachOFormatError
 from . import constants as C
 from .leb128 import Cursor, uleb_decode, uleb_encode, uleb_encode_array, uleb_sizes
@@ -431,7 +432,7 @@ def _common_prefixes(lengths: np.ndarray, joined: bytes) -> np.ndarray:
     count = lengths.size
     starts = np.cumsum(lengths) - lengths
     padded = joined + bytes(8)
-    words = np.ndarray((len(joined) + 1,), dtype="<u8", buffer=padded, strides=(1,))
+    words = words_at(padded)
     limit = np.minimum(lengths[1:], lengths[:-1])
     out = np.zeros(count, dtype=np.int64)
     todo = np.flatnonzero(limit > 0)

@@ -10,6 +10,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from ...byteviews import words_at
 from ...errors import BuildError
 from ..bind import BindResult, CacheExports, bind_dylib
 from ..buffers import CacheBuffers
@@ -32,8 +33,7 @@ def write_absolutes(dylib: CacheDylib, buf: np.ndarray, bound: BindResult) -> No
     if np.any(offsets < 0):
         bad = int(locs[np.flatnonzero(offsets < 0)[0]])
         raise BuildError(f"fixup at {bad:#x} is outside the dylib's segments")
-    view = np.ndarray(shape=(len(buf) - 7,), dtype="<u8", buffer=buf, strides=(1,))
-    view[offsets] = bound.absolute_values
+    words_at(buf)[offsets] = bound.absolute_values
 
 
 class ConvertBindsToRebases(Optimizer):

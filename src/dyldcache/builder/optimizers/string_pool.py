@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ...byteviews import words_at
 from ...names import encode_name
 
 _P = np.uint64(0x100000001B3)  # FNV's 64-bit prime: odd, so invertible modulo 2**64
@@ -92,11 +93,6 @@ def string_keys(table: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.n
     return out
 
 
-def _u64_at(raw: np.ndarray) -> np.ndarray:
-    """Element i is the little-endian u64 at byte i of ``raw`` (unaligned reads)."""
-    return np.ndarray(shape=(max(len(raw) - 7, 0),), dtype="<u8", buffer=raw, strides=(1,))
-
-
 def _gathered(table: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> _Bytes:
     """The strings ``table[starts[i]:starts[i] + lengths[i] - 1]``, each followed by a NUL, as one
     bytes object (``lengths`` count the NUL)."""
@@ -109,12 +105,16 @@ def _gathered(table: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> _By
     return out.tobytes()
 
 
+def _joined(strings: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Separate strings as one table and the span of each in it: (table, starts, ends)."""
+    lengths = np.fromiter(map(len, strings), dtype=np.int64, count=len(strings))
+    ends = np.cumsum(lengths)
+    return np.frombuffer(b"".join(strings), dtype=np.uint8), ends - lengths, ends
+
+
 def keys_of(strings: Sequence[bytes]) -> np.ndarray:
     """:func:`string_keys` of separate strings."""
-    lengths = np.fromiter((len(s) for s in strings), dtype=np.int64, count=len(strings))
-    ends = np.cumsum(lengths)
-    table = np.frombuffer(b"".join(strings), dtype=np.uint8)
-    return string_keys(table, ends - lengths, ends)
+    return string_keys(*_joined(strings))
 
 
 class StringPool:
@@ -157,10 +157,8 @@ class StringPool:
     def add_many(self, strings: list[_Bytes], keys: np.ndarray | None = None) -> np.ndarray:
         """The offset of each string, adding those not in the pool yet, in order. ``keys`` are
         their :func:`string_keys` when the caller has them."""
-        lengths = np.fromiter(map(len, strings), dtype=np.int64, count=len(strings))
-        ends = np.cumsum(lengths)
-        table = np.frombuffer(b"".join(strings), dtype=np.uint8)
-        return self.add_table(table, ends - lengths, ends, keys)
+        table, starts, ends = _joined(strings)
+        return self.add_table(table, starts, ends, keys)
 
     def add_table(
         self, table: np.ndarray, starts: np.ndarray, ends: np.ndarray, keys: np.ndarray | None = None
@@ -225,8 +223,8 @@ class StringPool:
         pool = np.frombuffer(self._buf, dtype=np.uint8)
         try:
             bad: np.ndarray = pool[offsets + lengths] != 0
-            mine = _u64_at(padded)[starts[owner] + at]
-            theirs = _u64_at(pool)[offsets[owner] + at]
+            mine = words_at(padded)[starts[owner] + at]
+            theirs = words_at(pool)[offsets[owner] + at]
         finally:
             del pool  # the bytearray cannot grow while a view of it exists
         bad[owner[((mine ^ theirs) & mask) != 0]] = True

@@ -11,6 +11,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from ...byteviews import words_at
 from ...errors import BuildError
 from ...macho import constants as C
 from ...macho.format import NLIST64_DTYPE
@@ -120,8 +121,7 @@ class _Names:
             return np.zeros(0, dtype=bool)
         lo = int(self.starts.min())
         padded = np.concatenate([self.table[lo : int(self.starts.max()) + 8], np.zeros(8, dtype=np.uint8)])
-        words = np.ndarray(shape=(len(padded) - 7,), dtype="<u8", buffer=padded, strides=(1,))
-        head = words[self.starts - lo]
+        head = words_at(padded)[self.starts - lo]
         out = np.zeros(len(self.starts), dtype=bool)
         for p in prefixes:
             mask = np.uint64((1 << (8 * len(p))) - 1)
